@@ -1,0 +1,1 @@
+"""Ready-made label sets: one label per line, `#` comment lines and blank lines ignored."""

@@ -1,0 +1,1 @@
+"""Runnable Beam jobs built from the transforms package."""

@@ -1,0 +1,135 @@
+"""Labels every image an input pattern matches with a label set, zero-shot, and writes Parquet.
+
+python -m pipelines.classify_images --input 'photos/*.jpg' --labels everyday --output out/labels [Beam options]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Optional, Sequence
+
+# Importing Beam without its optional GCP clients logs a warning through the root logger; swallow such
+# import-time chatter so a configuration error stays the single line the user reads. main() sets up logging.
+logging.getLogger().addHandler(logging.NullHandler())
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+from transforms.backends import BACKENDS, get_backend  # noqa: E402
+from transforms.classify import ZeroShotClassify  # noqa: E402
+from transforms.label_sets import load_label_set  # noqa: E402
+from transforms.metrics import summary  # noqa: E402
+from transforms.read import MatchFiles, first_match  # noqa: E402
+from transforms.records import ERRORS  # noqa: E402
+from transforms.write import ERRORS_SCHEMA, RESULTS_SCHEMA, WriteParquet  # noqa: E402
+
+
+class ConfigError(ValueError):
+    """The job cannot start as configured; the message is the one line the user sees."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Argument mistakes end like every other configuration error: one line on stderr, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="python -m pipelines.classify_images", description=__doc__.splitlines()[0],
+        epilog="Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...).",
+        allow_abbrev=False)
+    parser.add_argument("--input", required=True, help="file, directory or glob; local path or any fsspec URL")
+    parser.add_argument("--labels", required=True, help="built-in set name (everyday, imagenet...) or a file/URL")
+    parser.add_argument("--output", required=True, help="prefix of the result Parquet shards")
+    parser.add_argument("--errors_output", help="prefix of the error Parquet shards (default: OUTPUT-errors)")
+    parser.add_argument("--top_k", type=int, default=5, help="labels reported per image (default 5)")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per model call (default 32)")
+    parser.add_argument("--backend", default="local", choices=sorted(BACKENDS), help="embedding backend")
+    parser.add_argument("--num_shards", type=int, default=0, help="output shards (default: runner decides)")
+    return parser
+
+
+def _all_option_classes(cls: type = PipelineOptions):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_option_classes(sub)
+
+
+def unknown_beam_args(beam_args: Sequence[str]) -> list[str]:
+    """Arguments that neither this job nor any Beam options class knows: Beam would silently drop them."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    for options_class in set(_all_option_classes()):
+        try:
+            options_class._add_argparse_args(parser)  # Beam's own hook for declaring options
+        except argparse.ArgumentError:
+            pass  # two options classes declaring one flag: the first declaration is enough here
+    _, unknown = parser.parse_known_args(list(beam_args))
+    return [arg for arg in unknown if arg.startswith("-")]
+
+
+def validate(args: argparse.Namespace, beam_args: Sequence[str]):
+    """Everything that can be checked before the job starts; raises ConfigError with one readable line."""
+    if unknown := unknown_beam_args(beam_args):
+        raise ConfigError(f"unknown option(s): {' '.join(unknown)} (see --help)")
+    if args.top_k < 1:
+        raise ConfigError(f"--top_k must be at least 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size must be at least 1, got {args.batch_size}")
+    try:
+        labels = load_label_set(args.labels)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        match = first_match(args.input)
+    except Exception as e:  # noqa: BLE001 - a missing fsspec driver, a refused listing: all stop the job here
+        raise ConfigError(f"cannot list --input {args.input!r}: {type(e).__name__}: {e}") from None
+    if match is None:
+        raise ConfigError(f"--input {args.input!r} matches no file")
+    backend = get_backend(args.backend)
+    try:
+        backend.check()
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"backend {args.backend!r} cannot run: {e}") from None
+    return labels, backend
+
+
+def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels, backend) -> None:
+    outputs = (
+        pipeline
+        | "Match" >> MatchFiles(args.input)
+        | "Classify" >> ZeroShotClassify(labels, backend, top_k=args.top_k, batch_size=args.batch_size)
+    )
+    outputs["results"] | "WriteResults" >> WriteParquet(args.output, RESULTS_SCHEMA, args.num_shards)
+    outputs[ERRORS] | "WriteErrors" >> WriteParquet(
+        args.errors_output or f"{args.output}-errors", ERRORS_SCHEMA, args.num_shards)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("zero_shot").setLevel(logging.INFO)
+    args, beam_args = build_parser().parse_known_args(argv)
+    try:
+        labels, backend = validate(args, beam_args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    build_pipeline(pipeline, args, labels, backend)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as e:  # noqa: BLE001 - a failed job ends with one line, the runner has logged the rest
+        print(f"error: the job failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+              file=sys.stderr)
+        return 1
+    print(summary(result, time.monotonic() - start))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

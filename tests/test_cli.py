@@ -1,0 +1,90 @@
+"""The command line: a full multi-process run to Parquet, and one clear line for every bad configuration."""
+import glob
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import classify_images
+from tests.conftest import hostile_files
+from transforms.write import ERRORS_SCHEMA, RESULTS_SCHEMA
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _read(prefix: str):
+    return pq.read_table(sorted(glob.glob(f"{prefix}-[0-9]*.parquet")))
+
+
+def test_multi_process_run_writes_the_output_contract(tmp_path, photos, hostile_dir):
+    """DirectRunner with worker processes: everything must pickle, as on Dataflow, Flink or Spark."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for path in list(photos.iterdir()) + list(hostile_dir.iterdir()):
+        (inputs / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "out" / "labels"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.classify_images", "--input", f"{inputs}/*", "--labels", "everyday",
+         "--output", str(out), "--top_k", "3", "--batch_size", "4",
+         "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    bad = {name for name, (_, ok) in hostile_files(photos / "chelsea.jpg").items() if not ok}
+    results, errors = _read(str(out)), _read(f"{out}-errors")
+    assert results.schema.equals(RESULTS_SCHEMA) and errors.schema.equals(ERRORS_SCHEMA)
+    labeled = {Path(uri).name for uri in results.column("uri").to_pylist()}
+    failed = {Path(uri).name for uri in errors.column("uri").to_pylist()}
+    assert failed == bad and labeled == {p.name for p in inputs.iterdir()} - bad
+    assert results.num_rows == len(labeled) and errors.num_rows == len(failed)
+    assert set(errors.column("stage").to_pylist()) == {"decode"}
+    rows = {Path(row["uri"]).name: row for row in results.to_pylist()}
+    assert rows["chelsea.jpg"]["labels"][0] == "animal" and len(rows["chelsea.jpg"]["labels"]) == 3
+    assert (rows["exif_rotated.jpg"]["width"], rows["exif_rotated.jpg"]["height"]) == (300, 451)
+    assert f"labeled {len(labeled)} images, {len(bad)} errors (read 0, decode {len(bad)}, embed 0)" in done.stdout
+
+
+@pytest.fixture
+def good_args(photos, tmp_path):
+    return ["--input", f"{photos}/*.jpg", "--labels", "everyday", "--output", str(tmp_path / "out")]
+
+
+def _replace(args, flag, value):
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a, t: _replace(a, "--labels", str(t / "nope.txt")), "cannot read label set"),
+    (lambda a, t: _replace(a, "--labels", str(_write(t / "empty.txt", "# none\n"))), "has no labels"),
+    (lambda a, t: _replace(a, "--labels", str(_write(t / "dup.txt", "cat\ndog\ncat\n"))), "repeats labels: cat"),
+    (lambda a, t: _replace(a, "--input", str(t / "*.tif")), "matches no file"),
+    (lambda a, t: _replace(a, "--input", "nosuchprotocol://bucket/*.jpg"), "cannot list --input"),
+    (lambda a, t: a + ["--top_k", "0"], "--top_k must be at least 1"),
+    (lambda a, t: a + ["--batch_size", "-3"], "--batch_size must be at least 1"),
+    (lambda a, t: a + ["--top-k", "3"], "unknown option(s): --top-k"),
+    (lambda a, t: a + ["--backend", "clip"], "invalid choice: 'clip'"),
+    (lambda a, t: a[2:], "the following arguments are required: --input"),
+])
+def test_bad_configuration_stops_before_the_job_with_one_line(good_args, tmp_path, capsys, change, message):
+    with pytest.raises(SystemExit) as exited:
+        sys.exit(classify_images.main(change(good_args, tmp_path)))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert not glob.glob(str(tmp_path / "out*"))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_bad_configuration_exit_status_from_the_shell(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.classify_images", "--input", str(tmp_path / "none*.jpg"),
+         "--labels", "everyday", "--output", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: --input '{tmp_path / 'none*.jpg'}' matches no file"

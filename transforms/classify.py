@@ -1,0 +1,55 @@
+"""Runner: composes read -> decode -> embed -> rank into one PTransform with a dead-letter output."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import apache_beam as beam
+from PIL import Image
+
+from transforms.backends import Backend
+from transforms.decode import DEFAULT_MAX_SIDE, DecodeImages
+from transforms.embed import EmbedImages
+from transforms.rank import EmbedLabels, RankLabels
+from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
+from transforms.records import ERRORS
+
+
+class ZeroShotClassify(beam.PTransform):
+    """URIs or (uri, bytes) -> {'results': output rows, 'errors': error rows}; every input lands in exactly one.
+
+    Example:
+        outputs = uris | ZeroShotClassify(["cat", "car"], get_backend("local"))
+        outputs["results"] | WriteParquet("out/labels", RESULTS_SCHEMA)
+    """
+
+    def __init__(self, labels: Sequence[str], backend: Backend, top_k: int = 5, batch_size: int = 32,
+                 max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = Image.MAX_IMAGE_PIXELS,
+                 max_side: int = DEFAULT_MAX_SIDE):
+        super().__init__()
+        if not labels:
+            raise ValueError("ZeroShotClassify needs at least one label")
+        if top_k < 1 or batch_size < 1:
+            raise ValueError("top_k and batch_size must be at least 1")
+        self.labels = list(labels)
+        self.backend = backend
+        self.top_k = min(top_k, len(self.labels))
+        self.batch_size = batch_size
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.max_side = max_side
+
+    def expand(self, inputs):
+        label_matrix = inputs.pipeline | "EmbedLabels" >> EmbedLabels(self.labels, self.backend)
+        read = inputs | "Read" >> beam.ParDo(ReadFiles(self.max_bytes)).with_outputs(ERRORS, main="files")
+        decoded = read.files | "Decode" >> beam.ParDo(
+            DecodeImages(self.max_pixels, self.max_side)).with_outputs(ERRORS, main="images")
+        vectors, embed_errors = decoded.images | "Embed" >> EmbedImages(self.backend, self.batch_size)
+        results = (
+            vectors
+            | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
+            | "Rank" >> beam.ParDo(
+                RankLabels(self.top_k, self.backend.logit_scale, self.backend.model_id),
+                labels=beam.pvalue.AsSingleton(label_matrix))
+        )
+        errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()
+        return {"results": results, ERRORS: errors}

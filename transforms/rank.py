@@ -1,0 +1,78 @@
+"""Ranker: label texts embedded once per job, then every batch of image vectors ranked against them in one product."""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from transforms.backends import Backend
+from transforms.metrics import NAMESPACE, ProgressLog, StageMetrics
+from transforms.records import ImageInfo
+
+
+class LabelMatrix(NamedTuple):
+    """The label names and their unit vectors, row i for label i."""
+
+    names: list[str]
+    vectors: np.ndarray
+
+
+def build_label_matrix(labels: Sequence[str], backend: Backend) -> LabelMatrix:
+    """Embeds the label texts with the backend's text encoder: the zero-shot classifier is just this matrix."""
+    Metrics.counter(NAMESPACE, "label_sets_embedded").inc()
+    return LabelMatrix(list(labels), backend.load().embed_texts(labels))
+
+
+class EmbedLabels(beam.PTransform):
+    """A one-element PCollection holding the LabelMatrix, computed by one worker, once per job."""
+
+    def __init__(self, labels: Sequence[str], backend: Backend):
+        super().__init__()
+        self.labels = list(labels)
+        self.backend = backend
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "LabelSet" >> beam.Create([self.labels])
+            | "Embed" >> beam.Map(build_label_matrix, self.backend)
+        )
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class RankLabels(beam.DoFn):
+    """A batch of (ImageInfo, vector) -> one output row per image: top-k labels, cosine scores, probabilities."""
+
+    def __init__(self, top_k: int, logit_scale: float, model_id: str):
+        self.top_k = top_k
+        self.logit_scale = logit_scale
+        self.model_id = model_id
+
+    def setup(self):
+        self.metrics = StageMetrics("rank")
+        self.progress = ProgressLog()
+
+    def process(self, batch: list[tuple[ImageInfo, np.ndarray]], labels: LabelMatrix):
+        with self.metrics.timed():
+            scores = np.stack([vector for _, vector in batch]) @ labels.vectors.T
+            probs = softmax(self.logit_scale * scores)
+            top = np.argsort(-scores, axis=1, kind="stable")[:, : self.top_k]
+        for (info, _), image_scores, image_probs, order in zip(batch, scores, probs, top):
+            yield {
+                "uri": info.uri,
+                "labels": [labels.names[i] for i in order],
+                "scores": image_scores[order].tolist(),
+                "probs": image_probs[order].tolist(),
+                "model": self.model_id,
+                "width": info.width,
+                "height": info.height,
+                "sha256": info.sha256,
+            }
+        self.metrics.passed.inc(len(batch))
+        self.progress.add(len(batch))
