@@ -1,0 +1,120 @@
+"""`make bench`: whole-job throughput against a bare decode+forward loop, label-count and image-count scaling.
+
+Every figure is measured in this one run, on this machine, and printed as a markdown table with ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from pipelines.demo import write_sample_photos
+from transforms.backends import get_backend
+from transforms.decode import decode_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_images(folder: Path, count: int, seed: int = 0) -> Path:
+    """`count` distinct JPEGs (random crops, flips, sizes and qualities of the sample photos)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    for old in folder.glob("*.jpg"):
+        old.unlink()
+    sources = folder.parent / "sources"
+    write_sample_photos(sources)
+    photos = [Image.open(path).convert("RGB") for path in sorted(sources.glob("*.jpg"))]
+    rng = random.Random(seed)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        image = photo.crop((left, top, left + cw, top + ch))
+        if rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        scale = rng.uniform(0.8, 1.6)
+        image = image.resize((int(cw * scale), int(ch * scale)), Image.Resampling.BILINEAR)
+        image.save(folder / f"img{i:05d}.jpg", quality=rng.randint(80, 95))
+    return folder
+
+
+def bare_loop(folder: Path, batch_size: int) -> tuple[float, float]:
+    """(images/s, seconds) of read + decode + forward in batches, after the model has loaded."""
+    embedder = get_backend("local").load()
+    paths = sorted(folder.glob("*.jpg"))
+    start = time.perf_counter()
+    for i in range(0, len(paths), batch_size):
+        images = [decode_image(path.read_bytes(), Image.MAX_IMAGE_PIXELS)[0] for path in paths[i:i + batch_size]]
+        embedder.embed_images(images)
+    seconds = time.perf_counter() - start
+    return len(paths) / seconds, seconds
+
+
+def whole_job(folder: Path, labels: str, batch_size: int, out: Path, *beam_args: str) -> tuple[float, float, int]:
+    """(images/s, seconds, peak RSS MiB) of `python -m pipelines.classify_images`, from process start to exit."""
+    command = [sys.executable, "-m", "pipelines.classify_images", "--input", f"{folder}/*.jpg", "--labels", labels,
+               "--output", str(out / "labels"), "--batch_size", str(batch_size), *beam_args]
+    # A fresh wrapper per job, so RUSAGE_CHILDREN's peak belongs to this job alone (workers included).
+    wrapper = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+               "sys.stderr.write(done.stderr[-2000:] if done.returncode else '');"
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", wrapper, *command], cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"job failed: {done.stderr}")
+    images = len(list(folder.glob("*.jpg")))
+    return images / seconds, seconds, int(done.stdout.split()[-1]) // 1024
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000, help="images for the throughput comparison")
+    parser.add_argument("--label_images", type=int, default=300, help="images for the label-count comparison")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--workdir", default=str(REPO / "bench-output"))
+    args = parser.parse_args(argv)
+    work = Path(args.workdir)
+    big = make_images(work / f"images{args.images}", args.images)
+    small = make_images(work / f"images{args.label_images}", args.label_images)
+
+    rows = []
+    loop_rate, loop_s = bare_loop(big, args.batch_size)
+    rows.append(("bare loop: read+decode+forward (model loaded)", args.images, loop_s, loop_rate, None, ""))
+    job_rate, job_s, job_rss = whole_job(big, "everyday", args.batch_size, work / "out")
+    rows.append(("whole job, DirectRunner in-process, 12 labels", args.images, job_s, job_rate, job_rss,
+                 f"{job_rate / loop_rate:.2f}x bare loop"))
+    mp_rate, mp_s, mp_rss = whole_job(big, "everyday", args.batch_size, work / "out", "--direct_running_mode",
+                                      "multi_processing", "--direct_num_workers", "2")
+    rows.append(("whole job, DirectRunner 2 processes, 12 labels", args.images, mp_s, mp_rate, mp_rss,
+                 f"{mp_rate / loop_rate:.2f}x bare loop"))
+    few_rate, few_s, few_rss = whole_job(small, "everyday", args.batch_size, work / "out")
+    rows.append(("whole job, 12 labels", args.label_images, few_s, few_rate, few_rss, ""))
+    many_rate, many_s, many_rss = whole_job(small, "imagenet", args.batch_size, work / "out")
+    rows.append(("whole job, 1,000 labels", args.label_images, many_s, many_rate, many_rss,
+                 f"{many_s / few_s:.2f}x the time of 12 labels"))
+
+    print(f"\n{datetime.date.today()} · {platform.node()} · {os.cpu_count()} cores · Python "
+          f"{platform.python_version()} · batch size {args.batch_size}\n")
+    print("| run | images | seconds | images/s | peak RSS MiB | ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for name, n, seconds, rate, rss, ratio in rows:
+        print(f"| {name} | {n} | {seconds:.1f} | {rate:.1f} | {rss if rss is not None else ''} | {ratio} |")
+    print(f"\npeak RSS, {args.label_images} vs {args.images} images (in-process, 12 labels): "
+          f"{few_rss} vs {job_rss} MiB ({job_rss / few_rss:.2f}x for {args.images / args.label_images:.1f}x images)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
