@@ -1,17 +1,26 @@
 """The built distribution carries every module and label file: what Dataflow's --setup_file installs on workers."""
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("transforms", "pipelines", "labels")
 
 
 def test_wheel_contains_all_packages_and_label_sets(tmp_path):
+    # Build from a clean copy: a local build/ or *.egg-info folder would hide a package missing from setup.py.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for package in PACKAGES:
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True)
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    sources = {str(p.relative_to(REPO)) for top in ("transforms", "pipelines", "labels")
-               for p in (REPO / top).rglob("*") if p.suffix in (".py", ".txt") and "__pycache__" not in p.parts}
+    sources = {str(p.relative_to(source)) for package in PACKAGES for p in (source / package).rglob("*")
+               if p.suffix in (".py", ".txt")}
     assert sources <= names, sorted(sources - names)
