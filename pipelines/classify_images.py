@@ -47,10 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="prefix of the result Parquet shards")
     parser.add_argument("--errors_output", help="prefix of the error Parquet shards (default: OUTPUT-errors)")
     parser.add_argument("--top_k", type=int, default=5, help="labels reported per image (default 5)")
-    parser.add_argument("--batch_size", type=int, default=32, help="images per model call (default 32)")
+    parser.add_argument("--batch_size", type=int, help="images per model call (default: 32 local, 256 nomic)")
     parser.add_argument("--backend", default="local", choices=sorted(BACKENDS), help="embedding backend")
     parser.add_argument("--num_shards", type=int, default=0, help="output shards (default: runner decides)")
+    nomic = parser.add_argument_group("nomic backend (the API key comes from NOMIC_API_KEY or a key file)")
+    nomic.add_argument("--nomic_api_key_file", help="file holding the API key: a path or any fsspec URL")
+    nomic.add_argument("--nomic_text_model", default="nomic-embed-text-v1.5")
+    nomic.add_argument("--nomic_vision_model", default="nomic-embed-vision-v1.5")
+    nomic.add_argument("--nomic_task_type", default="search_query",
+                       choices=["search_query", "search_document", "classification", "clustering"])
     return parser
+
+
+def backend_options(args: argparse.Namespace) -> dict:
+    """The options of the chosen backend, taken from its command-line group."""
+    if args.backend == "nomic":
+        return {"api_key_file": args.nomic_api_key_file, "text_model": args.nomic_text_model,
+                "vision_model": args.nomic_vision_model, "task_type": args.nomic_task_type}
+    return {}
 
 
 def _all_option_classes(cls: type = PipelineOptions):
@@ -77,7 +91,7 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str]):
         raise ConfigError(f"unknown option(s): {' '.join(unknown)} (see --help)")
     if args.top_k < 1:
         raise ConfigError(f"--top_k must be at least 1, got {args.top_k}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch_size must be at least 1, got {args.batch_size}")
     try:
         labels = load_label_set(args.labels)
@@ -89,7 +103,7 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str]):
         raise ConfigError(f"cannot list --input {args.input!r}: {type(e).__name__}: {e}") from None
     if match is None:
         raise ConfigError(f"--input {args.input!r} matches no file")
-    backend = get_backend(args.backend)
+    backend = get_backend(args.backend, **backend_options(args))
     try:
         backend.check()
     except Exception as e:  # noqa: BLE001
@@ -101,7 +115,8 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels, ba
     outputs = (
         pipeline
         | "Match" >> MatchFiles(args.input)
-        | "Classify" >> ZeroShotClassify(labels, backend, top_k=args.top_k, batch_size=args.batch_size)
+        | "Classify" >> ZeroShotClassify(labels, backend, top_k=args.top_k,
+                                         batch_size=args.batch_size or backend.default_batch_size)
     )
     outputs["results"] | "WriteResults" >> WriteParquet(args.output, RESULTS_SCHEMA, args.num_shards)
     outputs[ERRORS] | "WriteErrors" >> WriteParquet(

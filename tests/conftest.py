@@ -79,3 +79,30 @@ def hostile_dir(tmp_path_factory, photos) -> Path:
     for name, (data, _) in hostile_files(photos / "chelsea.jpg").items():
         (folder / name).write_bytes(data)
     return folder
+
+
+@pytest.fixture
+def nomic_api(monkeypatch, tmp_path):
+    """A fresh loopback Nomic API; the nomic client in this process and its children is pointed at it."""
+    from tests.nomic_server import FakeNomicAPI
+
+    import nomic.embed
+
+    from transforms.backends import base
+
+    api = FakeNomicAPI().start()
+    # Each test gets a new server: drop clients loaded for an earlier one.
+    monkeypatch.setattr(base, "_LOADED", {})
+    monkeypatch.setattr(nomic.embed, "atlas_class", None)
+    monkeypatch.setenv("ATLAS_API_PATH", api.url)
+    monkeypatch.setenv("NOMIC_API_KEY", api.key)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.nomic of the developer is read or written
+    yield api
+    api.stop()
+
+
+def colour_photo(rgb, size=(64, 48)) -> bytes:
+    """A JPEG of one flat colour: the loopback Nomic API embeds images by their mean colour."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, tuple(rgb)).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()

@@ -6,29 +6,41 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from transforms.backends import Backend
 from transforms.metrics import StageMetrics
-from transforms.records import error_row
+from transforms.records import ERRORS, EmbedFailure, error_row
 
 
-class _CountEmbedded(beam.DoFn):
-    """Drops the echoed input image and counts what the model embedded."""
+class _SplitEmbedded(beam.DoFn):
+    """Drops the echoed input image; images the handler reported as failed go to `errors`."""
 
     def setup(self):
         self.metrics = StageMetrics("embed")
 
     def process(self, keyed_result):
         info, result = keyed_result
+        if isinstance(result.inference, EmbedFailure):
+            self.metrics.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(info.uri, "embed", *result.inference))
+            return
         self.metrics.passed.inc()
         yield info, result.inference
 
 
 class _FailedBatchToErrors(beam.DoFn):
-    """A failed batch becomes one `embed` error row per image in it, so no input is lost."""
+    """A failed batch becomes one `embed` error row per image in it, so no input is lost.
+
+    Errors the backend declares fatal (a refused API key) are raised again: every batch would fail the same way.
+    """
+
+    def __init__(self, fatal_errors: tuple[type[Exception], ...]):
+        self.fatal_errors = fatal_errors
 
     def setup(self):
         self.metrics = StageMetrics("embed")
 
     def process(self, failed):
         batch, (exc_type, exc_repr, _traceback) = failed
+        if issubclass(exc_type, self.fatal_errors):
+            raise exc_type(exc_repr)
         for info, _image in batch:
             self.metrics.failed.inc()
             yield error_row(info.uri, "embed", exc_type.__name__, exc_repr)
@@ -44,7 +56,9 @@ class EmbedImages(beam.PTransform):
 
     def expand(self, images):
         handler = KeyedModelHandler(self.backend.model_handler(self.batch_size))
-        embedded, failed = images | "RunInference" >> RunInference(handler).with_exception_handling()
-        vectors = embedded | "Vectors" >> beam.ParDo(_CountEmbedded())
-        errors = failed.failed_inferences | "FailedBatches" >> beam.ParDo(_FailedBatchToErrors())
-        return vectors, errors
+        embedded, failed = images | "RunInference" >> RunInference(handler).with_exception_handling(
+            timeout=self.backend.call_timeout_s)
+        split = embedded | "Vectors" >> beam.ParDo(_SplitEmbedded()).with_outputs(ERRORS, main="vectors")
+        failed_batches = failed.failed_inferences | "FailedBatches" >> beam.ParDo(
+            _FailedBatchToErrors(self.backend.fatal_errors))
+        return split.vectors, (split[ERRORS], failed_batches) | "EmbedErrors" >> beam.Flatten()

@@ -81,8 +81,22 @@ def summary(result: PipelineResult, seconds: float) -> str:
     embed_us = _mean(result, "inference_batch_latency_micro_secs")
     mean_ms["embed"] = embed_us / 1000 if embed_us is not None else None
     timings = ", ".join(f"{stage} {mean_ms[stage]:.1f}" for stage in STAGES if mean_ms[stage] is not None)
-    return (
+    lines = [
         f"labeled {counts['labeled']} images, {errors} errors ({by_stage}) in {seconds:.1f} s: "
-        f"{counts['labeled'] / seconds:.2f} images/s\n"
-        f"mean ms per call: {timings} (embed and rank per batch)"
-    )
+        f"{counts['labeled'] / seconds:.2f} images/s",
+        f"mean ms per call: {timings} (embed and rank per batch)",
+    ]
+    if backend_counters := _backend_counters(result):
+        lines.append("backend: " + ", ".join(f"{name} {value}" for name, value in sorted(backend_counters.items())))
+    return "\n".join(lines)
+
+
+def _backend_counters(result: PipelineResult) -> dict[str, int]:
+    """Counters a remote backend keeps (calls, inputs sent, usage the API reported), e.g. nomic_image_calls."""
+    counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    totals: dict[str, int] = {}
+    for counter in counters:
+        if counter.key.metric.name.startswith("nomic_"):
+            name = counter.key.metric.name
+            totals[name] = totals.get(name, 0) + (counter.committed or counter.attempted or 0)
+    return totals

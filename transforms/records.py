@@ -24,3 +24,10 @@ def error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, 
 def exception_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
     """The dead-letter row for an exception caught while processing `uri`."""
     return error_row(uri, stage, type(error).__name__, str(error))
+
+
+class EmbedFailure(NamedTuple):
+    """What a model handler returns in place of a vector for one image it could not embed (e.g. rejected)."""
+
+    error: str
+    message: str

@@ -1,10 +1,11 @@
-"""Embedding backends, chosen by name: `local` (embedded, offline)."""
+"""Embedding backends, chosen by name: `local` (embedded, offline) and `nomic` (hosted Nomic Embed API)."""
 from __future__ import annotations
 
 from transforms.backends.base import Backend, Embedder, l2_normalize
 from transforms.backends.local import LocalBackend
+from transforms.backends.nomic import NomicBackend
 
-BACKENDS: dict[str, type[Backend]] = {LocalBackend.name: LocalBackend}
+BACKENDS: dict[str, type[Backend]] = {backend.name: backend for backend in (LocalBackend, NomicBackend)}
 
 
 def get_backend(name: str, **options) -> Backend:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
@@ -38,6 +38,12 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     # Cosine similarities are multiplied by this before the softmax over labels (a CLIP-style logit scale).
     logit_scale: ClassVar[float]
+    # Errors that must stop the job instead of sending a batch to the errors output (e.g. a refused API key).
+    fatal_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    # Seconds one model call may take before its batch goes to the errors output; None waits forever.
+    call_timeout_s: ClassVar[Optional[int]] = None
+    # Images per model call when the user does not choose.
+    default_batch_size: ClassVar[int] = 32
 
     @property
     @abc.abstractmethod

@@ -1,0 +1,165 @@
+"""The nomic backend against a loopback Nomic API: the full command line, and what the user gets for each fault."""
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from tests.conftest import colour_photo
+from transforms.backends.nomic import MAX_IMAGES_PER_REQUEST, NomicBackend, NomicKeyError, read_api_key
+from transforms.classify import ZeroShotClassify
+from transforms.rank import get_nearest_texts
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = ["red", "green", "blue", "yellow"]
+RGB = {"red": (230, 20, 20), "green": (20, 200, 30), "blue": (20, 30, 220), "yellow": (230, 220, 20)}
+
+
+@pytest.fixture
+def colour_photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, rgb in RGB.items():
+        (folder / f"{name}.jpg").write_bytes(colour_photo(rgb))
+    return folder
+
+
+def _cli(args, **env):
+    return subprocess.run([sys.executable, "-m", "pipelines.classify_images", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **env})
+
+
+def _rows(prefix):
+    files = sorted(glob.glob(f"{prefix}-[0-9]*.parquet"))
+    return pq.read_table(files).to_pylist() if files else []
+
+
+def test_command_line_end_to_end(nomic_api, colour_photos, tmp_path):
+    (colour_photos / "magenta.jpg").write_bytes(colour_photo((255, 0, 255)))
+    (colour_photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    labels = tmp_path / "colours.txt"
+    labels.write_text("\n".join(COLOURS) + "\n")
+    out = tmp_path / "out" / "labels"
+    done = _cli(["--backend", "nomic", "--input", f"{colour_photos}/*.jpg", "--labels", str(labels),
+                 "--output", str(out), "--top_k", "2"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {Path(row["uri"]).stem: row for row in _rows(out)}
+    assert {name: row["labels"][0] for name, row in results.items()} == {c: c for c in COLOURS}
+    assert {row["model"] for row in results.values()} == {"nomic-embed-vision-v1.5"}
+    errors = {Path(row["uri"]).name: (row["stage"], row["error"]) for row in _rows(f"{out}-errors")}
+    assert errors == {"magenta.jpg": ("embed", "ImageRejectedError"), "broken.jpg": ("decode", "UnidentifiedImageError")}
+    assert nomic_api.task_types == {"search_query"}
+    assert "backend: nomic_image_calls" in done.stdout and "nomic_text_usage_total_tokens" in done.stdout
+    everything = done.stdout + done.stderr + "".join(
+        Path(f).read_bytes().decode("latin-1") for f in glob.glob(f"{out}*.parquet"))
+    assert nomic_api.key not in everything
+
+
+def _classify(backend, inputs, labels=COLOURS, batch_size=8):
+    p = TestPipeline()
+    outputs = p | beam.Create(inputs) | ZeroShotClassify(labels, backend, top_k=1, batch_size=batch_size)
+    return p, outputs
+
+
+def _outcomes(outputs):
+    ok = outputs["results"] | "Ok" >> beam.Map(lambda row: (Path(row["uri"]).name, row["labels"][0]))
+    bad = outputs["errors"] | "Bad" >> beam.Map(lambda row: (Path(row["uri"]).name, row["error"]))
+    return (ok, bad) | beam.Flatten()
+
+
+def _pairs(folder):
+    return [(str(folder / f"{name}.jpg"), (folder / f"{name}.jpg").read_bytes()) for name in RGB]
+
+
+def test_labels_are_embedded_once_whatever_the_number_of_images(nomic_api, tmp_path):
+    inputs = [(f"img{i}.jpg", colour_photo(RGB[COLOURS[i % 4]])) for i in range(40)]
+    p, outputs = _classify(NomicBackend(), inputs, batch_size=10)
+    assert_that(outputs["results"] | beam.combiners.Count.Globally(), equal_to([40]))
+    p.run().wait_until_finish()
+    text_requests_for_one_call = len(COLOURS)  # the client sends small label sets one text per request
+    assert nomic_api.requests["/v1/embedding/text"] == text_requests_for_one_call
+    assert nomic_api.images_seen == 40
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_bursts_of_retriable_errors_are_absorbed(nomic_api, colour_photos, status):
+    nomic_api.fail_next(2, status=status)
+    p, outputs = _classify(NomicBackend(), _pairs(colour_photos))
+    assert_that(_outcomes(outputs), equal_to([(f"{c}.jpg", c) for c in COLOURS]))
+    p.run().wait_until_finish()
+    assert sum(nomic_api.requests.values()) > len(COLOURS) + 2  # the failed requests were sent again
+
+
+def test_malformed_responses_that_persist_send_the_batch_to_errors(nomic_api, colour_photos):
+    p, outputs = _classify(NomicBackend(retries=0), _pairs(colour_photos))
+    nomic_api.fail_next(len(COLOURS))  # label requests succeed
+    nomic_api.fail_next(100, malformed=True)
+    assert_that(_outcomes(outputs), equal_to([(f"{c}.jpg", "NomicAPIError") for c in COLOURS]))
+    p.run().wait_until_finish()
+
+
+def test_a_wrong_number_of_embeddings_is_never_aligned_by_guess(nomic_api, colour_photos):
+    p, outputs = _classify(NomicBackend(retries=0), _pairs(colour_photos))
+    nomic_api.fail_next(len(COLOURS))
+    nomic_api.fail_next(1, drop_one=True)  # one of the requests the client sends for the batch
+    assert_that(outputs["errors"] | beam.Map(lambda row: (row["error"], "3 embeddings for 4 inputs" in row["message"])),
+                equal_to([("EmbeddingCountError", True)] * 4))
+    assert_that(outputs["results"], equal_to([]), label="NoResults")
+    p.run().wait_until_finish()
+
+
+def test_slow_responses_time_out_into_the_errors_output(nomic_api, colour_photos):
+    p, outputs = _classify(NomicBackend(retries=0, call_timeout_s=1), _pairs(colour_photos))
+    nomic_api.fail_next(len(COLOURS))
+    nomic_api.fail_next(1, delay_s=4)
+    assert_that(_outcomes(outputs), equal_to([(f"{c}.jpg", "TimeoutError") for c in COLOURS]))
+    p.run().wait_until_finish()
+
+
+def test_a_key_refused_mid_job_fails_the_job_fast(nomic_api, colour_photos):
+    nomic_api.fail_next(len(COLOURS))  # the labels are embedded, then the key is revoked
+    nomic_api.fail_next(1000, status=401)
+    p, _ = _classify(NomicBackend(), _pairs(colour_photos))
+    with pytest.raises(Exception, match="refused the API key"):
+        p.run().wait_until_finish()
+    assert sum(nomic_api.requests.values()) < 20  # no minutes of retries
+
+
+def test_a_refused_key_stops_the_command_before_it_starts(nomic_api, colour_photos, tmp_path):
+    done = _cli(["--backend", "nomic", "--input", f"{colour_photos}/*.jpg", "--labels", "everyday",
+                 "--output", str(tmp_path / "out")], NOMIC_API_KEY="nk-wrong-key-4242")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: backend 'nomic' cannot run: the Nomic API refused the API key (HTTP 401)"
+    assert "nk-wrong-key-4242" not in done.stdout + done.stderr
+
+
+def test_key_file_any_fsspec_url_and_missing_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOMIC_API_KEY", raising=False)
+    (tmp_path / "key").write_text("nk-from-file\n")
+    assert read_api_key(str(tmp_path / "key")) == "nk-from-file"
+    with pytest.raises(NomicKeyError, match="no Nomic API key: set NOMIC_API_KEY or pass --nomic_api_key_file"):
+        read_api_key(None)
+    with pytest.raises(NomicKeyError, match="cannot read the Nomic API key file"):
+        read_api_key(str(tmp_path / "missing"))
+    monkeypatch.setenv("NOMIC_API_KEY", "sk-not-nomic")
+    with pytest.raises(NomicKeyError, match="start with 'nk-'") as caught:
+        read_api_key(None)
+    assert "sk-not-nomic" not in str(caught.value)
+
+
+def test_requests_never_exceed_the_api_limit():
+    handler = NomicBackend().model_handler(batch_size=5000)
+    assert handler.batch_elements_kwargs()["max_batch_size"] == MAX_IMAGES_PER_REQUEST
+
+
+def test_get_nearest_texts_on_the_nomic_backend(nomic_api):
+    image = Image.new("RGB", (40, 40), (20, 30, 220))
+    ranked = get_nearest_texts(image, ["a red car", "a blue sky", "green grass"], backend="nomic")
+    assert ranked[0][0] == "a blue sky" and ranked[0][1] > 0.99 > ranked[1][1]

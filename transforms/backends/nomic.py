@@ -1,0 +1,228 @@
+"""The hosted `nomic` backend: Nomic Embed Vision/Text through the official client, on Beam's RemoteModelHandler."""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import fsspec
+import numpy as np
+import requests
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import PredictionResult, RemoteModelHandler
+from PIL import Image
+
+from transforms.backends.base import Backend, Embedder, l2_normalize
+from transforms.metrics import NAMESPACE
+from transforms.records import EmbedFailure
+
+KEY_ENV = "NOMIC_API_KEY"
+MAX_IMAGES_PER_REQUEST = 512  # the image endpoint's limit; the client splits bigger calls itself
+
+
+class NomicKeyError(RuntimeError):
+    """No usable API key, or the API refused it (HTTP 401/403): every call would fail, so the job stops."""
+
+
+class ImageRejectedError(ValueError):
+    """The API refused a request for its content (HTTP 400/413/415/422)."""
+
+
+class NomicAPIError(RuntimeError):
+    """Any other failed call: 429 or 5xx after the client's own backoff, connection errors, malformed responses."""
+
+
+class EmbeddingCountError(NomicAPIError):
+    """The response holds a different number of embeddings than inputs: never guess how they align."""
+
+
+def read_api_key(key_file: Optional[str]) -> str:
+    """The key from `key_file` (a path or any fsspec URL, e.g. a mounted secret) or from NOMIC_API_KEY."""
+    if key_file:
+        try:
+            with fsspec.open(key_file, "rt") as f:
+                key = f.read().strip()
+        except (OSError, ValueError) as e:
+            raise NomicKeyError(f"cannot read the Nomic API key file {key_file!r} ({type(e).__name__})") from None
+    else:
+        key = os.environ.get(KEY_ENV, "").strip()
+    if not key:
+        raise NomicKeyError(f"no Nomic API key: set {KEY_ENV} or pass --nomic_api_key_file")
+    if not key.startswith("nk-"):
+        raise NomicKeyError("the Nomic API key does not look like one (API keys start with 'nk-')")
+    return key
+
+
+def _login(key: str) -> None:
+    """Authenticates this process's nomic client with `key`, in a private credentials folder.
+
+    The client reads its token from NOMIC_BASE/credentials; a per-process folder means workers need no ~/.nomic
+    and the user's own login is never overwritten. ATLAS_API_PATH keeps overriding the endpoint, as in the client.
+    """
+    import nomic
+    import nomic.cli
+    import nomic.embed
+
+    folder = Path(tempfile.mkdtemp(prefix="nomic-credentials-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    nomic.cli.nomic_base_path = folder
+    nomic.login(key)
+    nomic.embed.atlas_class = None  # the next call builds its client from these credentials
+
+
+def _http_status(error: Exception) -> tuple[Optional[int], str]:
+    """(status, body) from the nomic client's `Exception((status, text))`, else (None, '')."""
+    detail = error.args[0] if error.args else None
+    if isinstance(detail, tuple) and len(detail) == 2 and isinstance(detail[0], int):
+        return detail[0], str(detail[1])[:300]
+    return None, ""
+
+
+def _translate(error: Exception) -> Exception:
+    status, body = _http_status(error)
+    if status in (401, 403):
+        return NomicKeyError(f"the Nomic API refused the API key (HTTP {status})")
+    if status in (400, 413, 415, 422):
+        return ImageRejectedError(f"the Nomic API rejected the request (HTTP {status}): {body}")
+    if status is not None:
+        return NomicAPIError(f"the Nomic API failed (HTTP {status}): {body}")
+    return NomicAPIError(f"the Nomic API call failed: {type(error).__name__}: {str(error)[:300]}")
+
+
+class NomicEmbedder(Embedder):
+    """Texts through nomic.embed.text, in-memory images through nomic.embed.image; the dimension comes from replies."""
+
+    def __init__(self, key: str, text_model: str, vision_model: str, task_type: str):
+        _login(key)
+        self.text_model, self.vision_model, self.task_type = text_model, vision_model, task_type
+        self.model_id = vision_model
+        self.dim: Optional[int] = None  # known after the first response
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import nomic.embed
+
+        response = self._call("text", nomic.embed.text, list(texts), model=self.text_model, task_type=self.task_type)
+        return self._vectors(response, len(texts))
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        import nomic.embed
+
+        response = self._call("image", nomic.embed.image, images=list(images), model=self.vision_model)
+        return self._vectors(response, len(images))
+
+    def _call(self, kind: str, function: Callable[..., dict], *args, **kwargs) -> dict:
+        count = len(args[0]) if args else len(kwargs["images"])
+        Metrics.counter(NAMESPACE, f"nomic_{kind}_calls").inc()
+        Metrics.counter(NAMESPACE, f"nomic_{kind}_inputs").inc(count)
+        try:
+            response = function(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the client raises bare Exception((status, text)) among others
+            raise _translate(e) from None
+        for name, value in (response.get("usage") or {}).items():
+            if isinstance(value, (int, float)):
+                Metrics.counter(NAMESPACE, f"nomic_{kind}_usage_{name}").inc(int(value))
+        return response
+
+    def _vectors(self, response: dict, expected: int) -> np.ndarray:
+        embeddings = response.get("embeddings")
+        if not isinstance(embeddings, list) or len(embeddings) != expected:
+            got = len(embeddings) if isinstance(embeddings, list) else "no"
+            raise EmbeddingCountError(f"the Nomic API returned {got} embeddings for {expected} inputs")
+        vectors = np.asarray(embeddings, dtype=np.float32)
+        if vectors.ndim != 2 or (self.dim is not None and vectors.shape[1] != self.dim):
+            raise NomicAPIError(f"the Nomic API returned embeddings of shape {vectors.shape}, expected (n, {self.dim})")
+        self.dim = vectors.shape[1]
+        return l2_normalize(vectors)
+
+
+def _retriable(error: Exception) -> bool:
+    return not isinstance(error, (NomicKeyError, ImageRejectedError, EmbeddingCountError))
+
+
+class NomicModelHandler(RemoteModelHandler[Image.Image, PredictionResult, NomicEmbedder]):
+    """RunInference handler: one client per worker, Beam's retries with backoff and client-side throttling."""
+
+    def __init__(self, backend: "NomicBackend", batch_size: int):
+        super().__init__(namespace=NAMESPACE, num_retries=backend.retries, retry_filter=_retriable)
+        self._backend = backend
+        self._batch_size = min(batch_size, MAX_IMAGES_PER_REQUEST)
+
+    def create_client(self) -> NomicEmbedder:
+        return self._backend.load()
+
+    def request(self, batch: Sequence[Image.Image], model: NomicEmbedder,
+                inference_args: Optional[dict[str, Any]] = None) -> list[PredictionResult]:
+        outcomes = _embed_isolating_rejects(model, list(batch))
+        return [PredictionResult(image, outcome, model.model_id) for image, outcome in zip(batch, outcomes)]
+
+    def get_num_bytes(self, batch: Sequence[Image.Image]) -> int:
+        return sum(image.width * image.height * 3 for image in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return NAMESPACE
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
+
+
+def _embed_isolating_rejects(model: NomicEmbedder, images: list[Image.Image]) -> list:
+    """Vectors, or an EmbedFailure for each image the API rejects: a rejected request is split until the
+    offending image stands alone, so one bad image never costs its neighbours their labels."""
+    try:
+        return list(model.embed_images(images))
+    except ImageRejectedError as e:
+        if len(images) == 1:
+            return [EmbedFailure(type(e).__name__, str(e))]
+        half = len(images) // 2
+        return _embed_isolating_rejects(model, images[:half]) + _embed_isolating_rejects(model, images[half:])
+
+
+@dataclasses.dataclass(frozen=True)
+class NomicBackend(Backend):
+    """Nomic Embed Vision v1.5 / Text v1.5 on the hosted API. Holds no secret: workers read the key themselves."""
+
+    api_key_file: Optional[str] = None
+    text_model: str = "nomic-embed-text-v1.5"
+    vision_model: str = "nomic-embed-vision-v1.5"
+    task_type: str = "search_query"  # Nomic's guidance for text-to-image retrieval
+    retries: int = 3
+    call_timeout_s: int = 300  # a hung connection sends its batch to the errors output instead of stalling
+    name = "nomic"
+    logit_scale = 100.0
+    default_batch_size = 256
+    fatal_errors = (NomicKeyError,)
+
+    @property
+    def model_id(self) -> str:
+        return self.vision_model
+
+    def check(self) -> None:
+        """Reads the key and asks the API who it belongs to: a refused key stops the job before it starts."""
+        import nomic.embed
+        from loguru import logger
+        from nomic.dataset import AtlasClass
+
+        _login(read_api_key(self.api_key_file))
+        logger.disable("nomic")  # the client logs a refused key its own way; the one line below says it
+        try:
+            client = nomic.embed.atlas_class = AtlasClass()
+        finally:
+            logger.enable("nomic")
+        try:
+            response = requests.get(f"{client.atlas_api_path}/v1/user", headers=client.header, timeout=30)
+        except requests.RequestException as e:
+            raise NomicAPIError(f"cannot reach the Nomic API at {client.atlas_api_path} ({type(e).__name__})") from None
+        if response.status_code in (401, 403):
+            raise NomicKeyError(f"the Nomic API refused the API key (HTTP {response.status_code})")
+        if response.status_code != 200:
+            raise NomicAPIError(f"the Nomic API answered HTTP {response.status_code} to the key check")
+
+    def _load(self) -> Embedder:
+        return NomicEmbedder(read_api_key(self.api_key_file), self.text_model, self.vision_model, self.task_type)
+
+    def model_handler(self, batch_size: int) -> NomicModelHandler:
+        return NomicModelHandler(self, batch_size)
