@@ -26,6 +26,7 @@ test: install
 
 bench: install
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.nomic_api
 
 clean:
 	rm -rf $(VENV) demo-output *.egg-info
