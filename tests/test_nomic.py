@@ -41,14 +41,17 @@ def _rows(prefix):
     return pq.read_table(files).to_pylist() if files else []
 
 
-def test_command_line_end_to_end(nomic_api, colour_photos, tmp_path):
+@pytest.mark.parametrize("runner_args", [[], ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]],
+                         ids=["in_process", "worker_processes"])
+def test_command_line_end_to_end(nomic_api, colour_photos, tmp_path, runner_args):
+    """Worker processes have no login of their own: each one must authenticate itself in setup."""
     (colour_photos / "magenta.jpg").write_bytes(colour_photo((255, 0, 255)))
     (colour_photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     labels = tmp_path / "colours.txt"
     labels.write_text("\n".join(COLOURS) + "\n")
     out = tmp_path / "out" / "labels"
     done = _cli(["--backend", "nomic", "--input", f"{colour_photos}/*.jpg", "--labels", str(labels),
-                 "--output", str(out), "--top_k", "2"])
+                 "--output", str(out), "--top_k", "2", *runner_args])
     assert done.returncode == 0, done.stderr[-3000:]
     results = {Path(row["uri"]).stem: row for row in _rows(out)}
     assert {name: row["labels"][0] for name, row in results.items()} == {c: c for c in COLOURS}
