@@ -7,13 +7,15 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench devsets accuracy clean
 
 $(VENV)/.installed: setup.py requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
 	$(PY) -m pip install -q -r requirements-dev.txt -e .
+	# Only foolbox's bundled dev images are used, not its code: its own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps foolbox==3.3.4
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,5 +30,11 @@ bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.nomic_api
 
+devsets: install
+	$(PY) -m pipelines.devsets
+
+accuracy: devsets
+	$(PY) -m benchmarks.accuracy
+
 clean:
-	rm -rf $(VENV) demo-output *.egg-info
+	rm -rf $(VENV) demo-output bench-output devsets eval-output *.egg-info

@@ -17,6 +17,7 @@ setup(
         "pillow>=10.1",
         "fsspec>=2023.12",
         "pyarrow>=14",
+        "matplotlib>=3.7",  # the evaluation job's confusion matrix
         # The embedded backend. On CPU-only machines install the CPU build of torch first (see README).
         "torch>=2.2",
         "sentence-transformers>=3,<7",

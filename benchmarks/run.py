@@ -1,4 +1,4 @@
-"""`make bench`: whole-job throughput against a bare decode+forward loop, label-count and image-count scaling.
+"""`make bench`: whole-job throughput against a bare decode+forward loop and the seed-style per-image loop.
 
 Every figure is measured in this one run, on this machine, and printed as a markdown table with ratios.
 """
@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from pipelines.demo import write_sample_photos
 from transforms.backends import get_backend
 from transforms.decode import decode_image
+from transforms.label_sets import load_label_set
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,18 @@ def bare_loop(folder: Path, batch_size: int) -> tuple[float, float]:
     return len(paths) / seconds, seconds
 
 
+def seed_style_loop(paths: list[Path], labels: list[str]) -> tuple[float, float]:
+    """(images/s, seconds) of the naive script: every image embeds all label texts again, alone, then ranks."""
+    embedder = get_backend("local").load()
+    start = time.perf_counter()
+    for path in paths:
+        label_vectors = embedder.embed_texts(labels)
+        image_vector = embedder.embed_images([decode_image(path.read_bytes(), Image.MAX_IMAGE_PIXELS)[0]])[0]
+        labels[int((label_vectors @ image_vector).argmax())]
+    seconds = time.perf_counter() - start
+    return len(paths) / seconds, seconds
+
+
 def whole_job(folder: Path, labels: str, batch_size: int, out: Path, *beam_args: str) -> tuple[float, float, int]:
     """(images/s, seconds, peak RSS MiB) of `python -m pipelines.classify_images`, from process start to exit."""
     command = [sys.executable, "-m", "pipelines.classify_images", "--input", f"{folder}/*.jpg", "--labels", labels,
@@ -82,6 +95,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="images for the throughput comparison")
     parser.add_argument("--label_images", type=int, default=300, help="images for the label-count comparison")
+    parser.add_argument("--loop_images", type=int, default=30, help="images for the (slow) seed-style loop")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--workdir", default=str(REPO / "bench-output"))
     args = parser.parse_args(argv)
@@ -91,7 +105,13 @@ def main(argv=None) -> int:
 
     rows = []
     loop_rate, loop_s = bare_loop(big, args.batch_size)
-    rows.append(("bare loop: read+decode+forward (model loaded)", args.images, loop_s, loop_rate, None, ""))
+    rows.append(("model only: read+decode+forward loop (model loaded)", args.images, loop_s, loop_rate, None, ""))
+    seed_paths = sorted(small.glob("*.jpg"))[: args.loop_images]
+    for label_set in ("everyday", "cifar100", "imagenet"):
+        labels = load_label_set(label_set)
+        seed_rate, seed_s = seed_style_loop(seed_paths, labels)
+        rows.append((f"seed-style loop, {len(labels)} labels embedded per image", len(seed_paths), seed_s, seed_rate,
+                     None, f"{seed_rate / loop_rate:.2f}x model only"))
     job_rate, job_s, job_rss = whole_job(big, "everyday", args.batch_size, work / "out")
     rows.append(("whole job, DirectRunner in-process, 12 labels", args.images, job_s, job_rate, job_rss,
                  f"{job_rate / loop_rate:.2f}x bare loop"))

@@ -30,7 +30,7 @@ class ConfigError(ValueError):
     """The job cannot start as configured; the message is the one line the user sees."""
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """Argument mistakes end like every other configuration error: one line on stderr, exit status 2."""
 
     def error(self, message: str):
@@ -38,7 +38,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="python -m pipelines.classify_images", description=__doc__.splitlines()[0],
         epilog="Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...).",
         allow_abbrev=False)
@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     nomic.add_argument("--nomic_task_type", default="search_query",
                        choices=["search_query", "search_document", "classification", "clustering"])
     return parser
+
+
+def backend_name(argv: Sequence[str]) -> str:
+    """The backend a command line selects (for reports)."""
+    return build_parser().parse_known_args(["--input", "", "--labels", "", "--output", "", *argv])[0].backend
 
 
 def backend_options(args: argparse.Namespace) -> dict:

@@ -1,0 +1,160 @@
+"""Scores zero-shot labeling on images with known labels: runs the classification job, then measures it.
+
+python -m pipelines.evaluate --input 'devsets/cifar10/*.png' --truth devsets/cifar10/truth.csv \\
+    --labels cifar10 --output eval/cifar10 [--backend local] [classify_images options]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import sys
+from collections import Counter
+from pathlib import Path, PurePosixPath
+from typing import Optional, Sequence
+
+import fsspec
+import pyarrow.parquet as pq
+
+from pipelines import classify_images
+from transforms.label_sets import LabelSetError, load_label_set
+
+FAILED = "(failed)"  # the prediction of an image that never got labels: it counts as wrong, never as absent
+
+
+def read_truth(path: str, labels: Sequence[str]) -> dict[str, str]:
+    """uri -> label from a CSV with columns uri,label; labels outside the set are a ConfigError."""
+    try:
+        with fsspec.open(path, "rt", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise classify_images.ConfigError(f"cannot read --truth {path!r} ({type(e).__name__})") from None
+    if not rows or not {"uri", "label"} <= set(rows[0]):
+        raise classify_images.ConfigError(f"--truth {path!r} needs a header with columns uri,label and rows")
+    truth = {row["uri"].strip(): row["label"].strip() for row in rows}
+    unknown = sorted(set(truth.values()) - set(labels))
+    if unknown:
+        raise classify_images.ConfigError(f"--truth labels not in the label set: {', '.join(unknown[:10])}")
+    names = Counter(PurePosixPath(uri).name for uri in truth)
+    if clashes := [name for name, count in names.items() if count > 1 and name in truth]:
+        raise classify_images.ConfigError(f"--truth names {clashes[0]!r} more than once")
+    return truth
+
+
+def truth_of(uri: str, truth: dict[str, str]) -> Optional[str]:
+    """The true label of an output uri: by full uri, else by file name (truth files may list base names)."""
+    return truth.get(uri) or truth.get(PurePosixPath(uri).name)
+
+
+def score(truth: dict[str, str], predictions: dict[str, list[str]], failed: dict[str, str],
+          labels: Sequence[str]) -> dict:
+    """top-1/top-5 over every evaluated image (failed ones count as wrong) and per-class precision/recall."""
+    pairs = [(truth_of(uri, truth), ranked) for uri, ranked in predictions.items()]
+    pairs += [(truth_of(uri, truth), [FAILED]) for uri in failed]
+    pairs = [(true, ranked) for true, ranked in pairs if true is not None]
+    n = len(pairs)
+    top1 = sum(ranked[0] == true for true, ranked in pairs)
+    top5 = sum(true in ranked[:5] for true, ranked in pairs)
+    support = Counter(true for true, _ in pairs)
+    predicted = Counter(ranked[0] for _, ranked in pairs)
+    hits = Counter(true for true, ranked in pairs if ranked[0] == true)
+    per_class = {
+        label: {"support": support[label], "predicted": predicted[label], "correct": hits[label],
+                "precision": hits[label] / predicted[label] if predicted[label] else None,
+                "recall": hits[label] / support[label] if support[label] else None}
+        for label in sorted(set(support) | (set(predicted) - {FAILED}), key=list(labels).index)
+    }
+    return {"n": n, "top1": top1 / n if n else None, "top5": top5 / n if n else None,
+            "failed": sum(1 for _, ranked in pairs if ranked == [FAILED]),
+            "not_found": sum(1 for uri in truth if not _seen(uri, predictions, failed)),
+            "confusion": [[true, ranked[0]] for true, ranked in pairs], "per_class": per_class}
+
+
+def _seen(truth_uri: str, predictions: dict, failed: dict) -> bool:
+    seen = set(predictions) | set(failed)
+    return truth_uri in seen or truth_uri in {PurePosixPath(uri).name for uri in seen}
+
+
+def write_confusion_png(pairs: list[list[str]], labels: Sequence[str], path: Path) -> None:
+    """Counts of (true, predicted) for the classes that occur, so even 1,000-label sets stay readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = list(labels) + [FAILED]
+    rows = sorted({true for true, _ in pairs}, key=order.index)
+    cols = sorted({pred for _, pred in pairs} | set(rows), key=order.index)
+    counts = Counter((true, pred) for true, pred in pairs)
+    matrix = [[counts[(true, pred)] for pred in cols] for true in rows]
+    size = max(4.0, 0.35 * len(cols) + 2)
+    fig, ax = plt.subplots(figsize=(size, max(3.0, 0.35 * len(rows) + 2)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                        color="white" if value > max(map(max, matrix)) / 2 else "black")
+    ax.set_xlabel("predicted (top-1)")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _read_rows(prefix: str, columns: list[str]) -> list[dict]:
+    files = sorted(glob.glob(f"{prefix}-[0-9]*.parquet"))
+    return pq.read_table(files, columns=columns).to_pylist() if files else []
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = classify_images.OneLineParser(prog="python -m pipelines.evaluate", description=__doc__.splitlines()[0],
+                                           epilog="Other options go to pipelines.classify_images.",
+                                           allow_abbrev=False)
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--truth", required=True, help="CSV with columns uri,label (uri: full path or file name)")
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--output", required=True, help="folder for metrics.json, per_class.csv, confusion.png")
+    args, classify_args = parser.parse_known_args(argv)
+    try:
+        labels = load_label_set(args.labels)
+        truth = read_truth(args.truth, labels)
+    except (LabelSetError, classify_images.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    for old in output.glob("*.parquet"):
+        old.unlink()
+    status = classify_images.main(["--input", args.input, "--labels", args.labels, "--output",
+                                   str(output / "predictions"), "--top_k", str(min(5, len(labels))),
+                                   *classify_args])
+    if status:
+        return status
+    predictions = {row["uri"]: row["labels"] for row in _read_rows(str(output / "predictions"), ["uri", "labels"])}
+    failed = {row["uri"]: row["stage"] for row in _read_rows(str(output / "predictions-errors"), ["uri", "stage"])}
+    metrics = score(truth, predictions, failed, labels)
+    backend = classify_images.backend_name(classify_args)
+    write_confusion_png(metrics.pop("confusion"), labels, output / "confusion.png")
+    metrics.update(labels=args.labels, num_labels=len(labels), backend=backend, input=args.input, truth=args.truth)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["label", "support", "predicted", "correct", "precision", "recall"])
+    for label, row in metrics["per_class"].items():
+        writer.writerow([label, *row.values()])
+    (output / "per_class.csv").write_text(buffer.getvalue())
+    print(f"\n{args.labels} on {backend}: n={metrics['n']}  top-1 {metrics['top1']:.1%}  top-5 {metrics['top5']:.1%}"
+          f"  failed {metrics['failed']}  not found {metrics['not_found']}")
+    worst = sorted((row["recall"], label) for label, row in metrics["per_class"].items() if row["support"])[:5]
+    print("lowest recall: " + ", ".join(f"{label} {recall:.0%}" for recall, label in worst))
+    print(f"wrote {output}/metrics.json, per_class.csv, confusion.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

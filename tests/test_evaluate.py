@@ -1,0 +1,65 @@
+"""The evaluation job: dev sets built from registry packages, metrics that count failures, clear truth errors."""
+import json
+
+import pytest
+
+from pipelines import devsets, evaluate
+from transforms.label_sets import load_label_set
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("devsets")
+    devsets.build_foolbox_sets(folder)
+    devsets.build_everyday_set(folder)
+    return folder
+
+
+def test_dev_sets_have_truth_for_every_image(dev):
+    for name, count in {"imagenet": 20, "cifar10": 20, "cifar100": 20, "everyday": 14}.items():
+        truth = evaluate.read_truth(str(dev / name / "truth.csv"), load_label_set(name))
+        assert len(truth) == count and all((dev / name / uri).is_file() for uri in truth), name
+    assert evaluate.read_truth(str(dev / "imagenet" / "truth.csv"), load_label_set("imagenet"))[
+        "imagenet_00_243.jpg"] == "Bullmastiff"
+
+
+def test_evaluation_job_writes_metrics_table_and_confusion(dev, tmp_path, capsys):
+    (dev / "imagenet" / "imagenet_05_853.jpg").write_bytes(b"not an image any more")
+    out = tmp_path / "eval"
+    status = evaluate.main(["--input", f"{dev}/imagenet/*.jpg", "--truth", str(dev / "imagenet" / "truth.csv"),
+                            "--labels", "imagenet", "--output", str(out)])
+    assert status == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 20 and metrics["failed"] == 1  # the broken file stays in the denominator
+    assert metrics["top1"] >= 0.75 and metrics["top5"] >= metrics["top1"]
+    assert metrics["backend"] == "local" and metrics["labels"] == "imagenet"
+    assert metrics["per_class"]["Bullmastiff"]["support"] == 1
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "per_class.csv").read_text().startswith("label,support,predicted,correct,precision,recall")
+    assert "imagenet on local: n=20" in capsys.readouterr().out
+
+
+def test_scores_count_failures_as_wrong():
+    truth = {"a.jpg": "cat", "b.jpg": "dog", "/data/c.jpg": "cat"}
+    predictions = {"/x/a.jpg": ["cat", "dog"], "/data/c.jpg": ["dog", "cat"]}
+    metrics = evaluate.score(truth, predictions, {"/x/b.jpg": "decode"}, ["cat", "dog"])
+    assert (metrics["n"], metrics["top1"], metrics["top5"], metrics["failed"]) == (3, 1 / 3, 2 / 3, 1)
+    assert metrics["per_class"]["cat"] == {"support": 2, "predicted": 1, "correct": 1, "precision": 1.0,
+                                           "recall": 0.5}
+    assert metrics["per_class"]["dog"]["recall"] == 0.0
+
+
+@pytest.mark.parametrize("content, message", [
+    ("uri,label\na.jpg,unicorn\n", "--truth labels not in the label set: unicorn"),
+    ("file,class\na.jpg,cat\n", "needs a header with columns uri,label"),
+    ("uri,label\nx/a.jpg,cat\ny/a.jpg,dog\n", None),
+])
+def test_bad_truth_files(tmp_path, capsys, content, message):
+    (tmp_path / "truth.csv").write_text(content)
+    if message is None:  # the same file name in two folders is fine when full paths are given
+        assert len(evaluate.read_truth(str(tmp_path / "truth.csv"), ["cat", "dog"])) == 2
+        return
+    status = evaluate.main(["--input", str(tmp_path / "*.jpg"), "--truth", str(tmp_path / "truth.csv"),
+                            "--labels", "cifar10", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.startswith("error: ") and message in err and "\n" not in err
