@@ -19,8 +19,9 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from transforms.backends import BACKENDS, get_backend  # noqa: E402
 from transforms.classify import ZeroShotClassify  # noqa: E402
-from transforms.label_sets import load_label_set  # noqa: E402
+from transforms.label_sets import load_label_phrases, load_templates  # noqa: E402
 from transforms.metrics import summary  # noqa: E402
+from transforms.rank import Decision  # noqa: E402
 from transforms.read import MatchFiles, first_match  # noqa: E402
 from transforms.records import ERRORS  # noqa: E402
 from transforms.write import ERRORS_SCHEMA, RESULTS_SCHEMA, WriteParquet  # noqa: E402
@@ -47,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="prefix of the result Parquet shards")
     parser.add_argument("--errors_output", help="prefix of the error Parquet shards (default: OUTPUT-errors)")
     parser.add_argument("--top_k", type=int, default=5, help="labels reported per image (default 5)")
+    parser.add_argument("--templates", help="prompt templates: a built-in name (plain, photo, photos, simple, "
+                                           "openai) or a file/URL, one template with {} per line "
+                                           "(default: the backend's choice)")
+    parser.add_argument("--min_prob", type=float, default=0.0,
+                        help="report 'unknown' when the best label's probability is below this")
+    parser.add_argument("--multi_label", action="store_true",
+                        help="report every label whose probability reaches --threshold, instead of the top_k")
+    parser.add_argument("--threshold", type=float, help="probability threshold for --multi_label")
     parser.add_argument("--batch_size", type=int, help="images per model call (default: 32 local, 256 nomic)")
     parser.add_argument("--backend", default="local", choices=sorted(BACKENDS), help="embedding backend")
     parser.add_argument("--num_shards", type=int, default=0, help="output shards (default: runner decides)")
@@ -98,8 +107,15 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str]):
         raise ConfigError(f"--top_k must be at least 1, got {args.top_k}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if not 0.0 <= args.min_prob <= 1.0:
+        raise ConfigError(f"--min_prob must be between 0 and 1, got {args.min_prob}")
+    if args.multi_label != (args.threshold is not None):
+        raise ConfigError("--multi_label and --threshold go together")
+    if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must be in (0, 1], got {args.threshold}")
     try:
-        labels = load_label_set(args.labels)
+        labels = load_label_phrases(args.labels)
+        templates = load_templates(args.templates) if args.templates else None
     except ValueError as e:
         raise ConfigError(str(e)) from None
     try:
@@ -113,15 +129,17 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str]):
         backend.check()
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"backend {args.backend!r} cannot run: {e}") from None
-    return labels, backend
+    return labels, templates, backend
 
 
-def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels, backend) -> None:
+def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels, templates, backend) -> None:
+    decision = Decision(args.min_prob, args.threshold)
     outputs = (
         pipeline
         | "Match" >> MatchFiles(args.input)
-        | "Classify" >> ZeroShotClassify(labels, backend, top_k=args.top_k,
-                                         batch_size=args.batch_size or backend.default_batch_size)
+        | "Classify" >> ZeroShotClassify(labels, backend, templates, top_k=args.top_k,
+                                         batch_size=args.batch_size or backend.default_batch_size,
+                                         decision=decision)
     )
     outputs["results"] | "WriteResults" >> WriteParquet(args.output, RESULTS_SCHEMA, args.num_shards)
     outputs[ERRORS] | "WriteErrors" >> WriteParquet(
@@ -133,13 +151,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("zero_shot").setLevel(logging.INFO)
     args, beam_args = build_parser().parse_known_args(argv)
     try:
-        labels, backend = validate(args, beam_args)
+        labels, templates, backend = validate(args, beam_args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     start = time.monotonic()
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    build_pipeline(pipeline, args, labels, backend)
+    build_pipeline(pipeline, args, labels, templates, backend)
     try:
         result = pipeline.run()
         result.wait_until_finish()

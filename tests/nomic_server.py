@@ -12,6 +12,7 @@ import email.policy
 import hashlib
 import io
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -35,8 +36,9 @@ def colour_vector(rgb, dim: int) -> list[float]:
 
 
 def text_vector(text: str, dim: int) -> list[float]:
+    words = set(re.findall(r"[a-z]+", text.lower()))
     for word, rgb in COLOURS.items():
-        if word in text.lower().split():
+        if word in words:
             return colour_vector(rgb, dim)
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
     vector = np.random.default_rng(seed).normal(size=dim)

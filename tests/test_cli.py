@@ -58,7 +58,7 @@ def _replace(args, flag, value):
 
 @pytest.mark.parametrize("change, message", [
     (lambda a, t: _replace(a, "--labels", str(t / "nope.txt")), "cannot read label set"),
-    (lambda a, t: _replace(a, "--labels", str(_write(t / "empty.txt", "# none\n"))), "has no labels"),
+    (lambda a, t: _replace(a, "--labels", str(_write(t / "empty.txt", "# none\n"))), "is empty"),
     (lambda a, t: _replace(a, "--labels", str(_write(t / "dup.txt", "cat\ndog\ncat\n"))), "repeats labels: cat"),
     (lambda a, t: _replace(a, "--input", str(t / "*.tif")), "matches no file"),
     (lambda a, t: _replace(a, "--input", "nosuchprotocol://bucket/*.jpg"), "cannot list --input"),
@@ -66,6 +66,10 @@ def _replace(args, flag, value):
     (lambda a, t: a + ["--batch_size", "-3"], "--batch_size must be at least 1"),
     (lambda a, t: a + ["--top-k", "3"], "unknown option(s): --top-k"),
     (lambda a, t: a + ["--backend", "clip"], "invalid choice: 'clip'"),
+    (lambda a, t: a + ["--threshold", "0.2"], "--multi_label and --threshold go together"),
+    (lambda a, t: a + ["--multi_label", "--threshold", "1.5"], "--threshold must be in (0, 1]"),
+    (lambda a, t: a + ["--min_prob", "2"], "--min_prob must be between 0 and 1"),
+    (lambda a, t: a + ["--templates", "nonexistent"], "cannot read templates 'nonexistent'"),
     (lambda a, t: a[2:], "the following arguments are required: --input"),
 ])
 def test_bad_configuration_stops_before_the_job_with_one_line(good_args, tmp_path, capsys, change, message):
@@ -75,6 +79,16 @@ def test_bad_configuration_stops_before_the_job_with_one_line(good_args, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err, err
     assert not glob.glob(str(tmp_path / "out*"))
+
+
+def test_multi_label_reports_every_label_above_the_threshold(good_args, tmp_path, capsys):
+    assert classify_images.main(good_args + ["--multi_label", "--threshold", "0.1", "--templates", "photo"]) == 0
+    rows = _read(str(tmp_path / "out")).to_pylist()
+    assert len(rows) == 7
+    for row in rows:
+        assert all(p >= 0.1 for p in row["probs"]) and row["probs"] == sorted(row["probs"], reverse=True)
+        assert row["labels"] == ["unknown"] or len(row["labels"]) == len(row["probs"])
+    assert any(len(row["labels"]) > 1 for row in rows)
 
 
 def _write(path: Path, text: str) -> Path:

@@ -2,7 +2,8 @@
 import fsspec
 import pytest
 
-from transforms.label_sets import LabelSetError, builtin_label_sets, load_label_set
+from transforms.label_sets import (LabelSetError, builtin_label_sets, builtin_templates, load_label_phrases,
+                                  load_label_set, load_templates)
 
 
 def test_builtin_sets_have_their_documented_sizes():
@@ -25,7 +26,7 @@ def test_any_fsspec_url_is_read():
 
 
 @pytest.mark.parametrize("content, message", [
-    ("# nothing but comments\n\n", "has no labels"),
+    ("# nothing but comments\n\n", "is empty"),
     ("cat\ndog\nCat\n", "repeats labels: Cat, cat"),
 ])
 def test_unusable_sets_are_refused(tmp_path, content, message):
@@ -36,5 +37,23 @@ def test_unusable_sets_are_refused(tmp_path, content, message):
 
 
 def test_missing_set_names_the_builtin_ones(tmp_path):
-    with pytest.raises(LabelSetError, match="cannot read label set .* everyday"):
+    with pytest.raises(LabelSetError, match="cannot read label set .* cifar10, cifar100, everyday, imagenet"):
         load_label_set(str(tmp_path / "nope.txt"))
+
+
+def test_label_phrases_are_reported_under_their_label(tmp_path):
+    path = tmp_path / "phrases.txt"
+    path.write_text("vehicle: car | truck |  bus \nfeline: cat | kitten\ndog\nratio: 16:9 screen\n")
+    assert load_label_phrases(str(path)) == {"vehicle": ["car", "truck", "bus"], "feline": ["cat", "kitten"],
+                                             "dog": ["dog"], "ratio": ["16:9 screen"]}
+    assert load_label_set(str(path)) == ["vehicle", "feline", "dog", "ratio"]
+
+
+def test_templates_by_name_or_file(tmp_path):
+    assert load_templates("photo") == ["a photo of a {}."]
+    assert {"plain", "photo", "photos", "simple", "openai"} <= set(builtin_templates())
+    assert len(load_templates("openai")) == 80
+    path = tmp_path / "mine.txt"
+    path.write_text("a drawing of {}\nno placeholder here\n")
+    with pytest.raises(LabelSetError, match="'no placeholder here' .* needs exactly one '{}'"):
+        load_templates(str(path))

@@ -12,8 +12,9 @@ from tests.conftest import hostile_files
 from transforms.backends import Embedder
 from transforms.backends.local import LocalBackend
 from transforms.classify import ZeroShotClassify
-from transforms.label_sets import load_label_set
+from transforms.label_sets import load_label_set, load_templates
 from transforms.metrics import NAMESPACE
+from transforms.rank import build_label_matrix
 from transforms.read import MatchFiles
 
 EVERYDAY = load_label_set("everyday")
@@ -108,9 +109,11 @@ def test_scores_are_the_cosine_of_the_embedded_vectors(photos):
     embedder = backend.load()
     from transforms.decode import decode_image
     image = decode_image((photos / "rocket.jpg").read_bytes(), 10**8)[0]
-    expected = embedder.embed_images([image])[0] @ embedder.embed_texts(EVERYDAY).T
+    classifier = build_label_matrix({label: [label] for label in EVERYDAY}, load_templates("photos"), backend)
+    expected = embedder.embed_images([image])[0] @ classifier.vectors.T
     with TestPipeline() as p:
-        outputs = p | beam.Create([str(photos / "rocket.jpg")]) | ZeroShotClassify(EVERYDAY, backend, top_k=12)
+        outputs = p | beam.Create([str(photos / "rocket.jpg")]) | ZeroShotClassify(
+            EVERYDAY, backend, load_templates("photos"), top_k=12)
 
         def check(rows):
             (row,) = rows

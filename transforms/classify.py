@@ -1,7 +1,7 @@
 """Runner: composes read -> decode -> embed -> rank into one PTransform with a dead-letter output."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
 from PIL import Image
@@ -9,7 +9,8 @@ from PIL import Image
 from transforms.backends import Backend
 from transforms.decode import DEFAULT_MAX_SIDE, DecodeImages
 from transforms.embed import EmbedImages
-from transforms.rank import EmbedLabels, RankLabels
+from transforms.label_sets import load_templates
+from transforms.rank import Decision, EmbedLabels, RankLabels
 from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
 from transforms.records import ERRORS
 
@@ -22,24 +23,29 @@ class ZeroShotClassify(beam.PTransform):
         outputs["results"] | WriteParquet("out/labels", RESULTS_SCHEMA)
     """
 
-    def __init__(self, labels: Sequence[str], backend: Backend, top_k: int = 5, batch_size: int = 32,
-                 max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = Image.MAX_IMAGE_PIXELS,
-                 max_side: int = DEFAULT_MAX_SIDE):
+    def __init__(self, labels: Union[Sequence[str], Mapping[str, Sequence[str]]], backend: Backend,
+                 templates: Optional[Sequence[str]] = None, top_k: int = 5, batch_size: int = 32,
+                 decision: Decision = Decision(), max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE):
+        """`labels`: label names, or label -> phrases to embed for it; `templates`: prompts with one `{}`
+        (default: the backend's own choice)."""
         super().__init__()
         if not labels:
             raise ValueError("ZeroShotClassify needs at least one label")
         if top_k < 1 or batch_size < 1:
             raise ValueError("top_k and batch_size must be at least 1")
-        self.labels = list(labels)
+        self.label_phrases = dict(labels) if isinstance(labels, Mapping) else {label: [label] for label in labels}
+        self.templates = list(templates) if templates else load_templates(backend.default_templates)
         self.backend = backend
-        self.top_k = min(top_k, len(self.labels))
+        self.decision = decision
+        self.top_k = min(top_k, len(self.label_phrases))
         self.batch_size = batch_size
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.max_side = max_side
 
     def expand(self, inputs):
-        label_matrix = inputs.pipeline | "EmbedLabels" >> EmbedLabels(self.labels, self.backend)
+        label_matrix = inputs.pipeline | "EmbedLabels" >> EmbedLabels(self.label_phrases, self.templates, self.backend)
         read = inputs | "Read" >> beam.ParDo(ReadFiles(self.max_bytes)).with_outputs(ERRORS, main="files")
         decoded = read.files | "Decode" >> beam.ParDo(
             DecodeImages(self.max_pixels, self.max_side)).with_outputs(ERRORS, main="images")
@@ -48,7 +54,7 @@ class ZeroShotClassify(beam.PTransform):
             vectors
             | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
             | "Rank" >> beam.ParDo(
-                RankLabels(self.top_k, self.backend.logit_scale, self.backend.model_id),
+                RankLabels(self.top_k, self.backend.logit_scale, self.backend.model_id, self.decision),
                 labels=beam.pvalue.AsSingleton(label_matrix))
         )
         errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()

@@ -1,29 +1,42 @@
-"""Loads a label set by built-in name (labels/NAME.txt) or from any path or fsspec URL, and validates it."""
+"""Loads label sets and prompt templates by built-in name (labels/NAME.txt, labels/templates/NAME.txt) or from
+any path or fsspec URL, and validates them."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 from importlib import resources
 
 import fsspec
 
+# "label: phrase one | phrase two" reports `label` and embeds every phrase; a plain line is its own phrase.
+_PHRASES = re.compile(r"^(?P<label>[^:]+?)\s*:\s+(?P<phrases>.+)$")
+
 
 class LabelSetError(ValueError):
-    """The label set cannot be used: unreadable, empty or with duplicates."""
+    """The label set or template file cannot be used: unreadable, empty, duplicated or malformed."""
+
+
+def _builtin_names(folder) -> list[str]:
+    return sorted(p.name[: -len(".txt")] for p in folder.iterdir() if p.name.endswith(".txt"))
 
 
 def builtin_label_sets() -> list[str]:
     """Names accepted by `--labels NAME`."""
-    return sorted(p.name[: -len(".txt")] for p in resources.files("labels").iterdir() if p.name.endswith(".txt"))
+    return _builtin_names(resources.files("labels"))
+
+
+def builtin_templates() -> list[str]:
+    """Names accepted by `--templates NAME`."""
+    return _builtin_names(resources.files("labels") / "templates")
 
 
 def parse_label_lines(text: str) -> list[str]:
-    """One label per line; whole-line `#` comments and blank lines are skipped, surrounding spaces stripped."""
+    """One entry per line; whole-line `#` comments and blank lines are skipped, surrounding spaces stripped."""
     return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
-def load_label_set(name_or_path: str) -> list[str]:
-    """The labels of a built-in set or of a file; raises LabelSetError with a one-line reason."""
-    builtin = resources.files("labels") / f"{name_or_path}.txt"
+def _read_lines(name_or_path: str, folder, kind: str) -> list[str]:
+    builtin = folder / f"{name_or_path}.txt"
     try:
         if builtin.is_file():
             text = builtin.read_text(encoding="utf-8")
@@ -32,14 +45,40 @@ def load_label_set(name_or_path: str) -> list[str]:
                 text = f.read()
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise LabelSetError(
-            f"cannot read label set {name_or_path!r} ({type(e).__name__}); give a file path or URL, "
-            f"or one of the built-in sets: {', '.join(builtin_label_sets())}"
+            f"cannot read {kind} {name_or_path!r} ({type(e).__name__}); give a file path or URL, "
+            f"or one of the built-in ones: {', '.join(_builtin_names(folder))}"
         ) from None
-    labels = parse_label_lines(text)
-    if not labels:
-        raise LabelSetError(f"label set {name_or_path!r} has no labels (one label per line, '#' starts a comment)")
-    counts = Counter(label.casefold() for label in labels)
-    duplicates = sorted({label for label in labels if counts[label.casefold()] > 1})
+    lines = parse_label_lines(text)
+    if not lines:
+        raise LabelSetError(f"{kind} {name_or_path!r} is empty (one entry per line, '#' starts a comment)")
+    return lines
+
+
+def load_label_phrases(name_or_path: str) -> dict[str, list[str]]:
+    """label -> the phrases embedded for it, in file order; raises LabelSetError with a one-line reason."""
+    entries = []
+    for line in _read_lines(name_or_path, resources.files("labels"), "label set"):
+        match = _PHRASES.match(line)
+        if match:
+            phrases = [p.strip() for p in match["phrases"].split("|") if p.strip()]
+            entries.append((match["label"].strip(), phrases or [match["label"].strip()]))
+        else:
+            entries.append((line, [line]))
+    counts = Counter(label.casefold() for label, _ in entries)
+    duplicates = sorted({label for label, _ in entries if counts[label.casefold()] > 1})
     if duplicates:
         raise LabelSetError(f"label set {name_or_path!r} repeats labels: {', '.join(duplicates)}")
-    return labels
+    return dict(entries)
+
+
+def load_label_set(name_or_path: str) -> list[str]:
+    """The labels a set reports, in file order."""
+    return list(load_label_phrases(name_or_path))
+
+
+def load_templates(name_or_path: str) -> list[str]:
+    """Prompt templates, each with one `{}` where the label (or phrase) goes."""
+    templates = _read_lines(name_or_path, resources.files("labels") / "templates", "templates")
+    if bad := [t for t in templates if t.count("{}") != 1]:
+        raise LabelSetError(f"template {bad[0]!r} in {name_or_path!r} needs exactly one '{{}}' for the label")
+    return templates

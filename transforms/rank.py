@@ -1,7 +1,8 @@
 """Ranker: label texts embedded once per job, then every batch of image vectors ranked against them in one product."""
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, Union
+import dataclasses
+from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
 import fsspec
@@ -9,7 +10,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from PIL import Image
 
-from transforms.backends import Backend, get_backend
+from transforms.backends import Backend, get_backend, l2_normalize
 from transforms.decode import bound_size, decode_image, to_rgb
 from transforms.metrics import NAMESPACE, ProgressLog, StageMetrics
 from transforms.records import ImageInfo
@@ -22,25 +23,38 @@ class LabelMatrix(NamedTuple):
     vectors: np.ndarray
 
 
-def build_label_matrix(labels: Sequence[str], backend: Backend) -> LabelMatrix:
-    """Embeds the label texts with the backend's text encoder: the zero-shot classifier is just this matrix."""
+def prompt_texts(phrases: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every phrase in every template: 'a photo of a {}.' x ['cat', 'kitten'] -> 2 texts."""
+    return [template.replace("{}", phrase) for phrase in phrases for template in templates]
+
+
+def build_label_matrix(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
+                       backend: Backend) -> LabelMatrix:
+    """The zero-shot classifier: each label's vector is the normalized mean of the vectors of all its phrases in
+    all templates. Every prompt of every label goes to the text encoder in one call."""
     Metrics.counter(NAMESPACE, "label_sets_embedded").inc()
-    return LabelMatrix(list(labels), backend.load().embed_texts(labels))
+    prompts = [prompt_texts(phrases, templates) for phrases in label_phrases.values()]
+    vectors = backend.load().embed_texts([text for texts in prompts for text in texts])
+    owner = np.repeat(np.arange(len(prompts)), [len(texts) for texts in prompts])
+    sums = np.zeros((len(prompts), vectors.shape[1]), dtype=np.float32)
+    np.add.at(sums, owner, vectors)
+    return LabelMatrix(list(label_phrases), l2_normalize(sums))  # direction of the sum = direction of the mean
 
 
 class EmbedLabels(beam.PTransform):
     """A one-element PCollection holding the LabelMatrix, computed by one worker, once per job."""
 
-    def __init__(self, labels: Sequence[str], backend: Backend):
+    def __init__(self, label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str], backend: Backend):
         super().__init__()
-        self.labels = list(labels)
+        self.label_phrases = {label: list(phrases) for label, phrases in label_phrases.items()}
+        self.templates = list(templates)
         self.backend = backend
 
     def expand(self, pbegin):
         return (
             pbegin
-            | "LabelSet" >> beam.Create([self.labels])
-            | "Embed" >> beam.Map(build_label_matrix, self.backend)
+            | "LabelSet" >> beam.Create([self.label_phrases])
+            | "Embed" >> beam.Map(build_label_matrix, self.templates, self.backend)
         )
 
 
@@ -49,13 +63,32 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-class RankLabels(beam.DoFn):
-    """A batch of (ImageInfo, vector) -> one output row per image: top-k labels, cosine scores, probabilities."""
+UNKNOWN = "unknown"
 
-    def __init__(self, top_k: int, logit_scale: float, model_id: str):
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """Which labels an image gets: the top-k ranking, `unknown` when the best probability is below `min_prob`,
+    or, with `multi_label_threshold`, every label whose probability reaches it (best first)."""
+
+    min_prob: float = 0.0
+    multi_label_threshold: Optional[float] = None
+
+    def select(self, ranked: np.ndarray, probs: np.ndarray, top_k: int) -> np.ndarray:
+        """Indices of the labels to report, best first; empty means `unknown`."""
+        if self.multi_label_threshold is not None:
+            return ranked[probs[ranked] >= self.multi_label_threshold]
+        return ranked[:top_k] if probs[ranked[0]] >= self.min_prob else ranked[:0]
+
+
+class RankLabels(beam.DoFn):
+    """A batch of (ImageInfo, vector) -> one output row per image: chosen labels, cosine scores, probabilities."""
+
+    def __init__(self, top_k: int, logit_scale: float, model_id: str, decision: Decision = Decision()):
         self.top_k = top_k
         self.logit_scale = logit_scale
         self.model_id = model_id
+        self.decision = decision
 
     def setup(self):
         self.metrics = StageMetrics("rank")
@@ -65,11 +98,12 @@ class RankLabels(beam.DoFn):
         with self.metrics.timed():
             scores = np.stack([vector for _, vector in batch]) @ labels.vectors.T
             probs = softmax(self.logit_scale * scores)
-            top = np.argsort(-scores, axis=1, kind="stable")[:, : self.top_k]
-        for (info, _), image_scores, image_probs, order in zip(batch, scores, probs, top):
+            ranked = np.argsort(-scores, axis=1, kind="stable")
+        for (info, _), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):
+            order = self.decision.select(image_ranked, image_probs, self.top_k)
             yield {
                 "uri": info.uri,
-                "labels": [labels.names[i] for i in order],
+                "labels": [labels.names[i] for i in order] if len(order) else [UNKNOWN],
                 "scores": image_scores[order].tolist(),
                 "probs": image_probs[order].tolist(),
                 "model": self.model_id,

@@ -44,6 +44,8 @@ class Backend(abc.ABC):
     call_timeout_s: ClassVar[Optional[int]] = None
     # Images per model call when the user does not choose.
     default_batch_size: ClassVar[int] = 32
+    # Prompt templates (labels/templates/NAME.txt) used when the user does not choose.
+    default_templates: ClassVar[str] = "photo"
 
     @property
     @abc.abstractmethod

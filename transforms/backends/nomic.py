@@ -192,7 +192,7 @@ class NomicBackend(Backend):
     retries: int = 3
     call_timeout_s: int = 300  # a hung connection sends its batch to the errors output instead of stalling
     name = "nomic"
-    logit_scale = 100.0
+    logit_scale = 100.0  # CLIP's convention; not calibrated here (the hosted API cannot be reached offline)
     default_batch_size = 256
     fatal_errors = (NomicKeyError,)
 

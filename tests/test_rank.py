@@ -1,0 +1,52 @@
+"""Ranking: prompt ensembles and phrases build the classifier; unknown and multi-label decisions."""
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+import apache_beam as beam
+
+from transforms.backends import get_backend
+from transforms.classify import ZeroShotClassify
+from transforms.rank import UNKNOWN, Decision, build_label_matrix, prompt_texts
+
+
+def test_prompts_cover_every_phrase_in_every_template():
+    assert prompt_texts(["cat", "kitten"], ["a photo of a {}.", "{}"]) == [
+        "a photo of a cat.", "cat", "a photo of a kitten.", "kitten"]
+
+
+def test_a_label_vector_is_the_normalized_mean_of_its_prompts():
+    backend = get_backend("local")
+    matrix = build_label_matrix({"feline": ["cat", "kitten"], "car": ["car"]}, ["a photo of a {}.", "{}"], backend)
+    prompts = backend.load().embed_texts(prompt_texts(["cat", "kitten"], ["a photo of a {}.", "{}"]))
+    expected = prompts.mean(axis=0) / np.linalg.norm(prompts.mean(axis=0))
+    assert matrix.names == ["feline", "car"]
+    np.testing.assert_allclose(matrix.vectors[0], expected, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(matrix.vectors, axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("decision, expected", [
+    (Decision(), [2, 0]),
+    (Decision(min_prob=0.6), [2, 0]),
+    (Decision(min_prob=0.8), []),
+    (Decision(multi_label_threshold=0.25), [2, 0]),
+    (Decision(multi_label_threshold=0.05), [2, 0, 1]),
+    (Decision(multi_label_threshold=0.9), []),
+])
+def test_decisions(decision, expected):
+    probs = np.array([0.3, 0.05, 0.65])
+    ranked = np.argsort(-probs)
+    assert decision.select(ranked, probs, top_k=2).tolist() == expected
+
+
+def test_phrases_and_unknown_in_a_real_pipeline(photos):
+    labels = {"feline": ["cat", "kitten", "tabby"], "vehicle": ["car", "motorcycle", "truck"]}
+    inputs = [str(photos / "chelsea.jpg"), str(photos / "motorcycle.jpg")]
+    with TestPipeline() as p:
+        images = p | beam.Create(inputs)
+        ranked = images | "Rank" >> ZeroShotClassify(labels, get_backend("local"), top_k=1)
+        unsure = images | "Unsure" >> ZeroShotClassify(labels, get_backend("local"), decision=Decision(min_prob=1.0))
+        assert_that(ranked["results"] | "Top" >> beam.Map(lambda r: (r["uri"].rsplit("/", 1)[1], r["labels"])),
+                    equal_to([("chelsea.jpg", ["feline"]), ("motorcycle.jpg", ["vehicle"])]))
+        assert_that(unsure["results"] | "Unknown" >> beam.Map(lambda r: (r["labels"], r["scores"], r["probs"])),
+                    equal_to([([UNKNOWN], [], [])] * 2), label="AllUnknown")
