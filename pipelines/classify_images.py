@@ -68,11 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def backend_name(argv: Sequence[str]) -> str:
-    """The backend a command line selects (for reports)."""
-    return build_parser().parse_known_args(["--input", "", "--labels", "", "--output", "", *argv])[0].backend
-
-
 def backend_options(args: argparse.Namespace) -> dict:
     """The options of the chosen backend, taken from its command-line group."""
     if args.backend == "nomic":

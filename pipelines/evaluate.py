@@ -19,6 +19,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from pipelines import classify_images
+from transforms.backends import BACKENDS
 from transforms.label_sets import LabelSetError, load_label_set
 
 FAILED = "(failed)"  # the prediction of an image that never got labels: it counts as wrong, never as absent
@@ -119,6 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--truth", required=True, help="CSV with columns uri,label (uri: full path or file name)")
     parser.add_argument("--labels", required=True)
     parser.add_argument("--output", required=True, help="folder for metrics.json, per_class.csv, confusion.png")
+    parser.add_argument("--backend", default="local", choices=sorted(BACKENDS), help="embedding backend")
     args, classify_args = parser.parse_known_args(argv)
     try:
         labels = load_label_set(args.labels)
@@ -132,15 +134,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         old.unlink()
     status = classify_images.main(["--input", args.input, "--labels", args.labels, "--output",
                                    str(output / "predictions"), "--top_k", str(min(5, len(labels))),
-                                   *classify_args])
+                                   "--backend", args.backend, *classify_args])
     if status:
         return status
     predictions = {row["uri"]: row["labels"] for row in _read_rows(str(output / "predictions"), ["uri", "labels"])}
     failed = {row["uri"]: row["stage"] for row in _read_rows(str(output / "predictions-errors"), ["uri", "stage"])}
     metrics = score(truth, predictions, failed, labels)
-    backend = classify_images.backend_name(classify_args)
     write_confusion_png(metrics.pop("confusion"), labels, output / "confusion.png")
-    metrics.update(labels=args.labels, num_labels=len(labels), backend=backend, input=args.input, truth=args.truth)
+    metrics.update(labels=args.labels, num_labels=len(labels), backend=args.backend, input=args.input,
+                   truth=args.truth)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -148,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for label, row in metrics["per_class"].items():
         writer.writerow([label, *row.values()])
     (output / "per_class.csv").write_text(buffer.getvalue())
-    print(f"\n{args.labels} on {backend}: n={metrics['n']}  top-1 {metrics['top1']:.1%}  top-5 {metrics['top5']:.1%}"
+    print(f"\n{args.labels} on {args.backend}: n={metrics['n']}  top-1 {metrics['top1']:.1%}  top-5 {metrics['top5']:.1%}"
           f"  failed {metrics['failed']}  not found {metrics['not_found']}")
     worst = sorted((row["recall"], label) for label, row in metrics["per_class"].items() if row["support"])[:5]
     print("lowest recall: " + ", ".join(f"{label} {recall:.0%}" for recall, label in worst))
