@@ -1,73 +1,126 @@
-"""How the embedded backend's settings were chosen: dev-set top-1 for every T, prompt set and centering choice.
+"""How the embedded backend's settings are chosen: leave-one-source-out over the dev sources of `make devsets`.
 
-Runs the classifier once per dev image, then recombines its class probabilities for each setting, so the
-whole grid takes minutes. Run `make devsets` first; `python -m benchmarks.conse_search`.
+Every candidate setting is scored on every dev set (top-1); a source's score is the mean over its sets. For each
+source, the setting that does best on the *other* sources is picked and scored on the held-out one: the mean of
+those held-out scores is what the selection procedure is worth on data it never saw. The shipped default is the
+procedure's pick on all sources. The classifier runs once per dev image (benchmarks/devdata.py); settings only
+recombine its outputs through the backend's own code, so the grid takes minutes.
+
+python -m benchmarks.conse_search [--devsets devsets] [--top 15]
 """
 from __future__ import annotations
 
-import csv
+import argparse
+import dataclasses
 import itertools
 import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from transforms.backends import get_backend, l2_normalize
-from transforms.decode import decode_image
-from transforms.label_sets import load_label_set, load_templates
-from transforms.rank import prompt_texts
+from benchmarks.devdata import DevSet, load_devsets
+from transforms.backends.local import ConSEEmbedder, LocalBackend
+from transforms.label_sets import load_templates
+from transforms.rank import embed_label_set
 
-DEV_SETS = ("everyday", "cifar10", "cifar100", "imagenet")
-TOP_T = (1, 3, 5, 10, 20, 50)
-TEMPLATES = ("plain", "photo", "photos", "simple")
-CLASS_TEMPLATES = ("plain", "photo")
-# Subtract the mean ImageNet class vector (the sentence encoder's common direction) from: nothing, the image
-# vectors only (a per-label bias correction), or image and label vectors alike (scores in a centred space).
-CENTERING = ("none", "image", "both")
+CLASS_PROMPTS = ("{}", "a photo of a {}.")
+CHAIN_LENGTHS = (0, 1, 2, 3, 5, 99)
+TOP_T = (5, 10, 20, 50)
+CENTRE = (True, False)
+HIERARCHY_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
+TEMPLATES = ("plain", "photo", "photos")
 
 
-def text_matrix(embedder, names: list[str], templates: list[str]) -> np.ndarray:
-    """One unit vector per name: the normalized mean of its prompts' vectors."""
-    vectors = embedder.embed_texts([text for name in names for text in prompt_texts([name], templates)])
-    return l2_normalize(vectors.reshape(len(names), len(templates), -1).mean(axis=1))
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    backend: LocalBackend
+    templates: str
+
+    def describe(self) -> str:
+        b = self.backend
+        prompt = "plain" if b.class_prompt == "{}" else "photo"
+        return (f"{prompt} | {b.chain_length} | {b.top_t} | {'yes' if b.centre else 'no'} | {b.hierarchy_weight:g} | "
+                f"{self.templates}")
 
 
-def main(devsets: str = "devsets") -> int:
-    embedder = get_backend("local").load()
-    sets = {}
-    for name in DEV_SETS:
-        with open(Path(devsets) / name / "truth.csv") as f:
-            rows = list(csv.DictReader(f))
-        images = [decode_image((Path(devsets) / name / row["uri"]).read_bytes(), Image.MAX_IMAGE_PIXELS)[0]
-                  for row in rows]
-        labels = load_label_set(name)
-        sets[name] = (embedder.class_probabilities(images), labels, np.array([labels.index(r["label"]) for r in rows]))
-    print("| class prompts | label prompts | T | centering | " + " | ".join(DEV_SETS) + " | mean |")
-    print("| --- | --- | ---: | --- | " + " | ".join("---:" for _ in DEV_SETS) + " | ---: |")
-    # Class-name prompts are embedded 1,000 times at every worker start, so only cheap sets are tried there.
-    for class_templates, template_name in itertools.product(CLASS_TEMPLATES, TEMPLATES):
-        classes = text_matrix(embedder, embedder.class_names, load_templates(class_templates))
-        templates = load_templates(template_name)
-        label_vectors = {name: text_matrix(embedder, labels, templates) for name, (_, labels, _) in sets.items()}
-        mean = classes.mean(axis=0)
-        for top_t, centering in itertools.product(TOP_T, CENTERING):
-            accuracies = []
-            for name, (probs, _, truth) in sets.items():
-                top = np.argsort(-probs, axis=1)[:, :top_t]
-                weights = np.take_along_axis(probs, top, axis=1)
-                vectors = l2_normalize(np.einsum("nt,ntd->nd", weights, classes[top]))
-                labels = label_vectors[name]
-                if centering != "none":
-                    vectors = vectors - mean
-                if centering == "both":
-                    labels = l2_normalize(labels - mean)
-                scores = vectors @ labels.T
-                accuracies.append(float((scores.argmax(axis=1) == truth).mean()))
-            print(f"| {class_templates} | {template_name} | {top_t} | {centering} | "
-                  + " | ".join(f"{a:.0%}" for a in accuracies) + f" | {np.mean(accuracies):.1%} |")
+HEADER = "class prompt | chain | T | centred | WordNet weight | label prompts"
+BEFORE = Candidate(LocalBackend(top_t=20), "photo")  # the defaults before this search
+PLAIN_CONSE = Candidate(LocalBackend(top_t=10, centre=False, class_prompt="a photo of a {}."), "plain")
+
+
+def candidates() -> list[Candidate]:
+    grid = itertools.product(CLASS_PROMPTS, CHAIN_LENGTHS, TOP_T, CENTRE, HIERARCHY_WEIGHTS, TEMPLATES)
+    return [Candidate(LocalBackend(top_t=t, class_prompt=prompt, chain_length=chain, centre=centre,
+                                   hierarchy_weight=weight), templates)
+            for prompt, chain, t, centre, weight, templates in grid]
+
+
+def set_scores(candidate: Candidate, sets: list[DevSet]) -> dict[str, np.ndarray]:
+    """dev set -> (images, labels) cosine scores, computed by the backend's own embedder and label matrix."""
+    embedder = ConSEEmbedder(candidate.backend)
+    templates = load_templates(candidate.templates)
+    scores = {}
+    for dev in sets:
+        labels = embed_label_set(dev.label_phrases, templates, embedder)
+        scores[dev.name] = embedder.embed_class_probabilities(dev.class_probs) @ labels.vectors.T
+    return scores
+
+
+def top1_by_source(scores: dict[str, np.ndarray], sets: list[DevSet]) -> dict[str, float]:
+    """Mean top-1 over each source's dev sets."""
+    by_source: dict[str, list[float]] = {}
+    for dev in sets:
+        by_source.setdefault(dev.source, []).append(float((scores[dev.name].argmax(axis=1) == dev.truth).mean()))
+    return {source: float(np.mean(values)) for source, values in by_source.items()}
+
+
+def leave_one_source_out(table: dict[Candidate, dict[str, float]], sources: list[str]) -> dict[str, Candidate]:
+    """held-out source -> the candidate with the best mean over the other sources (ties: first in grid order)."""
+    return {held_out: max(table, key=lambda c: np.mean([table[c][s] for s in sources if s != held_out]))
+            for held_out in sources}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devsets", default="devsets")
+    parser.add_argument("--top", type=int, default=15, help="rows of the best candidates to print")
+    args = parser.parse_args(argv)
+    sets = load_devsets(Path(args.devsets))
+    sources = list(dict.fromkeys(dev.source for dev in sets))
+    grid = candidates()
+    table = {}
+    for i, candidate in enumerate(grid + [BEFORE, PLAIN_CONSE]):
+        table[candidate] = top1_by_source(set_scores(candidate, sets), sets)
+        if i % 100 == 99:
+            print(f"scored {i + 1}/{len(grid) + 2} candidates", file=sys.stderr, flush=True)
+
+    def row(candidate: Candidate, note: str = "") -> str:
+        values = [table[candidate][s] for s in sources]
+        return (f"| {candidate.describe()} | " + " | ".join(f"{v:.1%}" for v in values)
+                + f" | {np.mean(values):.1%} |{note}")
+
+    print(f"\nTop-1 by source ({', '.join(f'{s}: ' + '+'.join(d.name for d in sets if d.source == s) for s in sources)})\n")
+    print(f"| {HEADER} | " + " | ".join(sources) + " | mean |")
+    print("| --- " * (6 + len(sources) + 1) + "|")
+    ranked = sorted(grid, key=lambda c: -np.mean(list(table[c].values())))
+    for candidate in ranked[: args.top]:
+        print(row(candidate))
+    print(row(BEFORE, " before (previous defaults)"))
+    print(row(PLAIN_CONSE, " plain ConSE"))
+
+    picks = leave_one_source_out({c: table[c] for c in grid}, sources)
+    print("\nLeave-one-source-out: each source scored with the setting chosen on the other sources\n")
+    print(f"| held-out source | chosen on the others: {HEADER} | held-out top-1 | before | plain ConSE |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for source, pick in picks.items():
+        print(f"| {source} | {pick.describe()} | {table[pick][source]:.1%} | {table[BEFORE][source]:.1%} | "
+              f"{table[PLAIN_CONSE][source]:.1%} |")
+    held_out = np.mean([table[pick][source] for source, pick in picks.items()])
+    print(f"| **mean** | | **{held_out:.1%}** | {np.mean(list(table[BEFORE].values())):.1%} | "
+          f"{np.mean(list(table[PLAIN_CONSE].values())):.1%} |")
+    print(f"\nChosen on all sources (the shipped default): {HEADER}\n{ranked[0].describe()}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:]))
+    sys.exit(main())

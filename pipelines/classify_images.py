@@ -17,7 +17,7 @@ logging.getLogger().addHandler(logging.NullHandler())
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from transforms.backends import BACKENDS, get_backend  # noqa: E402
+from transforms.backends import BACKENDS  # noqa: E402
 from transforms.classify import ZeroShotClassify  # noqa: E402
 from transforms.label_sets import load_label_phrases, load_templates  # noqa: E402
 from transforms.metrics import summary  # noqa: E402
@@ -56,24 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--multi_label", action="store_true",
                         help="report every label whose probability reaches --threshold, instead of the top_k")
     parser.add_argument("--threshold", type=float, help="probability threshold for --multi_label")
-    parser.add_argument("--batch_size", type=int, help="images per model call (default: 32 local, 256 nomic)")
+    parser.add_argument("--batch_size", type=int, help="images per model call (default: the backend's choice)")
+    parser.add_argument("--explain", type=int, nargs="?", const=5, default=0, metavar="N",
+                        help="add an `evidence` column: the N (default 5) things that built each image's vector, "
+                             "where the backend has them (local: ImageNet classes and their probabilities)")
     parser.add_argument("--backend", default="local", choices=sorted(BACKENDS), help="embedding backend")
     parser.add_argument("--num_shards", type=int, default=0, help="output shards (default: runner decides)")
-    nomic = parser.add_argument_group("nomic backend (the API key comes from NOMIC_API_KEY or a key file)")
-    nomic.add_argument("--nomic_api_key_file", help="file holding the API key: a path or any fsspec URL")
-    nomic.add_argument("--nomic_text_model", default="nomic-embed-text-v1.5")
-    nomic.add_argument("--nomic_vision_model", default="nomic-embed-vision-v1.5")
-    nomic.add_argument("--nomic_task_type", default="search_query",
-                       choices=["search_query", "search_document", "classification", "clustering"])
+    for backend in BACKENDS.values():
+        backend.add_options(parser)
     return parser
-
-
-def backend_options(args: argparse.Namespace) -> dict:
-    """The options of the chosen backend, taken from its command-line group."""
-    if args.backend == "nomic":
-        return {"api_key_file": args.nomic_api_key_file, "text_model": args.nomic_text_model,
-                "vision_model": args.nomic_vision_model, "task_type": args.nomic_task_type}
-    return {}
 
 
 def _all_option_classes(cls: type = PipelineOptions):
@@ -119,7 +110,9 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str]):
         raise ConfigError(f"cannot list --input {args.input!r}: {type(e).__name__}: {e}") from None
     if match is None:
         raise ConfigError(f"--input {args.input!r} matches no file")
-    backend = get_backend(args.backend, **backend_options(args))
+    if args.explain < 0:
+        raise ConfigError(f"--explain must be at least 0, got {args.explain}")
+    backend = BACKENDS[args.backend].from_options(args)
     try:
         backend.check()
     except Exception as e:  # noqa: BLE001
@@ -134,7 +127,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels, te
         | "Match" >> MatchFiles(args.input)
         | "Classify" >> ZeroShotClassify(labels, backend, templates, top_k=args.top_k,
                                          batch_size=args.batch_size or backend.default_batch_size,
-                                         decision=decision)
+                                         decision=decision, explain=args.explain)
     )
     outputs["results"] | "WriteResults" >> WriteParquet(args.output, RESULTS_SCHEMA, args.num_shards)
     outputs[ERRORS] | "WriteErrors" >> WriteParquet(

@@ -1,4 +1,5 @@
-"""`make demo`: labels the sample photos that scikit-image and scikit-learn ship, and prints each one's top labels."""
+"""`make demo`: labels the sample photos that scikit-image and scikit-learn ship with the built-in `general` label
+set, and prints each one's top labels, why (the ImageNet classes behind it), and whether it is right."""
 from __future__ import annotations
 
 import glob
@@ -11,6 +12,13 @@ from PIL import Image
 from pipelines import classify_images
 
 OUTPUT = Path("demo-output")
+LABELS = "general"
+# Every demo photo has a right answer in `general`; two have two (an astronaut is a person in space; a rocket
+# is a vehicle for space).
+RIGHT_ANSWERS = {
+    "astronaut": {"person", "space"}, "chelsea": {"animal"}, "china": {"building"}, "coffee": {"food and drink"},
+    "flower": {"plant"}, "motorcycle": {"vehicle"}, "rocket": {"space", "vehicle"},
+}
 
 
 def write_sample_photos(folder: Path) -> None:
@@ -32,15 +40,25 @@ def main() -> int:
     prefix = OUTPUT / "labels"
     for old in glob.glob(f"{prefix}*.parquet"):
         Path(old).unlink()
-    status = classify_images.main(
-        ["--input", f"{photos}/*.jpg", "--labels", "everyday", "--output", str(prefix), "--top_k", "3"])
+    status = classify_images.main(["--input", f"{photos}/*.jpg", "--labels", LABELS, "--output", str(prefix),
+                                   "--top_k", "3", "--explain", "3"])
     if status:
         return status
-    table = pq.read_table(sorted(glob.glob(f"{prefix}-0*.parquet"))).sort_by("uri")
-    print(f"\nTop labels ({table.column('model')[0]}), from {prefix}-*.parquet:")
+    files = sorted(glob.glob(f"{prefix}-0*.parquet"))
+    table = pq.read_table(files).sort_by("uri")
+    print(f"\nTop labels from the `{LABELS}` set ({table.column('model')[0]}).")
+    print("The number is the label's probability: a softmax over the labels and 'none of these', so the labels "
+          "of an image add up to at most 1.\n")
+    right = 0
     for row in table.to_pylist():
+        name = Path(row["uri"]).stem
         best = ", ".join(f"{label} {prob:.2f}" for label, prob in zip(row["labels"], row["probs"]))
-        print(f"  {Path(row['uri']).name:16} {best}")
+        ok = row["labels"][0] in RIGHT_ANSWERS.get(name, ())
+        right += ok
+        why = ", ".join(f"{e['class']} {e['prob']:.2f}" for e in row["evidence"])
+        print(f"  {'right' if ok else 'WRONG'}  {name + '.jpg':16} {best:52}  seen as: {why}")
+    print(f"\n{right} of {table.num_rows} photos right. Results: {', '.join(files)} "
+          f"(read them as README.md shows; `--explain` filled the `evidence` column).")
     return 0
 
 

@@ -1,23 +1,44 @@
-"""`make devsets`: small labelled dev sets built offline from files that registry packages ship; never committed.
+"""`make devsets`: labelled dev sets from five independent sources that registry packages ship; never committed.
 
-devsets/NAME/ holds the images, truth.csv (uri,label) and labels.txt, for NAME in imagenet, cifar10, cifar100
-(20 images each from the foolbox==3.3.4 wheel, whose file names end with the class index) and everyday
-(scikit-image sample photos labelled by hand with the everyday labels).
+Each dev set is a folder devsets/NAME/ with its images, truth.csv (uri,label) and labels.txt (its label set);
+devsets/index.csv says which source each set comes from, and whether its labels are coarse or fine. Settings of
+the embedded backend are chosen leave-one-source-out over these sources (benchmarks/conse_search.py).
+
+| source      | where from (licence)                                          | sets                                   |
+| imagenet    | foolbox==3.3.4 wheel, 20 ImageNet val photos                  | imagenet (fine), imagenet-coarse       |
+| cifar       | foolbox==3.3.4 wheel, 20 CIFAR-10 + 20 CIFAR-100 test images  | cifar10, cifar100 (fine), cifar-coarse |
+| samples     | scikit-image, scikit-learn, matplotlib sample photos          | everyday, samples-coarse               |
+| openclipart | Debian openclipart-png (public domain clip art, by folder)    | openclipart-coarse                     |
+| emoji       | npm emoji-datasource-google 16.0.0 (Noto emoji, Apache-2.0)   | emoji-fine, emoji-coarse               |
+
+How labels were derived: foolbox file names end with the class index; ImageNet classes get their coarse label
+from the WordNet hierarchy (the first coarse concept among a class's ancestors, most specific concepts first);
+CIFAR classes and sample photos by hand (below); openclipart from the folder its packagers sorted a picture
+into; emoji from the Unicode subgroup (animal-mammal, food-fruit, ...) and, for `emoji-fine`, the emoji's name.
+Pictures that fit no coarse concept are left out of the coarse sets rather than forced into one.
 """
 from __future__ import annotations
 
 import csv
 import importlib.util
+import io
+import json
 import shutil
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Union
 
 from PIL import Image
 
+from transforms.backends.imagenet_hierarchy import imagenet_hierarchy
 from transforms.label_sets import load_label_set
 
 OUTPUT = Path("devsets")
+OPENCLIPART = Path("/usr/share/openclipart/png")
+EMOJI_PACKAGE = "emoji-datasource-google@16.0.0"
+
 # Sample photos whose everyday label a person can give without hesitation; ambiguous ones (coffee, clock,
 # coins, brick, the cameraman) are left out rather than forced into a class.
 EVERYDAY_TRUTH = {
@@ -27,6 +48,69 @@ EVERYDAY_TRUTH = {
     "immunohistochemistry": "science", "retina": "science", "cell": "science", "microaneurysms": "science",
     "text": "school", "page": "school",
     "gravel": "mineral",
+}
+# The same kind of photos with the broad labels of labels/general.txt; "grace_hopper" is matplotlib's.
+SAMPLES_COARSE_TRUTH = {
+    "astronaut": "person", "camera": "person", "grace_hopper": "person",
+    "chelsea": "animal", "horse": "animal",
+    "coffee": "food and drink", "china": "building", "flower": "plant", "stereo_motorcycle": "vehicle",
+    "rocket": "space", "hubble_deep_field": "space", "moon": "space",
+}
+
+# Coarse concepts, most specific first: a picture takes the first one that covers it.
+COARSE = ("fruit", "vegetable", "drink", "flower", "tree", "aircraft", "boat", "vehicle", "musical instrument",
+          "furniture", "building", "clothing", "weapon", "tool", "computer", "telephone", "person", "mammal",
+          "bird", "fish", "reptile", "amphibian", "insect", "food")
+CIFAR10_COARSE = {"airplane": "aircraft", "automobile": "vehicle", "bird": "bird", "cat": "mammal", "deer": "mammal",
+                  "dog": "mammal", "frog": "amphibian", "horse": "mammal", "ship": "boat", "truck": "vehicle"}
+CIFAR100_COARSE = {
+    **dict.fromkeys(["apple", "orange", "pear"], "fruit"), "sweet pepper": "vegetable", "aquarium fish": "fish",
+    **dict.fromkeys(["flatfish", "ray", "shark", "trout"], "fish"),
+    **dict.fromkeys(["baby", "boy", "girl", "man", "woman"], "person"),
+    **dict.fromkeys(["bear", "beaver", "camel", "cattle", "chimpanzee", "dolphin", "elephant", "fox", "hamster",
+                     "kangaroo", "leopard", "lion", "mouse", "otter", "porcupine", "possum", "rabbit", "raccoon",
+                     "seal", "shrew", "skunk", "squirrel", "tiger", "whale", "wolf"], "mammal"),
+    **dict.fromkeys(["bed", "chair", "couch", "table", "wardrobe"], "furniture"),
+    **dict.fromkeys(["bee", "beetle", "butterfly", "caterpillar", "cockroach"], "insect"),
+    **dict.fromkeys(["bicycle", "bus", "motorcycle", "pickup truck", "streetcar", "tank", "tractor", "train"],
+                    "vehicle"),
+    **dict.fromkeys(["castle", "house", "skyscraper"], "building"),
+    **dict.fromkeys(["crocodile", "dinosaur", "lizard", "snake", "turtle"], "reptile"),
+    **dict.fromkeys(["maple tree", "oak tree", "palm tree", "pine tree", "willow tree"], "tree"),
+    **dict.fromkeys(["orchid", "poppy", "rose", "sunflower", "tulip"], "flower"), "telephone": "telephone",
+}
+# openclipart folder -> coarse label; the longest matching folder wins, unlisted folders are left out.
+OPENCLIPART_COARSE = {
+    "animals/mammals": "mammal", "animals/birds": "bird", "animals/fish": "fish", "animals/bugs": "insect",
+    "food/fruit": "fruit", "food/vegetables": "vegetable", "food/beverages": "drink", "food/desserts": "food",
+    "food/breads_and_carbs": "food", "food/meats_and_eggs": "food", "food/dairy": "food",
+    "plants/flowers": "flower", "plants/trees": "tree", "transportation/vehicles": "vehicle",
+    "transportation/boating": "boat", "recreation/music": "music", "recreation/sports": "sports",
+    "buildings/homes": "building", "buildings/furniture": "furniture", "people/clothing": "clothing",
+    "people/stickmen": "person", "tools/weapons": "weapon", "computer/hardware": "computer",
+    "electronics": "electronics", "office/telephone": "telephone",
+}
+OPENCLIPART_TOP_LEVEL_ONLY = {"people": "person", "tools": "tool", "buildings": "building"}
+# Unicode emoji subgroup -> coarse label; names listed in EMOJI_NOT are in the subgroup but not of the concept.
+EMOJI_COARSE = {
+    "animal-mammal": "mammal", "animal-bird": "bird", "animal-amphibian": "amphibian", "animal-reptile": "reptile",
+    "animal-bug": "insect", "animal-marine": "fish", "plant-flower": "flower", "food-fruit": "fruit",
+    "food-vegetable": "vegetable", "food-prepared": "food", "food-asian": "food", "food-sweet": "food",
+    "drink": "drink", "place-building": "building", "transport-ground": "vehicle", "transport-water": "boat",
+    "transport-air": "aircraft", "clothing": "clothing", "musical-instrument": "musical instrument",
+    "phone": "telephone", "computer": "computer", "tool": "tool",
+}
+EMOJI_NOT = {
+    "SNAIL", "SPIDER", "SPIDER WEB", "SCORPION", "WORM", "MICROBE", "LOTUS", "SPIRAL SHELL", "CORAL", "JELLYFISH",
+    "SPOUTING WHALE", "WHALE", "DOLPHIN", "SEAL", "OCTOPUS", "PAW PRINTS", "FEATHER", "WING", "NEST WITH EGGS",
+    "RAILWAY TRACK", "FUEL PUMP", "POLICE CARS REVOLVING LIGHT", "HORIZONTAL TRAFFIC LIGHT", "VERTICAL TRAFFIC LIGHT",
+    "OCTAGONAL SIGN", "CONSTRUCTION SIGN", "BUS STOP", "MOTORWAY", "WHEEL", "STATION", "ANCHOR", "RING BUOY",
+    "SEAT", "PARACHUTE", "AERIAL TRAMWAY", "MOUNTAIN CABLEWAY", "SUSPENSION RAILWAY", "SATELLITE",
+    "ICE CUBE", "CHOPSTICKS", "SHOPPING BAGS", "SCHOOL SATCHEL", "PURSE", "HANDBAG", "POUCH", "RING", "GEM STONE",
+    "LINK SYMBOL", "CHAINS", "MAGNET", "LADDER", "TOOLBOX", "PROBING CANE", "CLAMP", "SHOVEL", "SCALES",
+    "BATTERY", "LOW BATTERY", "ELECTRIC PLUG", "MINIDISC", "FLOPPY DISK", "OPTICAL DISC", "DVD", "ABACUS",
+    "FAX MACHINE", "MOBILE PHONE WITH RIGHTWARDS ARROW AT LEFT", "HOUSE BUILDING", "DERELICT HOUSE BUILDING",
+    "BRICK", "ROCK", "WOOD", "HUT",
 }
 
 
@@ -38,8 +122,11 @@ def _package_folder(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _write_set(folder: Path, label_set: str, images: dict[str, tuple[Union[Path, Image.Image], str]]) -> None:
-    """Shipped files are copied byte for byte; arrays are saved as PNG."""
+Source = Union[Path, Image.Image, bytes]
+
+
+def _write_set(folder: Path, labels: list[str], images: dict[str, tuple[Source, str]]) -> None:
+    """Shipped files are copied byte for byte (bytes written as given); arrays are saved as PNG."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "truth.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -47,41 +134,155 @@ def _write_set(folder: Path, label_set: str, images: dict[str, tuple[Union[Path,
         for file_name, (source, label) in sorted(images.items()):
             if isinstance(source, Path):
                 shutil.copyfile(source, folder / file_name)
+            elif isinstance(source, bytes):
+                (folder / file_name).write_bytes(source)
             else:
                 source.save(folder / file_name)
             writer.writerow([file_name, label])
-    (folder / "labels.txt").write_text("\n".join(load_label_set(label_set)) + "\n")
+    (folder / "labels.txt").write_text("\n".join(labels) + "\n")
+
+
+def _write_coarse_set(folder: Path, images: dict[str, tuple[Source, str]]) -> None:
+    """A coarse set's labels are the coarse concepts its pictures use, in COARSE order."""
+    used = {label for _, label in images.values()}
+    _write_set(folder, [label for label in COARSE + ("music", "sports", "electronics") if label in used], images)
+
+
+def imagenet_coarse_label(class_index: int) -> str | None:
+    """The first COARSE concept that covers an ImageNet class in the WordNet hierarchy, or None."""
+    hierarchy = imagenet_hierarchy()
+    for concept in COARSE:
+        if class_index in hierarchy.concept_classes(concept):
+            return concept
+    return None
+
+
+def _foolbox_images(name: str) -> dict[str, tuple[Path, str]]:
+    classes = load_label_set(name)
+    data = _package_folder("foolbox") / "data"
+    return {path.name: (path, classes[int(path.stem.rsplit("_", 1)[1])]) for path in sorted(data.glob(f"{name}_*"))}
 
 
 def build_foolbox_sets(output: Path) -> None:
-    """imagenet, cifar10 and cifar100 from foolbox/data/{set}_{i}_{class index}.{png,jpg}."""
-    data = _package_folder("foolbox") / "data"
+    """imagenet, cifar10 and cifar100 from foolbox/data/{set}_{i}_{class index}.{png,jpg}, and their coarse sets."""
     for name in ("imagenet", "cifar10", "cifar100"):
-        classes = load_label_set(name)
-        images = {}
-        for path in sorted(data.glob(f"{name}_*")):
-            class_index = int(path.stem.rsplit("_", 1)[1])
-            images[path.name] = (path, classes[class_index])
-        _write_set(output / name, name, images)
+        _write_set(output / name, load_label_set(name), _foolbox_images(name))
+    imagenet = load_label_set("imagenet")
+    coarse = {file: (path, imagenet_coarse_label(imagenet.index(label)))
+              for file, (path, label) in _foolbox_images("imagenet").items()}
+    _write_coarse_set(output / "imagenet-coarse", {k: v for k, v in coarse.items() if v[1]})
+    cifar = {file: (path, {**CIFAR10_COARSE, **CIFAR100_COARSE}.get(label) if file.startswith("cifar100") else
+                    CIFAR10_COARSE[label])
+             for name in ("cifar10", "cifar100") for file, (path, label) in _foolbox_images(name).items()}
+    _write_coarse_set(output / "cifar-coarse", {k: v for k, v in cifar.items() if v[1]})
+
+
+def _sample_photo(name: str) -> Image.Image:
+    from skimage import data
+
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        return Image.fromarray(load_sample_image(f"{name}.jpg"))
+    if name == "grace_hopper":
+        import matplotlib.cbook
+
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            return Image.open(io.BytesIO(f.read())).convert("RGB")
+    pixels = getattr(data, name)()
+    return Image.fromarray(pixels[0] if isinstance(pixels, tuple) else pixels)
 
 
 def build_everyday_set(output: Path) -> None:
-    from skimage import data
+    images = {f"{name}.png": (_sample_photo(name), label) for name, label in EVERYDAY_TRUTH.items()}
+    _write_set(output / "everyday", load_label_set("everyday"), images)
 
+
+def build_samples_coarse_set(output: Path) -> None:
+    images = {f"{name}.png": (_sample_photo(name), label) for name, label in SAMPLES_COARSE_TRUTH.items()}
+    _write_set(output / "samples-coarse", load_label_set("general"), images)
+
+
+def build_openclipart_set(output: Path, root: Path = OPENCLIPART) -> None:
+    if not root.is_dir():
+        raise SystemExit(f"error: {root} is missing; install Debian's openclipart-png (make devsets does, as root)")
     images = {}
-    for name, label in EVERYDAY_TRUTH.items():
-        pixels = getattr(data, name)()
-        pixels = pixels[0] if isinstance(pixels, tuple) else pixels
-        images[f"{name}.png"] = (Image.fromarray(pixels), label)
-    _write_set(output / "everyday", "everyday", images)
+    for path in sorted(root.rglob("*.png")):
+        folder = path.parent.relative_to(root).as_posix()
+        label = OPENCLIPART_TOP_LEVEL_ONLY.get(folder) or next(
+            (OPENCLIPART_COARSE[f] for f in sorted(OPENCLIPART_COARSE, key=len, reverse=True)
+             if folder == f or folder.startswith(f + "/")), None)
+        if label and _decodable_size(path):
+            images[f"{folder.replace('/', '__')}__{path.name}"] = (path, label)
+    _write_coarse_set(output / "openclipart-coarse", images)
+
+
+def _decodable_size(path: Path) -> bool:
+    """False for the few drawings exported at poster size, which the job rightly refuses as decompression bombs."""
+    try:
+        with Image.open(path) as image:
+            return image.width * image.height <= Image.MAX_IMAGE_PIXELS
+    except Image.DecompressionBombError:
+        return False
+
+
+def _emoji_tarball(cache: Path) -> Path:
+    """The npm package's tarball, fetched once with `npm pack` into the cache folder."""
+    cache.mkdir(parents=True, exist_ok=True)
+    found = sorted(cache.glob("emoji-datasource-google-*.tgz"))
+    if not found:
+        if not shutil.which("npm"):
+            raise SystemExit("error: npm is needed once to fetch the emoji dev set (apt-get install npm)")
+        subprocess.run(["npm", "pack", "--silent", EMOJI_PACKAGE], cwd=cache, check=True, stdout=subprocess.DEVNULL)
+        found = sorted(cache.glob("emoji-datasource-google-*.tgz"))
+    return found[-1]
+
+
+def build_emoji_sets(output: Path, cache: Path) -> None:
+    with tarfile.open(_emoji_tarball(cache)) as tar:
+        emoji = json.load(tar.extractfile("package/emoji.json"))
+        coarse, fine = {}, {}
+        for entry in emoji:
+            label = EMOJI_COARSE.get(entry["subcategory"])
+            if not label or not entry["has_img_google"] or entry["name"] in EMOJI_NOT or not entry["name"]:
+                continue
+            data = tar.extractfile(f"package/img/google/64/{entry['image']}").read()
+            file_name = f"{entry['short_name']}.png"
+            coarse[file_name] = (data, label)
+            fine[file_name] = (data, entry["name"].lower())
+    _write_coarse_set(output / "emoji-coarse", coarse)
+    _write_set(output / "emoji-fine", sorted({label for _, label in fine.values()}), fine)
+
+
+SOURCES = {
+    "imagenet": {"imagenet": "fine", "imagenet-coarse": "coarse"},
+    "cifar": {"cifar10": "fine", "cifar100": "fine", "cifar-coarse": "coarse"},
+    "samples": {"everyday": "fine", "samples-coarse": "coarse"},
+    "openclipart": {"openclipart-coarse": "coarse"},
+    "emoji": {"emoji-fine": "fine", "emoji-coarse": "coarse"},
+}
+
+
+def read_index(devsets: Path) -> list[dict[str, str]]:
+    """Rows of devsets/index.csv: name, source, kind (coarse or fine), images."""
+    with (devsets / "index.csv").open() as f:
+        return list(csv.DictReader(f))
 
 
 def main() -> int:
     build_foolbox_sets(OUTPUT)
     build_everyday_set(OUTPUT)
-    for folder in sorted(OUTPUT.iterdir()):
-        count = sum(1 for _ in (folder / "truth.csv").open()) - 1
-        print(f"{folder}: {count} images, truth.csv, labels.txt")
+    build_samples_coarse_set(OUTPUT)
+    build_openclipart_set(OUTPUT)
+    build_emoji_sets(OUTPUT, OUTPUT / ".cache")
+    with (OUTPUT / "index.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "source", "kind", "images"])
+        for source, sets in SOURCES.items():
+            for name, kind in sets.items():
+                count = sum(1 for _ in (OUTPUT / name / "truth.csv").open()) - 1
+                writer.writerow([name, source, kind, count])
+                print(f"{OUTPUT / name}: {count} images ({source}, {kind})")
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
 import fsspec
+import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines import classify_images
@@ -71,6 +72,15 @@ def score(truth: dict[str, str], predictions: dict[str, list[str]], failed: dict
             "failed": sum(1 for _, ranked in pairs if ranked == [FAILED]),
             "not_found": sum(1 for uri in truth if not _seen(uri, predictions, failed)),
             "confusion": [[true, ranked[0]] for true, ranked in pairs], "per_class": per_class}
+
+
+def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """ECE: over equal-width bins of top-1 probability, the image-weighted mean |accuracy - mean confidence|."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gaps = [abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).sum()
+            for b in range(bins) if (which == b).any()]
+    return float(sum(gaps) / len(confidence)) if len(confidence) else float("nan")
 
 
 def _seen(truth_uri: str, predictions: dict, failed: dict) -> bool:

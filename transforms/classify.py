@@ -25,10 +25,10 @@ class ZeroShotClassify(beam.PTransform):
 
     def __init__(self, labels: Union[Sequence[str], Mapping[str, Sequence[str]]], backend: Backend,
                  templates: Optional[Sequence[str]] = None, top_k: int = 5, batch_size: int = 32,
-                 decision: Decision = Decision(), max_bytes: int = DEFAULT_MAX_BYTES,
+                 decision: Decision = Decision(), explain: int = 0, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE):
         """`labels`: label names, or label -> phrases to embed for it; `templates`: prompts with one `{}`
-        (default: the backend's own choice)."""
+        (default: the backend's own choice); `explain`: evidence items per image in the `evidence` column."""
         super().__init__()
         if not labels:
             raise ValueError("ZeroShotClassify needs at least one label")
@@ -40,6 +40,7 @@ class ZeroShotClassify(beam.PTransform):
         self.decision = decision
         self.top_k = min(top_k, len(self.label_phrases))
         self.batch_size = batch_size
+        self.explain = explain
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.max_side = max_side
@@ -49,12 +50,13 @@ class ZeroShotClassify(beam.PTransform):
         read = inputs | "Read" >> beam.ParDo(ReadFiles(self.max_bytes)).with_outputs(ERRORS, main="files")
         decoded = read.files | "Decode" >> beam.ParDo(
             DecodeImages(self.max_pixels, self.max_side)).with_outputs(ERRORS, main="images")
-        vectors, embed_errors = decoded.images | "Embed" >> EmbedImages(self.backend, self.batch_size)
+        vectors, embed_errors = decoded.images | "Embed" >> EmbedImages(self.backend, self.batch_size, self.explain)
         results = (
             vectors
             | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
             | "Rank" >> beam.ParDo(
-                RankLabels(self.top_k, self.backend.logit_scale, self.backend.model_id, self.decision),
+                RankLabels(self.top_k, self.backend.logit_scale, self.backend.model_id, self.decision,
+                           self.backend.none_score),
                 labels=beam.pvalue.AsSingleton(label_matrix))
         )
         errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()

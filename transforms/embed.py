@@ -47,15 +47,17 @@ class _FailedBatchToErrors(beam.DoFn):
 
 
 class EmbedImages(beam.PTransform):
-    """(ImageInfo, image) -> (ImageInfo, vector), plus error rows for batches the model could not embed."""
+    """(ImageInfo, image) -> (ImageInfo, Embedded), plus error rows for batches the model could not embed.
+    `evidence_size` > 0 asks the backend for that many pieces of evidence per image (--explain)."""
 
-    def __init__(self, backend: Backend, batch_size: int):
+    def __init__(self, backend: Backend, batch_size: int, evidence_size: int = 0):
         super().__init__()
         self.backend = backend
         self.batch_size = batch_size
+        self.evidence_size = evidence_size
 
     def expand(self, images):
-        handler = KeyedModelHandler(self.backend.model_handler(self.batch_size))
+        handler = KeyedModelHandler(self.backend.model_handler(self.batch_size, self.evidence_size))
         embedded, failed = images | "RunInference" >> RunInference(handler).with_exception_handling(
             timeout=self.backend.call_timeout_s)
         split = embedded | "Vectors" >> beam.ParDo(_SplitEmbedded()).with_outputs(ERRORS, main="vectors")

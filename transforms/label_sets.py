@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from importlib import resources
+from typing import Sequence
 
 import fsspec
 
@@ -74,6 +75,11 @@ def load_label_phrases(name_or_path: str) -> dict[str, list[str]]:
 def load_label_set(name_or_path: str) -> list[str]:
     """The labels a set reports, in file order."""
     return list(load_label_phrases(name_or_path))
+
+
+def prompt_texts(phrases: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every phrase in every template: 'a photo of a {}.' x ['cat', 'kitten'] -> 2 texts."""
+    return [template.replace("{}", phrase) for phrase in phrases for template in templates]
 
 
 def load_templates(name_or_path: str) -> list[str]:

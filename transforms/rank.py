@@ -10,10 +10,10 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from PIL import Image
 
-from transforms.backends import Backend, get_backend, l2_normalize
+from transforms.backends import Backend, Embedder, get_backend, l2_normalize
 from transforms.decode import bound_size, decode_image, to_rgb
 from transforms.metrics import NAMESPACE, ProgressLog, StageMetrics
-from transforms.records import ImageInfo
+from transforms.records import Embedded, ImageInfo
 
 
 class LabelMatrix(NamedTuple):
@@ -23,20 +23,21 @@ class LabelMatrix(NamedTuple):
     vectors: np.ndarray
 
 
-def prompt_texts(phrases: Sequence[str], templates: Sequence[str]) -> list[str]:
-    """Every phrase in every template: 'a photo of a {}.' x ['cat', 'kitten'] -> 2 texts."""
-    return [template.replace("{}", phrase) for phrase in phrases for template in templates]
-
-
 def build_label_matrix(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
                        backend: Backend) -> LabelMatrix:
-    """The zero-shot classifier: each label's vector is the normalized mean of the vectors of all its phrases in
-    all templates. Every prompt of every label goes to the text encoder in one call."""
+    """The label set embedded by the backend's process-wide model (once per job, in EmbedLabels)."""
     Metrics.counter(NAMESPACE, "label_sets_embedded").inc()
-    prompts = [prompt_texts(phrases, templates) for phrases in label_phrases.values()]
-    vectors = backend.load().embed_texts([text for texts in prompts for text in texts])
-    owner = np.repeat(np.arange(len(prompts)), [len(texts) for texts in prompts])
-    sums = np.zeros((len(prompts), vectors.shape[1]), dtype=np.float32)
+    return embed_label_set(label_phrases, templates, backend.load())
+
+
+def embed_label_set(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
+                    embedder: Embedder) -> LabelMatrix:
+    """The zero-shot classifier: each label's vector is the normalized mean of its phrases' vectors, every phrase
+    embedded in all templates. All phrases of all labels go to the embedder in one call."""
+    phrases = [list(label_phrases[label]) for label in label_phrases]
+    vectors = embedder.embed_phrases([phrase for group in phrases for phrase in group], templates)
+    owner = np.repeat(np.arange(len(phrases)), [len(group) for group in phrases])
+    sums = np.zeros((len(phrases), vectors.shape[1]), dtype=np.float32)
     np.add.at(sums, owner, vectors)
     return LabelMatrix(list(label_phrases), l2_normalize(sums))  # direction of the sum = direction of the mean
 
@@ -58,9 +59,15 @@ class EmbedLabels(beam.PTransform):
         )
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def label_probabilities(scores: np.ndarray, logit_scale: float, none_score: Optional[float] = None) -> np.ndarray:
+    """Softmax of logit_scale x cosine over the labels, with an optional "none of these" competitor that scores
+    `none_score` for every image: an image no label fits then gets low probabilities for all of them."""
+    logits = logit_scale * np.asarray(scores, dtype=np.float64)
+    if none_score is not None:
+        logits = np.concatenate([logits, np.full((len(logits), 1), logit_scale * none_score)], axis=1)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    probs = shifted / shifted.sum(axis=1, keepdims=True)
+    return (probs[:, :-1] if none_score is not None else probs).astype(np.float32)
 
 
 UNKNOWN = "unknown"
@@ -82,11 +89,13 @@ class Decision:
 
 
 class RankLabels(beam.DoFn):
-    """A batch of (ImageInfo, vector) -> one output row per image: chosen labels, cosine scores, probabilities."""
+    """A batch of (ImageInfo, Embedded) -> one output row per image: chosen labels, cosine scores, probabilities."""
 
-    def __init__(self, top_k: int, logit_scale: float, model_id: str, decision: Decision = Decision()):
+    def __init__(self, top_k: int, logit_scale: float, model_id: str, decision: Decision = Decision(),
+                 none_score: Optional[float] = None):
         self.top_k = top_k
         self.logit_scale = logit_scale
+        self.none_score = none_score
         self.model_id = model_id
         self.decision = decision
 
@@ -94,12 +103,12 @@ class RankLabels(beam.DoFn):
         self.metrics = StageMetrics("rank")
         self.progress = ProgressLog()
 
-    def process(self, batch: list[tuple[ImageInfo, np.ndarray]], labels: LabelMatrix):
+    def process(self, batch: list[tuple[ImageInfo, Embedded]], labels: LabelMatrix):
         with self.metrics.timed():
-            scores = np.stack([vector for _, vector in batch]) @ labels.vectors.T
-            probs = softmax(self.logit_scale * scores)
+            scores = np.stack([embedded.vector for _, embedded in batch]) @ labels.vectors.T
+            probs = label_probabilities(scores, self.logit_scale, self.none_score)
             ranked = np.argsort(-scores, axis=1, kind="stable")
-        for (info, _), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):
+        for (info, embedded), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):
             order = self.decision.select(image_ranked, image_probs, self.top_k)
             yield {
                 "uri": info.uri,
@@ -110,6 +119,7 @@ class RankLabels(beam.DoFn):
                 "width": info.width,
                 "height": info.height,
                 "sha256": info.sha256,
+                "evidence": [{"class": name, "prob": prob} for name, prob in embedded.evidence],
             }
         self.metrics.passed.inc(len(batch))
         self.progress.add(len(batch))

@@ -13,6 +13,8 @@ RESULTS_SCHEMA = pa.schema([
     ("width", pa.int32()),  # upright size of the original image, after EXIF orientation
     ("height", pa.int32()),
     ("sha256", pa.string()),  # of the file's bytes
+    # With --explain on `local`: the ImageNet classes (and their probabilities) behind the image's vector.
+    ("evidence", pa.list_(pa.struct([("class", pa.string()), ("prob", pa.float32())]))),
 ])
 
 ERRORS_SCHEMA = pa.schema([

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import abc
+import argparse
+import dataclasses
 import threading
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Iterable, Optional, Sequence
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from PIL import Image
 
+from transforms.label_sets import prompt_texts
 from transforms.metrics import NAMESPACE
+from transforms.records import Embedded
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -17,6 +21,24 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+def option(default: Any, help: str, **argparse_kwargs) -> Any:
+    """A backend setting the command line offers as --BACKEND_SETTING (a dataclass field with its help text)."""
+    return dataclasses.field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def optional_float(text: str) -> Optional[float]:
+    """A number, or `none` to switch a setting off."""
+    return None if text.lower() == "none" else float(text)
 
 
 class Embedder(abc.ABC):
@@ -32,6 +54,18 @@ class Embedder(abc.ABC):
     @abc.abstractmethod
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(len(images), dim) float32, L2-normalized, in the same space as embed_texts."""
+
+    def embed_phrases(self, phrases: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        """One unit vector per label phrase: the normalized mean of the phrase in every prompt template
+        (open_clip's zero-shot classifier). A backend may know more about a phrase than its text."""
+        vectors = self.embed_texts(prompt_texts(phrases, templates))
+        return l2_normalize(vectors.reshape(len(phrases), len(templates), -1).mean(axis=1))
+
+    def embed_images_explained(self, images: Sequence[Image.Image],
+                               evidence_size: int) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+        """embed_images, plus per image up to `evidence_size` (name, weight) pairs that built its vector;
+        a backend with nothing to show returns empty lists."""
+        return self.embed_images(images), [[] for _ in images]
 
 
 class ImageBatchHandling:
@@ -56,6 +90,8 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     # Cosine similarities are multiplied by this before the softmax over labels (a CLIP-style logit scale).
     logit_scale: ClassVar[float]
+    # A "none of these" competitor in that softmax, scoring this cosine for every image; None leaves it out.
+    none_score: ClassVar[Optional[float]] = None
     # Errors that must stop the job instead of sending a batch to the errors output (e.g. a refused API key).
     fatal_errors: ClassVar[tuple[type[Exception], ...]] = ()
     # Seconds one model call may take before its batch goes to the errors output; None waits forever.
@@ -74,12 +110,34 @@ class Backend(abc.ABC):
     def _load(self) -> Embedder:
         """Builds the Embedder; called at most once per process and backend configuration."""
 
-    @abc.abstractmethod
-    def model_handler(self, batch_size: int) -> ModelHandler:
-        """The RunInference handler that embeds batches of decoded images with this backend."""
+    def model_handler(self, batch_size: int, evidence_size: int = 0) -> ModelHandler:
+        """The RunInference handler that embeds batches of decoded images with this backend: by default in this
+        process, with the loaded Embedder. Remote backends return a RemoteModelHandler."""
+        return EmbedderModelHandler(self, batch_size, evidence_size)
 
     def check(self) -> None:
         """Raises a readable error if this backend cannot run (missing weights, key...) before a job starts."""
+
+    @classmethod
+    def _options(cls) -> list[dataclasses.Field]:
+        return [field for field in dataclasses.fields(cls) if "help" in field.metadata]
+
+    @classmethod
+    def add_options(cls, parser: argparse.ArgumentParser) -> None:
+        """Declares this backend's settings (fields made with `option`) as --NAME_SETTING in their own group."""
+        group = parser.add_argument_group(f"{cls.name} backend", (cls.__doc__ or "").splitlines()[0])
+        for field in cls._options():
+            kwargs = dict(field.metadata)
+            kwargs.setdefault("type", _parse_bool if isinstance(field.default, bool) else
+                              type(field.default) if field.default is not None else str)
+            if field.default is not None:
+                kwargs["help"] += f" (default: {field.default})"
+            group.add_argument(f"--{cls.name}_{field.name}", default=field.default, **kwargs)
+
+    @classmethod
+    def from_options(cls, args: argparse.Namespace) -> "Backend":
+        """This backend configured from the parsed command line."""
+        return cls(**{field.name: getattr(args, f"{cls.name}_{field.name}") for field in cls._options()})
 
     def load(self) -> Embedder:
         """The process-wide Embedder for this configuration: labels and images share one loaded model."""
@@ -95,3 +153,25 @@ class Backend(abc.ABC):
 
 _LOAD_LOCK = threading.RLock()  # reentrant: a backend may build on another one
 _LOADED: dict[Any, Embedder] = {}
+
+
+class EmbedderModelHandler(ImageBatchHandling, ModelHandler[Image.Image, PredictionResult, Embedder]):
+    """RunInference handler for in-process backends: load the backend once per worker, embed fixed-size batches."""
+
+    def __init__(self, backend: Backend, batch_size: int, evidence_size: int = 0):
+        super().__init__()
+        self._backend = backend
+        self._batch_size = batch_size
+        self._evidence_size = evidence_size
+
+    def load_model(self) -> Embedder:
+        return self._backend.load()
+
+    def run_inference(self, batch: Sequence[Image.Image], model: Embedder,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        if self._evidence_size:
+            vectors, evidence = model.embed_images_explained(batch, self._evidence_size)
+        else:
+            vectors, evidence = model.embed_images(batch), [()] * len(batch)
+        return [PredictionResult(image, Embedded(vector, why), model.model_id)
+                for image, vector, why in zip(batch, vectors, evidence)]

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from typing import Any, Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from PIL import Image
 
 from transforms.backends import efficientnet_lite
-from transforms.backends.base import Backend, Embedder, ImageBatchHandling, l2_normalize
+from transforms.backends.base import Backend, Embedder, l2_normalize, option, optional_float
+from transforms.backends.imagenet_hierarchy import ImageNetHierarchy, imagenet_hierarchy
 from transforms.backends.weights import packaged_file
 from transforms.label_sets import load_label_set
 
@@ -31,30 +32,40 @@ class ConSEEmbedder(Embedder):
     Norouzi et al., "Zero-Shot Learning by Convex Combination of Semantic Embeddings" (ICLR 2014): the
     classifier never sees the user's labels; its beliefs are moved into the text space, where labels live.
 
-    Sentence vectors share a large common direction, so broad labels ("animal") sit close to every image. Both
-    sides are therefore centred on the mean ImageNet class vector, a fixed reference that no label set tunes
-    (benchmarks/conse_search.py measured this on the dev sets).
+    Three things make that space fit broad, user-chosen labels (each chosen leave-one-source-out by
+    benchmarks/conse_search.py, docs/ACCURACY.md):
+    - a class's text carries its WordNet chain ("golden retriever, a kind of retriever, sporting dog, ..."), so an
+      image's vector leans toward the broader concepts its classes belong to;
+    - a label phrase that names a WordNet concept above ImageNet classes ("mammal", "musical instrument") gets the
+      mean vector of those classes mixed into its text vector;
+    - sentence vectors share a large common direction, so broad labels would sit close to every image: both sides
+      are centred on the mean ImageNet class vector, a fixed reference that no label set tunes.
     """
 
-    def __init__(self, top_t: int, model_id: str):
-        self.model_id = model_id
-        self.top_t = top_t
-        self.classifier = efficientnet_lite.EfficientNetLite0()
-        weights_path = packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)
-        self.classifier.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-        self.classifier.eval()
-        self.text_model = _load_minilm()
+    def __init__(self, settings: "LocalBackend"):
+        self.settings = settings
+        self.model_id = settings.model_id
+        self.classifier, self.text_model = _load_models()
         self.dim = self.text_model.get_embedding_dimension()
         self.class_names = load_label_set("imagenet")
-        self.class_vectors = self._sentence_vectors(self.class_names)
-        self.center = self.class_vectors.mean(axis=0)
-
-    def _sentence_vectors(self, texts: Sequence[str]) -> np.ndarray:
-        with torch.inference_mode():
-            return l2_normalize(self.text_model.encode(list(texts), batch_size=256, convert_to_numpy=True))
+        self.hierarchy = imagenet_hierarchy()
+        texts = tuple(settings.class_prompt.replace("{}", text)
+                      for text in class_texts(self.class_names, self.hierarchy, settings.chain_length))
+        self.class_vectors = _sentence_vectors(self.text_model, texts)
+        self.center = self.class_vectors.mean(axis=0) if settings.centre else np.zeros(self.dim, np.float32)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return l2_normalize(self._sentence_vectors(texts) - self.center)
+        return l2_normalize(_sentence_vectors(self.text_model, tuple(texts)) - self.center)
+
+    def embed_phrases(self, phrases: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        vectors = super().embed_phrases(phrases, templates)
+        weight = self.settings.hierarchy_weight
+        if weight:
+            for i, phrase in enumerate(phrases):
+                if covered := self.hierarchy.concept_classes(phrase):
+                    concept = l2_normalize(self.class_vectors[covered].mean(axis=0) - self.center)
+                    vectors[i] = l2_normalize((1 - weight) * vectors[i] + weight * concept)
+        return vectors
 
     def class_probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 1000) softmax over the ImageNet classes, in labels/imagenet.txt order."""
@@ -62,12 +73,52 @@ class ConSEEmbedder(Embedder):
         with torch.inference_mode():
             return torch.softmax(self.classifier(batch), dim=1).numpy()
 
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        probs = self.class_probabilities(images)
-        top = np.argpartition(-probs, self.top_t - 1, axis=1)[:, : self.top_t]
+    def embed_class_probabilities(self, probs: np.ndarray) -> np.ndarray:
+        """Image vectors from classifier outputs: the convex combination of the top-T class vectors, centred."""
+        top = np.argpartition(-probs, self.settings.top_t - 1, axis=1)[:, : self.settings.top_t]
         weights = np.take_along_axis(probs, top, axis=1)
         mixture = l2_normalize(np.einsum("nt,ntd->nd", weights, self.class_vectors[top]))
         return l2_normalize(mixture - self.center)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.embed_class_probabilities(self.class_probabilities(images))
+
+    def embed_images_explained(self, images: Sequence[Image.Image],
+                               evidence_size: int) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+        """The evidence is the most probable ImageNet classes, with their probabilities: what the vector mixes."""
+        probs = self.class_probabilities(images)
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :evidence_size]
+        evidence = [[(self.class_names[i], float(p[i])) for i in row] for p, row in zip(probs, top)]
+        return self.embed_class_probabilities(probs), evidence
+
+
+def class_texts(names: Sequence[str], hierarchy: ImageNetHierarchy, chain_length: int) -> list[str]:
+    """What the text encoder reads for each ImageNet class: its name, then up to `chain_length` broader concepts."""
+    texts = []
+    for index, name in enumerate(names):
+        chain = hierarchy.chain(index, chain_length)
+        texts.append(f"{name}, a kind of {', '.join(chain)}" if chain else name)
+    return texts
+
+
+@functools.lru_cache(maxsize=1)
+def _load_models():
+    """(EfficientNet-Lite0 classifier, MiniLM sentence encoder), loaded once per process whatever the settings."""
+    classifier = efficientnet_lite.EfficientNetLite0()
+    weights_path = packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)
+    classifier.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    classifier.eval()
+    return classifier, _load_minilm()
+
+
+@functools.lru_cache(maxsize=64)
+def _sentence_vectors(text_model, texts: tuple[str, ...]) -> np.ndarray:
+    """Unit MiniLM vectors, read-only and cached: the 1,000 class texts and a job's label prompts are asked for
+    by every embedder built in a process (and by every candidate setting of the search)."""
+    with torch.inference_mode():
+        vectors = l2_normalize(text_model.encode(list(texts), batch_size=256, convert_to_numpy=True))
+    vectors.setflags(write=False)
+    return vectors
 
 
 def _load_minilm():
@@ -88,14 +139,25 @@ def _load_minilm():
 class LocalBackend(Backend):
     """ConSE on models that ship inside PyPI packages: nothing is downloaded, ever."""
 
-    top_t: int = 20  # chosen on the dev sets (benchmarks/conse_search.py)
+    # Defaults chosen leave-one-source-out on the dev sources (benchmarks/conse_search.py, docs/ACCURACY.md).
+    top_t: int = option(20, "ImageNet classes mixed into an image's vector")
+    class_prompt: str = option("a photo of a {}.", "template the 1,000 ImageNet class names are embedded in")
+    chain_length: int = option(0, "broader WordNet concepts appended to each class text")
+    hierarchy_weight: float = option(0.25, "share of a WordNet concept's ImageNet classes in its label's vector")
+    centre: bool = option(True, "centre images and labels on the mean ImageNet class vector")
     name = "local"
-    logit_scale = 15.0  # lowest dev-set NLL; mean confidence then matches accuracy (benchmarks/calibrate.py)
-    default_templates = "photo"  # ties the 8-prompt `photos` on the dev sets at 1/8 of the label cost
+    # Both chosen leave-one-source-out (benchmarks/calibrate.py): the scale by the likelihood of the true label,
+    # the none-of-these cosine by that and the likelihood of "none" when the true label is missing from the set.
+    logit_scale: float = option(10.0, "cosine x this is the softmax logit of a label")
+    none_score: Optional[float] = option(0.5, 'cosine of the "none of these" competitor in the softmax, or none',
+                                         type=optional_float)
+    default_templates = "photo"  # chosen with the settings above; 1/8 of the label cost of the `photos` ensemble
 
     @property
     def model_id(self) -> str:
-        return f"conse-t{self.top_t}:efficientnet-lite0+all-MiniLM-L6-v2"
+        settings = f"t{self.top_t}-chain{self.chain_length}-wn{self.hierarchy_weight:g}" + ("" if self.centre else "-raw")
+        settings += "" if self.class_prompt == "{}" else "-prompted"
+        return f"conse-{settings}:efficientnet-lite0+all-MiniLM-L6-v2"
 
     def check(self) -> None:
         packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)
@@ -103,24 +165,4 @@ class LocalBackend(Backend):
             packaged_file(MINILM_PACKAGE, relative_path, sha256)
 
     def _load(self) -> Embedder:
-        return ConSEEmbedder(self.top_t, self.model_id)
-
-    def model_handler(self, batch_size: int) -> ModelHandler:
-        return EmbedderModelHandler(self, batch_size)
-
-
-class EmbedderModelHandler(ImageBatchHandling, ModelHandler[Image.Image, PredictionResult, Embedder]):
-    """RunInference handler for in-process backends: load the backend once per worker, embed fixed-size batches."""
-
-    def __init__(self, backend: Backend, batch_size: int):
-        super().__init__()
-        self._backend = backend
-        self._batch_size = batch_size
-
-    def load_model(self) -> Embedder:
-        return self._backend.load()
-
-    def run_inference(self, batch: Sequence[Image.Image], model: Embedder,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
-        vectors = model.embed_images(batch)
-        return [PredictionResult(image, vector, model.model_id) for image, vector in zip(batch, vectors)]
+        return ConSEEmbedder(self)

@@ -16,9 +16,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RemoteModelHandler
 from PIL import Image
 
-from transforms.backends.base import Backend, Embedder, ImageBatchHandling, l2_normalize
+from transforms.backends.base import Backend, Embedder, ImageBatchHandling, l2_normalize, option
 from transforms.metrics import NAMESPACE
-from transforms.records import EmbedFailure
+from transforms.records import Embedded, EmbedFailure
 
 KEY_ENV = "NOMIC_API_KEY"
 MAX_IMAGES_PER_REQUEST = 512  # the image endpoint's limit; the client splits bigger calls itself
@@ -157,7 +157,8 @@ class NomicModelHandler(ImageBatchHandling, RemoteModelHandler[Image.Image, Pred
     def request(self, batch: Sequence[Image.Image], model: NomicEmbedder,
                 inference_args: Optional[dict[str, Any]] = None) -> list[PredictionResult]:
         outcomes = _embed_isolating_rejects(model, list(batch))
-        return [PredictionResult(image, outcome, model.model_id) for image, outcome in zip(batch, outcomes)]
+        return [PredictionResult(image, outcome if isinstance(outcome, EmbedFailure) else Embedded(outcome),
+                                 model.model_id) for image, outcome in zip(batch, outcomes)]
 
 
 def _embed_isolating_rejects(model: NomicEmbedder, images: list[Image.Image]) -> list:
@@ -176,10 +177,13 @@ def _embed_isolating_rejects(model: NomicEmbedder, images: list[Image.Image]) ->
 class NomicBackend(Backend):
     """Nomic Embed Vision v1.5 / Text v1.5 on the hosted API. Holds no secret: workers read the key themselves."""
 
-    api_key_file: Optional[str] = None
-    text_model: str = "nomic-embed-text-v1.5"
-    vision_model: str = "nomic-embed-vision-v1.5"
-    task_type: str = "search_query"  # Nomic's guidance for text-to-image retrieval
+    api_key_file: Optional[str] = option(None, "file holding the API key: a path or any fsspec URL "
+                                               f"(default: the {KEY_ENV} environment variable)")
+    text_model: str = option("nomic-embed-text-v1.5", "Nomic Embed Text model for the labels")
+    vision_model: str = option("nomic-embed-vision-v1.5", "Nomic Embed Vision model for the images")
+    # Nomic's guidance for text-to-image retrieval.
+    task_type: str = option("search_query", "task type of the label texts",
+                            choices=["search_query", "search_document", "classification", "clustering"])
     retries: int = 3
     call_timeout_s: int = 300  # a hung connection sends its batch to the errors output instead of stalling
     name = "nomic"
@@ -215,5 +219,5 @@ class NomicBackend(Backend):
     def _load(self) -> Embedder:
         return NomicEmbedder(read_api_key(self.api_key_file), self.text_model, self.vision_model, self.task_type)
 
-    def model_handler(self, batch_size: int) -> NomicModelHandler:
-        return NomicModelHandler(self, batch_size)
+    def model_handler(self, batch_size: int, evidence_size: int = 0) -> NomicModelHandler:
+        return NomicModelHandler(self, batch_size)  # the API says nothing about why: evidence stays empty
