@@ -44,8 +44,11 @@ class Candidate:
 
 
 HEADER = "class prompt | chain | T | centred | WordNet weight | label prompts"
-BEFORE = Candidate(LocalBackend(top_t=20), "photo")  # the defaults before this search
-PLAIN_CONSE = Candidate(LocalBackend(top_t=10, centre=False, class_prompt="a photo of a {}."), "plain")
+# The defaults before this search, and ConSE as published (class names in a photo prompt, bare label names).
+BEFORE = Candidate(LocalBackend(top_t=20, class_prompt="{}", chain_length=0, centre=True, hierarchy_weight=0.0),
+                   "photo")
+PLAIN_CONSE = Candidate(LocalBackend(top_t=10, class_prompt="a photo of a {}.", chain_length=0, centre=False,
+                                     hierarchy_weight=0.0), "plain")
 
 
 def candidates() -> list[Candidate]:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.run import REPO, make_images
-from tests.nomic_server import FakeNomicAPI
+from benchmarks.nomic_server import FakeNomicAPI
 from transforms.label_sets import load_label_set
 
 

@@ -17,25 +17,15 @@ logging.getLogger().addHandler(logging.NullHandler())
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
+from pipelines.cli import ConfigError, OneLineParser, add_backend_argument, add_backend_settings  # noqa: E402
 from transforms.backends import BACKENDS  # noqa: E402
-from transforms.classify import ZeroShotClassify  # noqa: E402
+from transforms.classify import ZeroShotClassify, check_settings  # noqa: E402
 from transforms.label_sets import load_label_phrases, load_templates  # noqa: E402
-from transforms.metrics import summary  # noqa: E402
+from transforms.report import summary  # noqa: E402
 from transforms.rank import Decision  # noqa: E402
 from transforms.read import MatchFiles, first_match  # noqa: E402
-from transforms.records import ERRORS  # noqa: E402
-from transforms.write import ERRORS_SCHEMA, RESULTS_SCHEMA, WriteParquet  # noqa: E402
-
-
-class ConfigError(ValueError):
-    """The job cannot start as configured; the message is the one line the user sees."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Argument mistakes end like every other configuration error: one line on stderr, exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
+from transforms.records import ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA  # noqa: E402
+from transforms.write import WriteParquet  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,10 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explain", type=int, nargs="?", const=5, default=0, metavar="N",
                         help="add an `evidence` column: the N (default 5) things that built each image's vector, "
                              "where the backend has them (local: ImageNet classes and their probabilities)")
-    parser.add_argument("--backend", default="local", choices=sorted(BACKENDS), help="embedding backend")
     parser.add_argument("--num_shards", type=int, default=0, help="output shards (default: runner decides)")
-    for backend in BACKENDS.values():
-        backend.add_options(parser)
+    add_backend_argument(parser)
+    add_backend_settings(parser)
     return parser
 
 
@@ -89,16 +78,13 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str]):
     """Everything that can be checked before the job starts; raises ConfigError with one readable line."""
     if unknown := unknown_beam_args(beam_args):
         raise ConfigError(f"unknown option(s): {' '.join(unknown)} (see --help)")
-    if args.top_k < 1:
-        raise ConfigError(f"--top_k must be at least 1, got {args.top_k}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(f"--batch_size must be at least 1, got {args.batch_size}")
-    if not 0.0 <= args.min_prob <= 1.0:
-        raise ConfigError(f"--min_prob must be between 0 and 1, got {args.min_prob}")
     if args.multi_label != (args.threshold is not None):
         raise ConfigError("--multi_label and --threshold go together")
-    if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
-        raise ConfigError(f"--threshold must be in (0, 1], got {args.threshold}")
+    try:
+        check_settings(args.top_k, args.batch_size, args.explain)
+        decision = Decision(args.min_prob, args.threshold)
+    except ValueError as e:  # the library's own checks, worded by setting name; flags have the same names
+        raise ConfigError(f"--{e}") from None
     try:
         labels = load_label_phrases(args.labels)
         templates = load_templates(args.templates) if args.templates else None
@@ -110,26 +96,23 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str]):
         raise ConfigError(f"cannot list --input {args.input!r}: {type(e).__name__}: {e}") from None
     if match is None:
         raise ConfigError(f"--input {args.input!r} matches no file")
-    if args.explain < 0:
-        raise ConfigError(f"--explain must be at least 0, got {args.explain}")
     backend = BACKENDS[args.backend].from_options(args)
     try:
         backend.check()
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"backend {args.backend!r} cannot run: {e}") from None
-    return labels, templates, backend
+    return labels, templates, backend, decision
 
 
-def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels, templates, backend) -> None:
-    decision = Decision(args.min_prob, args.threshold)
+def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels, templates, backend,
+                   decision: Decision) -> None:
     outputs = (
         pipeline
         | "Match" >> MatchFiles(args.input)
         | "Classify" >> ZeroShotClassify(labels, backend, templates, top_k=args.top_k,
-                                         batch_size=args.batch_size or backend.default_batch_size,
-                                         decision=decision, explain=args.explain)
+                                         batch_size=args.batch_size, decision=decision, explain=args.explain)
     )
-    outputs["results"] | "WriteResults" >> WriteParquet(args.output, RESULTS_SCHEMA, args.num_shards)
+    outputs[RESULTS] | "WriteResults" >> WriteParquet(args.output, RESULTS_SCHEMA, args.num_shards)
     outputs[ERRORS] | "WriteErrors" >> WriteParquet(
         args.errors_output or f"{args.output}-errors", ERRORS_SCHEMA, args.num_shards)
 
@@ -139,13 +122,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("zero_shot").setLevel(logging.INFO)
     args, beam_args = build_parser().parse_known_args(argv)
     try:
-        labels, templates, backend = validate(args, beam_args)
+        labels, templates, backend, decision = validate(args, beam_args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     start = time.monotonic()
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    build_pipeline(pipeline, args, labels, templates, backend)
+    build_pipeline(pipeline, args, labels, templates, backend, decision)
     try:
         result = pipeline.run()
         result.wait_until_finish()

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from PIL import Image
 
 from pipelines import classify_images
+from pipelines.samples import write_sample_photos
 
 OUTPUT = Path("demo-output")
 LABELS = "general"
@@ -19,19 +19,6 @@ RIGHT_ANSWERS = {
     "astronaut": {"person", "space"}, "chelsea": {"animal"}, "china": {"building"}, "coffee": {"food and drink"},
     "flower": {"plant"}, "motorcycle": {"vehicle"}, "rocket": {"space", "vehicle"},
 }
-
-
-def write_sample_photos(folder: Path) -> None:
-    """Real photos from installed packages, written as JPEG files: nothing is committed or downloaded."""
-    from skimage import data
-    from sklearn.datasets import load_sample_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    photos = {name: getattr(data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")}
-    photos["motorcycle"] = data.stereo_motorcycle()[0]
-    photos.update({name: load_sample_image(f"{name}.jpg") for name in ("china", "flower")})
-    for name, pixels in photos.items():
-        Image.fromarray(pixels).save(folder / f"{name}.jpg", quality=92)
 
 
 def main() -> int:

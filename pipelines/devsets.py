@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import io
 import json
 import shutil
 import subprocess
@@ -32,8 +31,9 @@ from typing import Union
 
 from PIL import Image
 
+from pipelines.samples import sample_photo
 from transforms.backends.imagenet_hierarchy import imagenet_hierarchy
-from transforms.label_sets import load_label_set
+from transforms.label_sets import load_label_phrases, load_label_set
 
 OUTPUT = Path("devsets")
 OPENCLIPART = Path("/usr/share/openclipart/png")
@@ -126,7 +126,8 @@ Source = Union[Path, Image.Image, bytes]
 
 
 def _write_set(folder: Path, labels: list[str], images: dict[str, tuple[Source, str]]) -> None:
-    """Shipped files are copied byte for byte (bytes written as given); arrays are saved as PNG."""
+    """Shipped files are copied byte for byte (bytes written as given); arrays are saved as PNG. `labels` are the
+    lines of labels.txt."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "truth.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -177,30 +178,15 @@ def build_foolbox_sets(output: Path) -> None:
     _write_coarse_set(output / "cifar-coarse", {k: v for k, v in cifar.items() if v[1]})
 
 
-def _sample_photo(name: str) -> Image.Image:
-    from skimage import data
-
-    if name in ("china", "flower"):
-        from sklearn.datasets import load_sample_image
-
-        return Image.fromarray(load_sample_image(f"{name}.jpg"))
-    if name == "grace_hopper":
-        import matplotlib.cbook
-
-        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-            return Image.open(io.BytesIO(f.read())).convert("RGB")
-    pixels = getattr(data, name)()
-    return Image.fromarray(pixels[0] if isinstance(pixels, tuple) else pixels)
-
-
 def build_everyday_set(output: Path) -> None:
-    images = {f"{name}.png": (_sample_photo(name), label) for name, label in EVERYDAY_TRUTH.items()}
+    images = {f"{name}.png": (sample_photo(name), label) for name, label in EVERYDAY_TRUTH.items()}
     _write_set(output / "everyday", load_label_set("everyday"), images)
 
 
 def build_samples_coarse_set(output: Path) -> None:
-    images = {f"{name}.png": (_sample_photo(name), label) for name, label in SAMPLES_COARSE_TRUTH.items()}
-    _write_set(output / "samples-coarse", load_label_set("general"), images)
+    images = {f"{name}.png": (sample_photo(name), label) for name, label in SAMPLES_COARSE_TRUTH.items()}
+    phrases = load_label_phrases("general")  # kept as written: "person: person | people"
+    _write_set(output / "samples-coarse", [f"{label}: {' | '.join(p)}" for label, p in phrases.items()], images)
 
 
 def build_openclipart_set(output: Path, root: Path = OPENCLIPART) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines import classify_images
-from transforms.backends import BACKENDS
+from pipelines.cli import ConfigError, OneLineParser, add_backend_argument
 from transforms.label_sets import LabelSetError, load_label_set
 
 FAILED = "(failed)"  # the prediction of an image that never got labels: it counts as wrong, never as absent
@@ -32,16 +32,16 @@ def read_truth(path: str, labels: Sequence[str]) -> dict[str, str]:
         with fsspec.open(path, "rt", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise classify_images.ConfigError(f"cannot read --truth {path!r} ({type(e).__name__})") from None
+        raise ConfigError(f"cannot read --truth {path!r} ({type(e).__name__})") from None
     if not rows or not {"uri", "label"} <= set(rows[0]):
-        raise classify_images.ConfigError(f"--truth {path!r} needs a header with columns uri,label and rows")
+        raise ConfigError(f"--truth {path!r} needs a header with columns uri,label and rows")
     truth = {row["uri"].strip(): row["label"].strip() for row in rows}
     unknown = sorted(set(truth.values()) - set(labels))
     if unknown:
-        raise classify_images.ConfigError(f"--truth labels not in the label set: {', '.join(unknown[:10])}")
+        raise ConfigError(f"--truth labels not in the label set: {', '.join(unknown[:10])}")
     names = Counter(PurePosixPath(uri).name for uri in truth)
     if clashes := [name for name, count in names.items() if count > 1 and name in truth]:
-        raise classify_images.ConfigError(f"--truth names {clashes[0]!r} more than once")
+        raise ConfigError(f"--truth names {clashes[0]!r} more than once")
     return truth
 
 
@@ -51,11 +51,14 @@ def truth_of(uri: str, truth: dict[str, str]) -> Optional[str]:
 
 
 def score(truth: dict[str, str], predictions: dict[str, list[str]], failed: dict[str, str],
-          labels: Sequence[str]) -> dict:
-    """top-1/top-5 over every evaluated image (failed ones count as wrong) and per-class precision/recall."""
-    pairs = [(truth_of(uri, truth), ranked) for uri, ranked in predictions.items()]
-    pairs += [(truth_of(uri, truth), [FAILED]) for uri in failed]
-    pairs = [(true, ranked) for true, ranked in pairs if true is not None]
+          labels: Sequence[str], confidence: Optional[dict[str, float]] = None) -> dict:
+    """top-1/top-5 over every evaluated image (failed ones count as wrong), per-class precision/recall and, given
+    each prediction's top-1 probability, the expected calibration error (failed images: probability 0)."""
+    pairs = [(truth_of(uri, truth), ranked, (confidence or {}).get(uri, 0.0)) for uri, ranked in predictions.items()]
+    pairs += [(truth_of(uri, truth), [FAILED], 0.0) for uri in failed]
+    ece = expected_calibration_error([p for true, _, p in pairs if true is not None],
+                                     [ranked[0] == true for true, ranked, _ in pairs if true is not None])
+    pairs = [(true, ranked) for true, ranked, _ in pairs if true is not None]
     n = len(pairs)
     top1 = sum(ranked[0] == true for true, ranked in pairs)
     top5 = sum(true in ranked[:5] for true, ranked in pairs)
@@ -69,6 +72,7 @@ def score(truth: dict[str, str], predictions: dict[str, list[str]], failed: dict
         for label in sorted(set(support) | (set(predicted) - {FAILED}), key=list(labels).index)
     }
     return {"n": n, "top1": top1 / n if n else None, "top5": top5 / n if n else None,
+            "ece": ece if confidence is not None and n else None,
             "failed": sum(1 for _, ranked in pairs if ranked == [FAILED]),
             "not_found": sum(1 for uri in truth if not _seen(uri, predictions, failed)),
             "confusion": [[true, ranked[0]] for true, ranked in pairs], "per_class": per_class}
@@ -123,19 +127,19 @@ def _read_rows(prefix: str, columns: list[str]) -> list[dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = classify_images.OneLineParser(prog="python -m pipelines.evaluate", description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog="python -m pipelines.evaluate", description=__doc__.splitlines()[0],
                                            epilog="Other options go to pipelines.classify_images.",
                                            allow_abbrev=False)
     parser.add_argument("--input", required=True)
     parser.add_argument("--truth", required=True, help="CSV with columns uri,label (uri: full path or file name)")
     parser.add_argument("--labels", required=True)
     parser.add_argument("--output", required=True, help="folder for metrics.json, per_class.csv, confusion.png")
-    parser.add_argument("--backend", default="local", choices=sorted(BACKENDS), help="embedding backend")
+    add_backend_argument(parser)
     args, classify_args = parser.parse_known_args(argv)
     try:
         labels = load_label_set(args.labels)
         truth = read_truth(args.truth, labels)
-    except (LabelSetError, classify_images.ConfigError) as e:
+    except (LabelSetError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     output = Path(args.output)
@@ -147,9 +151,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    "--backend", args.backend, *classify_args])
     if status:
         return status
-    predictions = {row["uri"]: row["labels"] for row in _read_rows(str(output / "predictions"), ["uri", "labels"])}
+    rows = _read_rows(str(output / "predictions"), ["uri", "labels", "probs"])
+    predictions = {row["uri"]: row["labels"] for row in rows}
+    confidence = {row["uri"]: row["probs"][0] if row["probs"] else 0.0 for row in rows}
     failed = {row["uri"]: row["stage"] for row in _read_rows(str(output / "predictions-errors"), ["uri", "stage"])}
-    metrics = score(truth, predictions, failed, labels)
+    metrics = score(truth, predictions, failed, labels, confidence)
     write_confusion_png(metrics.pop("confusion"), labels, output / "confusion.png")
     metrics.update(labels=args.labels, num_labels=len(labels), backend=args.backend, input=args.input,
                    truth=args.truth)
@@ -161,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         writer.writerow([label, *row.values()])
     (output / "per_class.csv").write_text(buffer.getvalue())
     print(f"\n{args.labels} on {args.backend}: n={metrics['n']}  top-1 {metrics['top1']:.1%}  top-5 {metrics['top5']:.1%}"
-          f"  failed {metrics['failed']}  not found {metrics['not_found']}")
+          f"  ECE {metrics['ece']:.3f}  failed {metrics['failed']}  not found {metrics['not_found']}")
     worst = sorted((row["recall"], label) for label, row in metrics["per_class"].items() if row["support"])[:5]
     print("lowest recall: " + ", ".join(f"{label} {recall:.0%}" for recall, label in worst))
     print(f"wrote {output}/metrics.json, per_class.csv, confusion.png")

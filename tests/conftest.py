@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.demo import write_sample_photos
+from pipelines.samples import write_sample_photos
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +84,7 @@ def hostile_dir(tmp_path_factory, photos) -> Path:
 @pytest.fixture
 def nomic_api(monkeypatch, tmp_path):
     """A fresh loopback Nomic API; the nomic client in this process and its children is pointed at it."""
-    from tests.nomic_server import FakeNomicAPI
+    from benchmarks.nomic_server import FakeNomicAPI
 
     import nomic.embed
 

@@ -1,7 +1,9 @@
 """The evaluation job: dev sets built from registry packages, metrics that count failures, clear truth errors."""
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pipelines import devsets, evaluate
 from transforms.label_sets import load_label_set
@@ -63,3 +65,34 @@ def test_bad_truth_files(tmp_path, capsys, content, message):
                             "--labels", "cifar10", "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert status == 2 and err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_expected_calibration_error_compares_confidence_with_accuracy():
+    # 10 images at 0.95 confidence, 9 right: |0.9 - 0.95| for all of them.
+    assert evaluate.expected_calibration_error([0.95] * 10, [True] * 9 + [False]) == pytest.approx(0.05)
+    # Two bins: 0.25 confidence with 1 of 4 right (gap 0), 0.75 with 2 of 4 right (gap 0.25), half the images each.
+    confidence = [0.25] * 4 + [0.75] * 4
+    correct = [True, False, False, False, True, True, False, False]
+    assert evaluate.expected_calibration_error(confidence, correct) == pytest.approx(0.125)
+
+
+def test_calibration_report_removes_the_true_label_to_make_images_with_no_right_answer():
+    from benchmarks.calibrate import outcomes, without_truth
+
+    scores = np.array([[0.8, 0.1, 0.3], [0.2, 0.6, 0.1]])
+    truth = np.array([0, 1])
+    np.testing.assert_allclose(without_truth(scores, truth), [[0.1, 0.3], [0.2, 0.1]])
+    result = outcomes(scores, truth, ("fixed", 10.0), 0.5)
+    assert result["correct"].all() and (result["p_none"] > 0.5).all() and (result["absent_top_p"] < 0.5).all()
+    assert (result["p_true"] == result["top_p"]).all()
+
+
+def test_openclipart_pictures_take_the_label_of_their_folder(tmp_path):
+    root = tmp_path / "png"
+    for folder in ("animals/mammals/dogs", "people", "people/smilies", "unsorted"):
+        (root / folder).mkdir(parents=True)
+        Image.new("RGBA", (40, 30), (10, 20, 30, 255)).save(root / folder / "picture.png")
+    devsets.build_openclipart_set(tmp_path / "out", root)
+    truth = (tmp_path / "out" / "openclipart-coarse" / "truth.csv").read_text().splitlines()
+    assert truth == ["uri,label", "animals__mammals__dogs__picture.png,mammal", "people__picture.png,person"]
+    assert (tmp_path / "out" / "openclipart-coarse" / "labels.txt").read_text() == "person\nmammal\n"  # COARSE order

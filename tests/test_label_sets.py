@@ -37,7 +37,7 @@ def test_unusable_sets_are_refused(tmp_path, content, message):
 
 
 def test_missing_set_names_the_builtin_ones(tmp_path):
-    with pytest.raises(LabelSetError, match="cannot read label set .* cifar10, cifar100, everyday, imagenet"):
+    with pytest.raises(LabelSetError, match="cannot read label set .* cifar10, cifar100, everyday, general, imagenet"):
         load_label_set(str(tmp_path / "nope.txt"))
 
 

@@ -1,9 +1,12 @@
 """The embedded backend on real photos: the classifier sees what a person sees, vectors are unit length."""
+import argparse
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from transforms.backends import get_backend
+from transforms.backends import get_backend, l2_normalize
+from transforms.backends.local import LocalBackend
 from transforms.backends.weights import WeightsError, packaged_file
 from transforms.decode import decode_image
 
@@ -49,3 +52,33 @@ def test_weight_files_are_checked_before_use():
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown backend 'clip'; choose one of: local"):
         get_backend("clip")
+
+
+def test_a_broad_label_takes_in_the_imagenet_classes_it_names():
+    plain = LocalBackend(hierarchy_weight=0.0).load()
+    expanded = LocalBackend(hierarchy_weight=0.5).load()
+    mammals = expanded.hierarchy.concept_classes("mammal")
+    concept = l2_normalize(expanded.class_vectors[mammals].mean(axis=0) - expanded.center)
+    before, after = plain.embed_phrases(["mammal"], ["a photo of a {}."]), \
+        expanded.embed_phrases(["mammal"], ["a photo of a {}."])
+    assert float(after[0] @ concept) > float(before[0] @ concept) + 0.1
+    np.testing.assert_allclose(np.linalg.norm(after, axis=1), 1.0, rtol=1e-5)
+    # A phrase that names no WordNet concept above ImageNet classes is left as its text says.
+    np.testing.assert_allclose(plain.embed_phrases(["sunset glow"], ["{}"]),
+                               expanded.embed_phrases(["sunset glow"], ["{}"]), atol=1e-6)
+
+
+def test_evidence_is_the_classes_behind_the_vector(embedder, photos):
+    image = _photo(photos, "chelsea")
+    vectors, evidence = embedder.embed_images_explained([image], 3)
+    np.testing.assert_allclose(vectors, embedder.embed_images([image]), atol=1e-6)
+    assert len(evidence[0]) == 3 and evidence[0][0][0] in ("tabby cat", "tiger cat", "Egyptian Mau")
+    assert [p for _, p in evidence[0]] == sorted((p for _, p in evidence[0]), reverse=True)
+
+
+def test_backend_settings_are_command_line_options():
+    parser = argparse.ArgumentParser()
+    LocalBackend.add_options(parser)
+    args = parser.parse_args(["--local_top_t", "5", "--local_centre", "false", "--local_none_score", "none"])
+    assert LocalBackend.from_options(args) == LocalBackend(top_t=5, centre=False, none_score=None)
+    assert LocalBackend.from_options(parser.parse_args([])) == LocalBackend()

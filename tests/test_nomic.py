@@ -15,7 +15,7 @@ from PIL import Image
 from tests.conftest import colour_photo
 from transforms.backends.nomic import MAX_IMAGES_PER_REQUEST, NomicBackend, NomicKeyError, read_api_key
 from transforms.classify import ZeroShotClassify
-from transforms.rank import get_nearest_texts
+from transforms.nearest import get_nearest_texts
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = ["red", "green", "blue", "yellow"]

@@ -5,9 +5,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 import apache_beam as beam
 
-from transforms.backends import get_backend
+from transforms.backends import get_backend, l2_normalize
+from transforms.backends.local import LocalBackend
 from transforms.classify import ZeroShotClassify
-from transforms.rank import UNKNOWN, Decision, build_label_matrix, prompt_texts
+from transforms.label_sets import prompt_texts
+from transforms.rank import UNKNOWN, Decision, build_label_matrix, label_probabilities
 
 
 def test_prompts_cover_every_phrase_in_every_template():
@@ -15,11 +17,13 @@ def test_prompts_cover_every_phrase_in_every_template():
         "a photo of a cat.", "cat", "a photo of a kitten.", "kitten"]
 
 
-def test_a_label_vector_is_the_normalized_mean_of_its_prompts():
-    backend = get_backend("local")
-    matrix = build_label_matrix({"feline": ["cat", "kitten"], "car": ["car"]}, ["a photo of a {}.", "{}"], backend)
-    prompts = backend.load().embed_texts(prompt_texts(["cat", "kitten"], ["a photo of a {}.", "{}"]))
-    expected = prompts.mean(axis=0) / np.linalg.norm(prompts.mean(axis=0))
+def test_a_label_vector_is_the_normalized_mean_of_its_phrases_each_the_mean_of_its_prompts():
+    backend = LocalBackend(hierarchy_weight=0.0)  # text alone: no WordNet classes mixed into "cat"
+    templates = ["a photo of a {}.", "{}"]
+    matrix = build_label_matrix({"feline": ["cat", "kitten"], "car": ["car"]}, templates, backend)
+    prompts = backend.load().embed_texts(prompt_texts(["cat", "kitten"], templates)).reshape(2, 2, -1)
+    phrases = l2_normalize(prompts.mean(axis=1))
+    expected = phrases.mean(axis=0) / np.linalg.norm(phrases.mean(axis=0))
     assert matrix.names == ["feline", "car"]
     np.testing.assert_allclose(matrix.vectors[0], expected, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(matrix.vectors, axis=1), 1.0, rtol=1e-6)
@@ -50,3 +54,13 @@ def test_phrases_and_unknown_in_a_real_pipeline(photos):
                     equal_to([("chelsea.jpg", ["feline"]), ("motorcycle.jpg", ["vehicle"])]))
         assert_that(unsure["results"] | "Unknown" >> beam.Map(lambda r: (r["labels"], r["scores"], r["probs"])),
                     equal_to([([UNKNOWN], [], [])] * 2), label="AllUnknown")
+
+
+def test_none_of_these_takes_the_probability_no_label_earns():
+    scores = np.array([[0.9, 0.2, 0.1],    # one label clearly fits
+                       [0.1, 0.12, 0.08]])  # none does
+    plain = label_probabilities(scores, 10.0)
+    with_none = label_probabilities(scores, 10.0, none_score=0.5)
+    np.testing.assert_allclose(plain.sum(axis=1), 1.0, rtol=1e-6)
+    assert with_none[0, 0] > 0.9 and with_none[1].max() < 0.1 and (with_none.sum(axis=1) < 1).all()
+    assert (np.argsort(-with_none, axis=1) == np.argsort(-plain, axis=1)).all()  # the ranking never changes

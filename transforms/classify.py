@@ -12,7 +12,17 @@ from transforms.embed import EmbedImages
 from transforms.label_sets import load_templates
 from transforms.rank import Decision, EmbedLabels, RankLabels
 from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
-from transforms.records import ERRORS
+from transforms.records import ERRORS, RESULTS
+
+
+def check_settings(top_k: int, batch_size: Optional[int], explain: int) -> None:
+    """The value checks ZeroShotClassify and the command line share; raises ValueError naming the setting."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if explain < 0:
+        raise ValueError(f"explain must be at least 0, got {explain}")
 
 
 class ZeroShotClassify(beam.PTransform):
@@ -20,26 +30,26 @@ class ZeroShotClassify(beam.PTransform):
 
     Example:
         outputs = uris | ZeroShotClassify(["cat", "car"], get_backend("local"))
-        outputs["results"] | WriteParquet("out/labels", RESULTS_SCHEMA)
+        outputs[RESULTS] | WriteParquet("out/labels", RESULTS_SCHEMA)
     """
 
     def __init__(self, labels: Union[Sequence[str], Mapping[str, Sequence[str]]], backend: Backend,
-                 templates: Optional[Sequence[str]] = None, top_k: int = 5, batch_size: int = 32,
+                 templates: Optional[Sequence[str]] = None, top_k: int = 5, batch_size: Optional[int] = None,
                  decision: Decision = Decision(), explain: int = 0, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE):
         """`labels`: label names, or label -> phrases to embed for it; `templates`: prompts with one `{}`
-        (default: the backend's own choice); `explain`: evidence items per image in the `evidence` column."""
+        (default: the backend's own choice); `batch_size`: images per model call (default: the backend's);
+        `explain`: evidence items per image in the `evidence` column."""
         super().__init__()
         if not labels:
             raise ValueError("ZeroShotClassify needs at least one label")
-        if top_k < 1 or batch_size < 1:
-            raise ValueError("top_k and batch_size must be at least 1")
+        check_settings(top_k, batch_size, explain)
         self.label_phrases = dict(labels) if isinstance(labels, Mapping) else {label: [label] for label in labels}
         self.templates = list(templates) if templates else load_templates(backend.default_templates)
         self.backend = backend
         self.decision = decision
         self.top_k = min(top_k, len(self.label_phrases))
-        self.batch_size = batch_size
+        self.batch_size = batch_size or backend.default_batch_size
         self.explain = explain
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
@@ -60,4 +70,4 @@ class ZeroShotClassify(beam.PTransform):
                 labels=beam.pvalue.AsSingleton(label_matrix))
         )
         errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()
-        return {"results": results, ERRORS: errors}
+        return {RESULTS: results, ERRORS: errors}

@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
-import fsspec
 import numpy as np
 from apache_beam.metrics import Metrics
-from PIL import Image
 
-from transforms.backends import Backend, Embedder, get_backend, l2_normalize
-from transforms.decode import bound_size, decode_image, to_rgb
+from transforms.backends import Backend, Embedder, l2_normalize
 from transforms.metrics import NAMESPACE, ProgressLog, StageMetrics
-from transforms.records import Embedded, ImageInfo
+from transforms.records import Embedded, ImageInfo, ResultRow, as_dict
 
 
 class LabelMatrix(NamedTuple):
@@ -81,6 +78,12 @@ class Decision:
     min_prob: float = 0.0
     multi_label_threshold: Optional[float] = None
 
+    def __post_init__(self):
+        if not 0.0 <= self.min_prob <= 1.0:
+            raise ValueError(f"min_prob must be between 0 and 1, got {self.min_prob}")
+        if self.multi_label_threshold is not None and not 0.0 < self.multi_label_threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.multi_label_threshold}")
+
     def select(self, ranked: np.ndarray, probs: np.ndarray, top_k: int) -> np.ndarray:
         """Indices of the labels to report, best first; empty means `unknown`."""
         if self.multi_label_threshold is not None:
@@ -110,34 +113,16 @@ class RankLabels(beam.DoFn):
             ranked = np.argsort(-scores, axis=1, kind="stable")
         for (info, embedded), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):
             order = self.decision.select(image_ranked, image_probs, self.top_k)
-            yield {
-                "uri": info.uri,
-                "labels": [labels.names[i] for i in order] if len(order) else [UNKNOWN],
-                "scores": image_scores[order].tolist(),
-                "probs": image_probs[order].tolist(),
-                "model": self.model_id,
-                "width": info.width,
-                "height": info.height,
-                "sha256": info.sha256,
-                "evidence": [{"class": name, "prob": prob} for name, prob in embedded.evidence],
-            }
+            yield as_dict(ResultRow(
+                uri=info.uri,
+                labels=[labels.names[i] for i in order] if len(order) else [UNKNOWN],
+                scores=image_scores[order].tolist(),
+                probs=image_probs[order].tolist(),
+                model=self.model_id,
+                width=info.width,
+                height=info.height,
+                sha256=info.sha256,
+                evidence=[{"class": name, "prob": prob} for name, prob in embedded.evidence],
+            ))
         self.metrics.passed.inc(len(batch))
         self.progress.add(len(batch))
-
-
-def get_nearest_texts(image: Union[str, bytes, Image.Image], texts: Sequence[str],
-                      backend: Union[str, Backend] = "local") -> list[tuple[str, float]]:
-    """`texts` ranked by cosine similarity to one image (a path/URL, file bytes or Pillow image), best first."""
-    if isinstance(backend, str):
-        backend = get_backend(backend)
-    if isinstance(image, str):
-        with fsspec.open(image, "rb") as f:
-            image = f.read()
-    if isinstance(image, bytes):
-        image = decode_image(image, Image.MAX_IMAGE_PIXELS)[0]
-    else:
-        image = bound_size(to_rgb(image))
-    embedder = backend.load()
-    scores = embedder.embed_images([image])[0] @ embedder.embed_texts(list(texts)).T
-    order = np.argsort(-scores, kind="stable")
-    return [(texts[i], float(scores[i])) for i in order]

@@ -1,11 +1,15 @@
-"""The records that flow between stages: what travels beside the pixels, and the dead-letter error row."""
+"""The records that flow between stages and the two output rows, each defined once: the Parquet schemas, the row
+dicts and the README's column tables all come from the dataclasses below."""
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import dataclasses
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
+import pyarrow as pa
 
-# Tag of every stage's dead-letter output; one schema for all stages keeps the errors sink simple.
+# Tags of the two outputs of ZeroShotClassify; every stage's dead letters go to ERRORS.
+RESULTS = "results"
 ERRORS = "errors"
 
 
@@ -16,16 +20,6 @@ class ImageInfo(NamedTuple):
     sha256: str
     width: int
     height: int
-
-
-def error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, str]:
-    """A dead-letter row: where the input failed (read/decode/embed), the error's type name and its message."""
-    return {"uri": uri, "stage": stage, "error": error_type, "message": message[:2000]}
-
-
-def exception_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
-    """The dead-letter row for an exception caught while processing `uri`."""
-    return error_row(uri, stage, type(error).__name__, str(error))
 
 
 class Embedded(NamedTuple):
@@ -41,3 +35,73 @@ class EmbedFailure(NamedTuple):
 
     error: str
     message: str
+
+
+def column(arrow_type: pa.DataType, meaning: str) -> Any:
+    """An output column: a dataclass field with its Parquet type and the sentence the docs show."""
+    return dataclasses.field(metadata={"arrow": arrow_type, "meaning": meaning})
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultRow:
+    """One labeled image."""
+
+    uri: str = column(pa.string(), "the input file")
+    labels: list = column(pa.list_(pa.string()), "the chosen labels, best first: top_k of them, every label "
+                                                 "above --threshold with --multi_label, or [\"unknown\"]")
+    scores: list = column(pa.list_(pa.float32()), "cosine similarity of each reported label")
+    probs: list = column(pa.list_(pa.float32()), "probability of each reported label: softmax of the backend's "
+                                                 "logit scale x cosine over all labels of the set (and, for "
+                                                 "`local`, a \"none of these\" competitor)")
+    model: str = column(pa.string(), "backend model id")
+    width: int = column(pa.int32(), "upright width of the original image (after EXIF orientation)")
+    height: int = column(pa.int32(), "upright height of the original image")
+    sha256: str = column(pa.string(), "of the file's bytes")
+    evidence: list = column(pa.list_(pa.struct([("class", pa.string()), ("prob", pa.float32())])),
+                            "with --explain on `local`: the ImageNet classes (and probabilities) behind the "
+                            "image's vector; empty otherwise")
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorRow:
+    """One input that could not be labeled, and why."""
+
+    uri: str = column(pa.string(), "the input file")
+    stage: str = column(pa.string(), "where it failed: read, decode or embed")
+    error: str = column(pa.string(), "exception type")
+    message: str = column(pa.string(), "what went wrong (at most 2,000 characters)")
+
+
+def arrow_schema(row_type: type) -> pa.Schema:
+    return pa.schema([(field.name, field.metadata["arrow"]) for field in dataclasses.fields(row_type)])
+
+
+def as_dict(row) -> dict[str, Any]:
+    """The row as the dict Beam's Parquet sink writes (shallow: no deep copy of the lists)."""
+    return {field.name: getattr(row, field.name) for field in dataclasses.fields(row)}
+
+
+def markdown_table(row_type: type) -> str:
+    """The column table of the README, from the definition itself."""
+    lines = ["| column | type | meaning |", "| --- | --- | --- |"]
+    lines += [f"| {field.name} | {field.metadata['arrow']} | {field.metadata['meaning']} |"
+              for field in dataclasses.fields(row_type)]
+    return "\n".join(lines)
+
+
+RESULTS_SCHEMA = arrow_schema(ResultRow)
+ERRORS_SCHEMA = arrow_schema(ErrorRow)
+
+
+def error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, str]:
+    """A dead-letter row: where the input failed (read/decode/embed), the error's type name and its message."""
+    return as_dict(ErrorRow(uri, stage, error_type, message[:2000]))
+
+
+def exception_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
+    """The dead-letter row for an exception caught while processing `uri`."""
+    return error_row(uri, stage, type(error).__name__, str(error))
+
+
+if __name__ == "__main__":
+    print(f"Results:\n\n{markdown_table(ResultRow)}\n\nErrors:\n\n{markdown_table(ErrorRow)}")

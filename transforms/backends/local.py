@@ -143,7 +143,7 @@ class LocalBackend(Backend):
     top_t: int = option(20, "ImageNet classes mixed into an image's vector")
     class_prompt: str = option("a photo of a {}.", "template the 1,000 ImageNet class names are embedded in")
     chain_length: int = option(0, "broader WordNet concepts appended to each class text")
-    hierarchy_weight: float = option(0.25, "share of a WordNet concept's ImageNet classes in its label's vector")
+    hierarchy_weight: float = option(0.0, "share of a WordNet concept's ImageNet classes in its label's vector")
     centre: bool = option(True, "centre images and labels on the mean ImageNet class vector")
     name = "local"
     # Both chosen leave-one-source-out (benchmarks/calibrate.py): the scale by the likelihood of the true label,

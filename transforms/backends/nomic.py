@@ -17,7 +17,7 @@ from apache_beam.ml.inference.base import PredictionResult, RemoteModelHandler
 from PIL import Image
 
 from transforms.backends.base import Backend, Embedder, ImageBatchHandling, l2_normalize, option
-from transforms.metrics import NAMESPACE
+from transforms.metrics import BACKEND_NAMESPACE, NAMESPACE
 from transforms.records import Embedded, EmbedFailure
 
 KEY_ENV = "NOMIC_API_KEY"
@@ -116,15 +116,15 @@ class NomicEmbedder(Embedder):
 
     def _call(self, kind: str, function: Callable[..., dict], *args, **kwargs) -> dict:
         count = len(args[0]) if args else len(kwargs["images"])
-        Metrics.counter(NAMESPACE, f"nomic_{kind}_calls").inc()
-        Metrics.counter(NAMESPACE, f"nomic_{kind}_inputs").inc(count)
+        Metrics.counter(BACKEND_NAMESPACE, f"nomic_{kind}_calls").inc()
+        Metrics.counter(BACKEND_NAMESPACE, f"nomic_{kind}_inputs").inc(count)
         try:
             response = function(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - the client raises bare Exception((status, text)) among others
             raise _translate(e) from None
         for name, value in (response.get("usage") or {}).items():
             if isinstance(value, (int, float)):
-                Metrics.counter(NAMESPACE, f"nomic_{kind}_usage_{name}").inc(int(value))
+                Metrics.counter(BACKEND_NAMESPACE, f"nomic_{kind}_usage_{name}").inc(int(value))
         return response
 
     def _vectors(self, response: dict, expected: int) -> np.ndarray:

@@ -1,0 +1,11 @@
+"""`make demo` as a new user runs it: every sample photo gets a right top label, and the output says where it went."""
+from pipelines import demo
+
+
+def test_demo_gets_every_photo_right(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "OUTPUT", tmp_path / "demo-output")
+    assert demo.main() == 0
+    out = capsys.readouterr().out
+    assert "7 of 7 photos right" in out and "WRONG" not in out, out
+    assert f"Results: {tmp_path}/demo-output/labels-00000-of-00001.parquet" in out
+    assert "softmax over the labels and 'none of these'" in out
