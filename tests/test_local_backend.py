@@ -9,6 +9,7 @@ from transforms.backends import get_backend, l2_normalize
 from transforms.backends.local import LocalBackend
 from transforms.backends.weights import WeightsError, packaged_file
 from transforms.decode import decode_image
+from transforms.rank import embed_label_set, label_probabilities, none_scores
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,22 @@ def test_evidence_is_the_classes_behind_the_vector(embedder, photos):
 def test_backend_settings_are_command_line_options():
     parser = argparse.ArgumentParser()
     LocalBackend.add_options(parser)
-    args = parser.parse_args(["--local_top_t", "5", "--local_centre", "false", "--local_none_score", "none"])
-    assert LocalBackend.from_options(args) == LocalBackend(top_t=5, centre=False, none_score=None)
+    args = parser.parse_args(["--local_top_t", "5", "--local_centre", "false", "--local_none_margin", "none"])
+    assert LocalBackend.from_options(args) == LocalBackend(top_t=5, centre=False, none_margin=None)
     assert LocalBackend.from_options(parser.parse_args([])) == LocalBackend()
+
+
+def test_an_image_that_no_label_fits_gets_a_low_probability(photos):
+    backend = LocalBackend()
+    embedder = backend.load()
+    labels = embed_label_set({"animal": ["animal"], "vehicle": ["vehicle"]}, ["a photo of a {}."], embedder)
+    names = embedder.class_names
+    background = {names[i] for i in range(1000)
+                  if (embedder.centred_class_vectors[i] == labels.background).all(axis=1).any()}
+    assert "espresso" in background and "tabby cat" not in background and "moped" not in background
+    vectors = embedder.embed_images([_photo(photos, "chelsea"), _photo(photos, "coffee")])
+    scores = vectors @ labels.vectors.T
+    probs = label_probabilities(scores, backend.logit_scale, none_scores(vectors, labels, backend.none_margin))
+    assert probs[0, 0] > 0.5 and probs[1].max() < 0.2, probs
+    # Without "none of these", the espresso had to be an animal or a vehicle, and said so with confidence.
+    assert label_probabilities(scores, 15.0)[1].max() > 0.5

@@ -58,9 +58,9 @@ def test_phrases_and_unknown_in_a_real_pipeline(photos):
 
 def test_none_of_these_takes_the_probability_no_label_earns():
     scores = np.array([[0.9, 0.2, 0.1],    # one label clearly fits
-                       [0.1, 0.12, 0.08]])  # none does
+                       [0.1, 0.12, 0.08]])  # none does: the image is closer to a concept no label covers
     plain = label_probabilities(scores, 10.0)
-    with_none = label_probabilities(scores, 10.0, none_score=0.5)
+    with_none = label_probabilities(scores, 10.0, none=np.array([0.5, 0.5]))
     np.testing.assert_allclose(plain.sum(axis=1), 1.0, rtol=1e-6)
     assert with_none[0, 0] > 0.9 and with_none[1].max() < 0.1 and (with_none.sum(axis=1) < 1).all()
     assert (np.argsort(-with_none, axis=1) == np.argsort(-plain, axis=1)).all()  # the ranking never changes

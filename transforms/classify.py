@@ -66,7 +66,7 @@ class ZeroShotClassify(beam.PTransform):
             | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
             | "Rank" >> beam.ParDo(
                 RankLabels(self.top_k, self.backend.logit_scale, self.backend.model_id, self.decision,
-                           self.backend.none_score),
+                           self.backend.none_margin),
                 labels=beam.pvalue.AsSingleton(label_matrix))
         )
         errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()

@@ -14,10 +14,13 @@ from transforms.records import Embedded, ImageInfo, ResultRow, as_dict
 
 
 class LabelMatrix(NamedTuple):
-    """The label names and their unit vectors, row i for label i."""
+    """The label names and their unit vectors, row i for label i, and the background: unit vectors of concepts
+    that no label covers (None where the backend has none). An image closer to the background than to every
+    label fits none of them."""
 
     names: list[str]
     vectors: np.ndarray
+    background: Optional[np.ndarray] = None
 
 
 def build_label_matrix(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
@@ -36,7 +39,8 @@ def embed_label_set(label_phrases: Mapping[str, Sequence[str]], templates: Seque
     owner = np.repeat(np.arange(len(phrases)), [len(group) for group in phrases])
     sums = np.zeros((len(phrases), vectors.shape[1]), dtype=np.float32)
     np.add.at(sums, owner, vectors)
-    return LabelMatrix(list(label_phrases), l2_normalize(sums))  # direction of the sum = direction of the mean
+    label_vectors = l2_normalize(sums)  # direction of the sum = direction of the mean
+    return LabelMatrix(list(label_phrases), label_vectors, embedder.background(phrases, label_vectors))
 
 
 class EmbedLabels(beam.PTransform):
@@ -56,15 +60,24 @@ class EmbedLabels(beam.PTransform):
         )
 
 
-def label_probabilities(scores: np.ndarray, logit_scale: float, none_score: Optional[float] = None) -> np.ndarray:
-    """Softmax of logit_scale x cosine over the labels, with an optional "none of these" competitor that scores
-    `none_score` for every image: an image no label fits then gets low probabilities for all of them."""
+def none_scores(image_vectors: np.ndarray, labels: LabelMatrix, margin: Optional[float]) -> Optional[np.ndarray]:
+    """Per image, the cosine that "none of these" scores: its best background concept's, less `margin`.
+    None (no such competitor) without a margin or a background."""
+    if margin is None or labels.background is None or not len(labels.background):
+        return None
+    return (image_vectors @ labels.background.T).max(axis=1) - margin
+
+
+def label_probabilities(scores: np.ndarray, logit_scale: float, none: Optional[np.ndarray] = None) -> np.ndarray:
+    """Softmax of logit_scale x cosine over the labels and, given each image's `none` cosine, a "none of these"
+    competitor: an image that no label fits then gets low probabilities for all of them. The ranking never
+    changes; with the competitor, an image's probabilities add up to less than 1."""
     logits = logit_scale * np.asarray(scores, dtype=np.float64)
-    if none_score is not None:
-        logits = np.concatenate([logits, np.full((len(logits), 1), logit_scale * none_score)], axis=1)
+    if none is not None:
+        logits = np.concatenate([logits, logit_scale * np.asarray(none, dtype=np.float64)[:, None]], axis=1)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs = shifted / shifted.sum(axis=1, keepdims=True)
-    return (probs[:, :-1] if none_score is not None else probs).astype(np.float32)
+    return (probs[:, :-1] if none is not None else probs).astype(np.float32)
 
 
 UNKNOWN = "unknown"
@@ -95,10 +108,10 @@ class RankLabels(beam.DoFn):
     """A batch of (ImageInfo, Embedded) -> one output row per image: chosen labels, cosine scores, probabilities."""
 
     def __init__(self, top_k: int, logit_scale: float, model_id: str, decision: Decision = Decision(),
-                 none_score: Optional[float] = None):
+                 none_margin: Optional[float] = None):
         self.top_k = top_k
         self.logit_scale = logit_scale
-        self.none_score = none_score
+        self.none_margin = none_margin
         self.model_id = model_id
         self.decision = decision
 
@@ -108,8 +121,9 @@ class RankLabels(beam.DoFn):
 
     def process(self, batch: list[tuple[ImageInfo, Embedded]], labels: LabelMatrix):
         with self.metrics.timed():
-            scores = np.stack([embedded.vector for _, embedded in batch]) @ labels.vectors.T
-            probs = label_probabilities(scores, self.logit_scale, self.none_score)
+            vectors = np.stack([embedded.vector for _, embedded in batch])
+            scores = vectors @ labels.vectors.T
+            probs = label_probabilities(scores, self.logit_scale, none_scores(vectors, labels, self.none_margin))
             ranked = np.argsort(-scores, axis=1, kind="stable")
         for (info, embedded), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):
             order = self.decision.select(image_ranked, image_probs, self.top_k)

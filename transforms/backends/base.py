@@ -61,6 +61,11 @@ class Embedder(abc.ABC):
         vectors = self.embed_texts(prompt_texts(phrases, templates))
         return l2_normalize(vectors.reshape(len(phrases), len(templates), -1).mean(axis=1))
 
+    def background(self, label_phrases: Sequence[Sequence[str]], label_vectors: np.ndarray) -> Optional[np.ndarray]:
+        """Unit vectors of concepts that none of the labels (given as their phrases and vectors) covers: what
+        "none of these" looks like for this label set. None where the backend knows no such concepts."""
+        return None
+
     def embed_images_explained(self, images: Sequence[Image.Image],
                                evidence_size: int) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
         """embed_images, plus per image up to `evidence_size` (name, weight) pairs that built its vector;
@@ -90,8 +95,9 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     # Cosine similarities are multiplied by this before the softmax over labels (a CLIP-style logit scale).
     logit_scale: ClassVar[float]
-    # A "none of these" competitor in that softmax, scoring this cosine for every image; None leaves it out.
-    none_score: ClassVar[Optional[float]] = None
+    # With a background (Embedder.background), a "none of these" competitor takes part in that softmax, scoring
+    # an image's best background cosine less this margin; None leaves it out.
+    none_margin: ClassVar[Optional[float]] = None
     # Errors that must stop the job instead of sending a batch to the errors output (e.g. a refused API key).
     fatal_errors: ClassVar[tuple[type[Exception], ...]] = ()
     # Seconds one model call may take before its batch goes to the errors output; None waits forever.

@@ -53,6 +53,7 @@ class ConSEEmbedder(Embedder):
                       for text in class_texts(self.class_names, self.hierarchy, settings.chain_length))
         self.class_vectors = _sentence_vectors(self.text_model, texts)
         self.center = self.class_vectors.mean(axis=0) if settings.centre else np.zeros(self.dim, np.float32)
+        self.centred_class_vectors = l2_normalize(self.class_vectors - self.center)  # in the images' space
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return l2_normalize(_sentence_vectors(self.text_model, tuple(texts)) - self.center)
@@ -66,6 +67,21 @@ class ConSEEmbedder(Embedder):
                     concept = l2_normalize(self.class_vectors[covered].mean(axis=0) - self.center)
                     vectors[i] = l2_normalize((1 - weight) * vectors[i] + weight * concept)
         return vectors
+
+    def coverage(self, label_phrases: Sequence[Sequence[str]], label_vectors: np.ndarray) -> np.ndarray:
+        """(labels, 1000) bool: the ImageNet classes each label covers, by WordNet (a phrase names the class or a
+        concept above it) and, with a `background_overlap`, by meaning (class and label at least that close)."""
+        overlap = self.settings.background_overlap
+        covered = np.zeros((len(label_phrases), len(self.class_names)), dtype=bool) if overlap is None else \
+            (label_vectors @ self.centred_class_vectors.T) >= overlap
+        for row, phrases in zip(covered, label_phrases):
+            for phrase in phrases:
+                row[self.hierarchy.concept_classes(phrase)] = True
+        return covered
+
+    def background(self, label_phrases: Sequence[Sequence[str]], label_vectors: np.ndarray) -> np.ndarray:
+        """The ImageNet classes no label covers: an image that looks most like one of them fits no label."""
+        return self.centred_class_vectors[~self.coverage(label_phrases, label_vectors).any(axis=0)]
 
     def class_probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 1000) softmax over the ImageNet classes, in labels/imagenet.txt order."""
@@ -149,8 +165,11 @@ class LocalBackend(Backend):
     # Both chosen leave-one-source-out (benchmarks/calibrate.py): the scale by the likelihood of the true label,
     # the none-of-these cosine by that and the likelihood of "none" when the true label is missing from the set.
     logit_scale: float = option(10.0, "cosine x this is the softmax logit of a label")
-    none_score: Optional[float] = option(0.5, 'cosine of the "none of these" competitor in the softmax, or none',
-                                         type=optional_float)
+    none_margin: Optional[float] = option(0.15, '"none of these" scores an image\'s best background cosine less '
+                                                "this; `none` leaves it out", type=optional_float)
+    background_overlap: Optional[float] = option(None, "cosine from which a label also covers an ImageNet class "
+                                                       "it does not name in WordNet; `none`: WordNet alone",
+                                                 type=optional_float)
     default_templates = "photo"  # chosen with the settings above; 1/8 of the label cost of the `photos` ensemble
 
     @property
