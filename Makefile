@@ -30,7 +30,11 @@ bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.nomic_api
 
+# Two dev sources come from outside PyPI: Debian's openclipart-png (as root) and the npm package
+# emoji-datasource-google (fetched once with `npm pack` into devsets/.cache).
 devsets: install
+	@test -d /usr/share/openclipart/png || apt-get install -y -q openclipart-png || \
+		{ echo "error: install Debian's openclipart-png (sudo apt-get install openclipart-png)"; exit 2; }
 	$(PY) -m pipelines.devsets
 
 accuracy: devsets

@@ -23,7 +23,7 @@ from pipelines.devsets import read_index
 # The defaults before the leave-one-source-out search: bare class names, no WordNet mixing, scale 15, no "none".
 BEFORE = ["--templates", "photo", "--local_class_prompt", "{}", "--local_top_t", "20", "--local_chain_length", "0",
           "--local_hierarchy_weight", "0", "--local_centre", "true", "--local_logit_scale", "15",
-          "--local_none_score", "none"]
+          "--local_none_margin", "none"]
 RUNS = {"before": BEFORE, "after": []}
 
 

@@ -151,21 +151,28 @@ def main(argv=None) -> int:
               + f" | {np.mean(values):.3f} |")
 
     print("\nLeave-one-source-out: both steps chosen on the other sources, measured on the held-out one\n")
-    print("| held-out source | chosen on the others | top-1 | mean top-1 prob | ECE | top-1 prob, true label removed "
-          "| before: mean top-1 prob | before: ECE | before: top-1 prob, true label removed |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    eces = {"after": [], "before": []}
+    print("ECE: on the dev images as they are. Open-set ECE: on those and, as many again, the same images with their "
+          "true label removed (whose top-1 is always wrong).\n")
+    print("| held-out source | chosen on the others | top-1 | mean top-1 prob | top-1 prob, true label removed | ECE | "
+          "open-set ECE | before: mean top-1 prob | before: top-1 prob, true label removed | before: ECE | "
+          "before: open-set ECE |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    eces: dict[str, list[float]] = {}
     for source in sources:
         fold = choose(scored, sources, source)
-        after, before = pooled(scored, source, *fold), pooled(scored, source, *PREVIOUS)
-        ece_after = expected_calibration_error(after["top_p"], after["correct"])
-        ece_before = expected_calibration_error(before["top_p"], before["correct"])
-        eces["after"].append(ece_after)
-        eces["before"].append(ece_before)
-        print(f"| {source} | {describe(*fold)} | {after['correct'].mean():.1%} | {after['top_p'].mean():.2f} | "
-              f"{ece_after:.3f} | {after['absent_top_p'].mean():.2f} | {before['top_p'].mean():.2f} | "
-              f"{ece_before:.3f} | {before['absent_top_p'].mean():.2f} |")
-    print(f"| **mean** | | | | {np.mean(eces['after']):.3f} | | | {np.mean(eces['before']):.3f} | |")
+        line = [source, describe(*fold)]
+        for name, outcome in (("after", pooled(scored, source, *fold)), ("before", pooled(scored, source, *PREVIOUS))):
+            ece = expected_calibration_error(outcome["top_p"], outcome["correct"])
+            open_set = expected_calibration_error(np.concatenate([outcome["top_p"], outcome["absent_top_p"]]),
+                                                  np.concatenate([outcome["correct"], np.zeros(len(outcome["correct"]))]))
+            eces.setdefault(name, []).append(ece)
+            eces.setdefault(f"{name} open", []).append(open_set)
+            line += ([f"{outcome['correct'].mean():.1%}"] if name == "after" else []) + [
+                f"{outcome['top_p'].mean():.2f}", f"{outcome['absent_top_p'].mean():.2f}", f"{ece:.3f}",
+                f"{open_set:.3f}"]
+        print("| " + " | ".join(line) + " |")
+    print(f"| **mean** | | | | | {np.mean(eces['after']):.3f} | {np.mean(eces['after open']):.3f} | | | "
+          f"{np.mean(eces['before']):.3f} | {np.mean(eces['before open']):.3f} |")
     print(f"\nChosen on all sources: {describe(rule, overlap, margin)}")
     return 0
 

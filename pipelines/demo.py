@@ -12,6 +12,7 @@ from pipelines import classify_images
 from pipelines.samples import write_sample_photos
 
 OUTPUT = Path("demo-output")
+MIN_PROB_EXAMPLE = 0.3
 LABELS = "general"
 # Every demo photo has a right answer in `general`; two have two (an astronaut is a person in space; a rocket
 # is a vehicle for space).
@@ -36,16 +37,21 @@ def main() -> int:
     print(f"\nTop labels from the `{LABELS}` set ({table.column('model')[0]}).")
     print("The number is the label's probability: a softmax over the labels and 'none of these', so the labels "
           "of an image add up to at most 1.\n")
-    right = 0
+    right, unsure = 0, []
     for row in table.to_pylist():
         name = Path(row["uri"]).stem
         best = ", ".join(f"{label} {prob:.2f}" for label, prob in zip(row["labels"], row["probs"]))
         ok = row["labels"][0] in RIGHT_ANSWERS.get(name, ())
         right += ok
+        if row["probs"][0] < MIN_PROB_EXAMPLE:
+            unsure.append(f"{name} ({row['labels'][0]} {row['probs'][0]:.2f})")
         why = ", ".join(f"{e['class']} {e['prob']:.2f}" for e in row["evidence"])
         print(f"  {'right' if ok else 'WRONG'}  {name + '.jpg':16} {best:52}  seen as: {why}")
-    print(f"\n{right} of {table.num_rows} photos right. Results: {', '.join(files)} "
-          f"(read them as README.md shows; `--explain` filled the `evidence` column).")
+    print("\n".join([
+        f"\n{right} of {table.num_rows} photos right. Results: {', '.join(files)} "
+        "(read them as README.md shows; `--explain` filled the `evidence` column).",
+        f"With --min_prob {MIN_PROB_EXAMPLE}, these would be labeled `unknown` instead: {', '.join(unsure) or 'none'}.",
+    ]))
     return 0
 
 

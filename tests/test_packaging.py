@@ -5,6 +5,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from transforms.records import ErrorRow, ResultRow, markdown_table
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("transforms", "pipelines", "labels")
 
@@ -22,5 +24,10 @@ def test_wheel_contains_all_packages_and_label_sets(tmp_path):
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     sources = {str(p.relative_to(source)) for package in PACKAGES for p in (source / package).rglob("*")
-               if p.suffix in (".py", ".txt")}
+               if p.suffix in (".py", ".txt", ".json")}
     assert sources <= names, sorted(sources - names)
+
+
+def test_the_readme_shows_the_output_rows_as_they_are_defined():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table(ResultRow) in readme and markdown_table(ErrorRow) in readme

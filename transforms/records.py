@@ -84,8 +84,9 @@ def as_dict(row) -> dict[str, Any]:
 def markdown_table(row_type: type) -> str:
     """The column table of the README, from the definition itself."""
     lines = ["| column | type | meaning |", "| --- | --- | --- |"]
-    lines += [f"| {field.name} | {field.metadata['arrow']} | {field.metadata['meaning']} |"
-              for field in dataclasses.fields(row_type)]
+    for field in dataclasses.fields(row_type):
+        arrow_type = str(field.metadata["arrow"]).replace("item: ", "")
+        lines.append(f"| {field.name} | {arrow_type} | {field.metadata['meaning']} |")
     return "\n".join(lines)
 
 
