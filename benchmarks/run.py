@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 
 from pipelines.samples import write_sample_photos
 from transforms.backends import get_backend
+from transforms.backends.local import _sentence_vectors
 from transforms.decode import decode_image
 from transforms.label_sets import load_label_set
 
@@ -67,6 +68,7 @@ def seed_style_loop(paths: list[Path], labels: list[str]) -> tuple[float, float]
     embedder = get_backend("local").load()
     start = time.perf_counter()
     for path in paths:
+        _sentence_vectors.cache_clear()  # a naive script keeps no cache of its label vectors
         label_vectors = embedder.embed_texts(labels)
         image_vector = embedder.embed_images([decode_image(path.read_bytes(), Image.MAX_IMAGE_PIXELS)[0]])[0]
         labels[int((label_vectors @ image_vector).argmax())]

@@ -5,6 +5,7 @@ python -m pipelines.classify_images --input 'photos/*.jpg' --labels everyday --o
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 import time
@@ -20,12 +21,14 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from pipelines.cli import ConfigError, OneLineParser, add_backend_argument, add_backend_settings  # noqa: E402
 from transforms.backends import BACKENDS  # noqa: E402
 from transforms.classify import ZeroShotClassify, check_settings  # noqa: E402
-from transforms.label_sets import load_label_phrases, load_templates  # noqa: E402
-from transforms.report import summary  # noqa: E402
+from transforms.label_sets import (builtin_label_sets, builtin_templates, load_label_phrases,  # noqa: E402
+                                  load_templates)
+from transforms.summary import summary  # noqa: E402
 from transforms.rank import Decision  # noqa: E402
 from transforms.read import MatchFiles, first_match  # noqa: E402
 from transforms.records import ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA  # noqa: E402
-from transforms.write import WriteParquet  # noqa: E402
+from transforms.write import (FORMATS, WriteRows, check_prefixes, count_rows, default_errors_prefix,  # noqa: E402
+                              output_files)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,13 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.classify_images", description=__doc__.splitlines()[0],
         epilog="Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...).",
         allow_abbrev=False)
-    parser.add_argument("--input", required=True, help="file, directory or glob; local path or any fsspec URL")
-    parser.add_argument("--labels", required=True, help="built-in set name (everyday, imagenet...) or a file/URL")
-    parser.add_argument("--output", required=True, help="prefix of the result Parquet shards")
-    parser.add_argument("--errors_output", help="prefix of the error Parquet shards (default: OUTPUT-errors)")
+    # Required flags are checked in validate(), after unknown ones: a misspelled --lables must be named as such.
+    parser.add_argument("--input", help="(required) file, directory or glob, local or any fsspec URL; quote globs "
+                                        "so the shell leaves them to the job")
+    parser.add_argument("--labels", help="(required) a built-in label set "
+                                         f"({', '.join(builtin_label_sets())}) or a file/URL, one label per line")
+    parser.add_argument("--output", help="(required) prefix of the result shards")
+    parser.add_argument("--errors_output", help="prefix of the error shards (default: OUTPUT_errors)")
+    parser.add_argument("--format", default="parquet", choices=FORMATS,
+                        help="file format of results and errors; CSV writes list columns as JSON (default parquet)")
+    parser.add_argument("--report", metavar="PATH", help="also write an HTML report of the run to PATH")
     parser.add_argument("--top_k", type=int, default=5, help="labels reported per image (default 5)")
-    parser.add_argument("--templates", help="prompt templates: a built-in name (plain, photo, photos, simple, "
-                                           "openai) or a file/URL, one template with {} per line "
+    parser.add_argument("--templates", help=f"prompt templates: a built-in name ({', '.join(builtin_templates())}) "
+                                           "or a file/URL, one template with {} per line "
                                            "(default: the backend's choice)")
     parser.add_argument("--min_prob", type=float, default=0.0,
                         help="report 'unknown' when the best label's probability is below this")
@@ -71,13 +80,28 @@ def unknown_beam_args(beam_args: Sequence[str]) -> list[str]:
         except argparse.ArgumentError:
             pass  # two options classes declaring one flag: the first declaration is enough here
     _, unknown = parser.parse_known_args(list(beam_args))
-    return [arg for arg in unknown if arg.startswith("-")]
+    return unknown
 
 
-def validate(args: argparse.Namespace, beam_args: Sequence[str]):
+def _option_hint(flag: str, parser: argparse.ArgumentParser) -> str:
+    close = difflib.get_close_matches(flag.split("=")[0], list(parser._option_string_actions), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def validate(args: argparse.Namespace, beam_args: Sequence[str], parser: argparse.ArgumentParser):
     """Everything that can be checked before the job starts; raises ConfigError with one readable line."""
-    if unknown := unknown_beam_args(beam_args):
-        raise ConfigError(f"unknown option(s): {' '.join(unknown)} (see --help)")
+    unknown = unknown_beam_args(beam_args)
+    if flags := [arg for arg in unknown if arg.startswith("-")]:
+        raise ConfigError(f"unknown option(s): {' '.join(flags)}{_option_hint(flags[0], parser)} (see --help)")
+    if unknown:
+        raise ConfigError(f"unexpected argument(s): {' '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; "
+                          "a glob must be quoted (--input 'photos/*.jpg'), or the shell expands it into file names")
+    if missing := [f"--{name}" for name in ("input", "labels", "output") if getattr(args, name) is None]:
+        raise ConfigError(f"the following arguments are required: {', '.join(missing)}")
+    try:
+        check_prefixes(args.output, errors_prefix(args))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if args.multi_label != (args.threshold is not None):
         raise ConfigError("--multi_label and --threshold go together")
     try:
@@ -112,17 +136,27 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels, te
         | "Classify" >> ZeroShotClassify(labels, backend, templates, top_k=args.top_k,
                                          batch_size=args.batch_size, decision=decision, explain=args.explain)
     )
-    outputs[RESULTS] | "WriteResults" >> WriteParquet(args.output, RESULTS_SCHEMA, args.num_shards)
-    outputs[ERRORS] | "WriteErrors" >> WriteParquet(
-        args.errors_output or f"{args.output}-errors", ERRORS_SCHEMA, args.num_shards)
+    outputs[RESULTS] | "WriteResults" >> WriteRows(args.output, RESULTS_SCHEMA, args.format, args.num_shards)
+    outputs[ERRORS] | "WriteErrors" >> WriteRows(errors_prefix(args), ERRORS_SCHEMA, args.format, args.num_shards)
+
+
+def errors_prefix(args: argparse.Namespace) -> str:
+    return args.errors_output or default_errors_prefix(args.output)
+
+
+def written(prefix: str) -> str:
+    """'N rows in FILE, FILE' for the shards a finished run wrote under `prefix`."""
+    files = output_files(prefix)
+    return f"{sum(count_rows(f) for f in files)} rows in {', '.join(files) or '(no file)'}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("zero_shot").setLevel(logging.INFO)
-    args, beam_args = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
     try:
-        labels, templates, backend, decision = validate(args, beam_args)
+        labels, templates, backend, decision = validate(args, beam_args, parser)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -137,6 +171,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 1
     print(summary(result, time.monotonic() - start))
+    print(f"results: {written(args.output)}\nerrors: {written(errors_prefix(args))}")
+    if args.report:
+        from pipelines.report import write_report  # only runs that ask for a report import its renderer
+
+        write_report(args.output, errors_prefix(args), args.report, title=f"labels: {args.labels}")
+        print(f"report: {args.report}")
     return 0
 
 

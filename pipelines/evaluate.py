@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import io
 import json
 import sys
@@ -17,10 +16,10 @@ from typing import Optional, Sequence
 
 import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipelines import classify_images
 from pipelines.cli import ConfigError, OneLineParser, add_backend_argument
+from transforms.write import default_errors_prefix, output_files, read_rows
 from transforms.label_sets import LabelSetError, load_label_set
 
 FAILED = "(failed)"  # the prediction of an image that never got labels: it counts as wrong, never as absent
@@ -121,9 +120,8 @@ def write_confusion_png(pairs: list[list[str]], labels: Sequence[str], path: Pat
     plt.close(fig)
 
 
-def _read_rows(prefix: str, columns: list[str]) -> list[dict]:
-    files = sorted(glob.glob(f"{prefix}-[0-9]*.parquet"))
-    return pq.read_table(files, columns=columns).to_pylist() if files else []
+def _read_rows(prefix: str) -> list[dict]:
+    return [row for path in output_files(prefix) for row in read_rows(path)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -144,17 +142,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    for old in output.glob("*.parquet"):
-        old.unlink()
+    for old in output_files(str(output / "predictions")) + output_files(default_errors_prefix(str(output / "predictions"))):
+        Path(old).unlink()
     status = classify_images.main(["--input", args.input, "--labels", args.labels, "--output",
                                    str(output / "predictions"), "--top_k", str(min(5, len(labels))),
                                    "--backend", args.backend, *classify_args])
     if status:
         return status
-    rows = _read_rows(str(output / "predictions"), ["uri", "labels", "probs"])
+    rows = _read_rows(str(output / "predictions"))
     predictions = {row["uri"]: row["labels"] for row in rows}
     confidence = {row["uri"]: row["probs"][0] if row["probs"] else 0.0 for row in rows}
-    failed = {row["uri"]: row["stage"] for row in _read_rows(str(output / "predictions-errors"), ["uri", "stage"])}
+    failed = {row["uri"]: row["stage"] for row in _read_rows(default_errors_prefix(str(output / "predictions")))}
     metrics = score(truth, predictions, failed, labels, confidence)
     write_confusion_png(metrics.pop("confusion"), labels, output / "confusion.png")
     metrics.update(labels=args.labels, num_labels=len(labels), backend=args.backend, input=args.input,

@@ -32,7 +32,7 @@ def test_multi_process_run_writes_the_output_contract(tmp_path, photos, hostile_
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     bad = {name for name, (_, ok) in hostile_files(photos / "chelsea.jpg").items() if not ok}
-    results, errors = _read(str(out)), _read(f"{out}-errors")
+    results, errors = _read(str(out)), _read(f"{out}_errors")
     assert results.schema.equals(RESULTS_SCHEMA) and errors.schema.equals(ERRORS_SCHEMA)
     labeled = {Path(uri).name for uri in results.column("uri").to_pylist()}
     failed = {Path(uri).name for uri in errors.column("uri").to_pylist()}
@@ -71,6 +71,7 @@ def _replace(args, flag, value):
     (lambda a, t: a + ["--min_prob", "2"], "--min_prob must be between 0 and 1"),
     (lambda a, t: a + ["--templates", "nonexistent"], "cannot read templates 'nonexistent'"),
     (lambda a, t: a[2:], "the following arguments are required: --input"),
+    (lambda a, t: a + ["--errors_output", str(t / "out-errors")], "overlap: the files of one would replace"),
 ])
 def test_bad_configuration_stops_before_the_job_with_one_line(good_args, tmp_path, capsys, change, message):
     with pytest.raises(SystemExit) as exited:

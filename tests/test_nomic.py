@@ -56,7 +56,7 @@ def test_command_line_end_to_end(nomic_api, colour_photos, tmp_path, runner_args
     results = {Path(row["uri"]).stem: row for row in _rows(out)}
     assert {name: row["labels"][0] for name, row in results.items()} == {c: c for c in COLOURS}
     assert {row["model"] for row in results.values()} == {"nomic-embed-vision-v1.5"}
-    errors = {Path(row["uri"]).name: (row["stage"], row["error"]) for row in _rows(f"{out}-errors")}
+    errors = {Path(row["uri"]).name: (row["stage"], row["error"]) for row in _rows(f"{out}_errors")}
     assert errors == {"magenta.jpg": ("embed", "ImageRejectedError"), "broken.jpg": ("decode", "UnidentifiedImageError")}
     assert nomic_api.task_types == {"search_query"}
     assert "backend: nomic_image_calls" in done.stdout and "nomic_text_usage_total_tokens" in done.stdout

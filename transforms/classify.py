@@ -30,7 +30,7 @@ class ZeroShotClassify(beam.PTransform):
 
     Example:
         outputs = uris | ZeroShotClassify(["cat", "car"], get_backend("local"))
-        outputs[RESULTS] | WriteParquet("out/labels", RESULTS_SCHEMA)
+        outputs[RESULTS] | WriteRows("out/labels", RESULTS_SCHEMA)
     """
 
     def __init__(self, labels: Union[Sequence[str], Mapping[str, Sequence[str]]], backend: Backend,
@@ -67,7 +67,8 @@ class ZeroShotClassify(beam.PTransform):
             | "Rank" >> beam.ParDo(
                 RankLabels(self.top_k, self.backend.logit_scale, self.backend.model_id, self.decision,
                            self.backend.none_margin),
-                labels=beam.pvalue.AsSingleton(label_matrix))
+                labels=beam.pvalue.AsSingleton(label_matrix),
+                total_inputs=beam.pvalue.AsSingleton(inputs | "CountInputs" >> beam.combiners.Count.Globally()))
         )
         errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()
         return {RESULTS: results, ERRORS: errors}

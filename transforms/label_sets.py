@@ -2,6 +2,7 @@
 any path or fsspec URL, and validates them."""
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from importlib import resources
@@ -9,6 +10,7 @@ from typing import Sequence
 
 import fsspec
 
+LOG = logging.getLogger("zero_shot")
 # "label: phrase one | phrase two" reports `label` and embeds every phrase; a plain line is its own phrase.
 _PHRASES = re.compile(r"^(?P<label>[^:]+?)\s*:\s+(?P<phrases>.+)$")
 
@@ -65,6 +67,9 @@ def load_label_phrases(name_or_path: str) -> dict[str, list[str]]:
             entries.append((match["label"].strip(), phrases or [match["label"].strip()]))
         else:
             entries.append((line, [line]))
+    if len(entries) == 1 and any(sep in entries[0][0] for sep in ",\t"):
+        LOG.warning("label set %r has one line, %r, read as one label: put one label per line", name_or_path,
+                    entries[0][0])
     counts = Counter(label.casefold() for label, _ in entries)
     duplicates = sorted({label for label, _ in entries if counts[label.casefold()] > 1})
     if duplicates:

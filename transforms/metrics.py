@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 from apache_beam.metrics import Metrics
 
@@ -46,16 +46,30 @@ class StageMetrics:
 
 
 class ProgressLog:
-    """Logs how many images this worker has finished, at most every `every_s` seconds."""
+    """Logs how many images this worker has labeled, of how many inputs the job has, its rate and the time left
+    at that rate, at most every `every_s` seconds (on a one-worker local run: the whole job's progress)."""
 
     def __init__(self, every_s: float = 5.0):
         self.every_s = every_s
         self.count = 0
         self.start = self.last = time.monotonic()
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, total: Optional[int] = None) -> None:
         self.count += n
         now = time.monotonic()
         if now - self.last >= self.every_s:
             self.last = now
-            LOG.info("labeled %d images (%.1f images/s on this worker)", self.count, self.count / (now - self.start))
+            rate = self.count / (now - self.start)
+            if total:
+                left = max(total - self.count, 0) / rate if rate else float("inf")
+                LOG.info("labeled %d of %d inputs (%.1f images/s on this worker, about %s left)", self.count, total,
+                         rate, _duration(left))
+            else:
+                LOG.info("labeled %d images (%.1f images/s on this worker)", self.count, rate)
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown time"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"

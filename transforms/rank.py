@@ -119,7 +119,7 @@ class RankLabels(beam.DoFn):
         self.metrics = StageMetrics("rank")
         self.progress = ProgressLog()
 
-    def process(self, batch: list[tuple[ImageInfo, Embedded]], labels: LabelMatrix):
+    def process(self, batch: list[tuple[ImageInfo, Embedded]], labels: LabelMatrix, total_inputs: Optional[int] = None):
         with self.metrics.timed():
             vectors = np.stack([embedded.vector for _, embedded in batch])
             scores = vectors @ labels.vectors.T
@@ -139,4 +139,4 @@ class RankLabels(beam.DoFn):
                 evidence=[{"class": name, "prob": prob} for name, prob in embedded.evidence],
             ))
         self.metrics.passed.inc(len(batch))
-        self.progress.add(len(batch))
+        self.progress.add(len(batch), total_inputs)

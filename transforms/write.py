@@ -1,20 +1,98 @@
-"""Writer: the sinks for results and errors (their schemas are defined with the rows, in records.py)."""
+"""Writer: the sinks for results and errors in Parquet, JSON lines or CSV, and reading a finished output back.
+The schemas come from the row definitions in records.py; every format has the same columns in the same order."""
 from __future__ import annotations
 
+import csv
+import io
+import json
+from typing import Any, Iterator
+
 import apache_beam as beam
+import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMATS = ("parquet", "jsonl", "csv")
 
 
-class WriteParquet(beam.PTransform):
-    """Rows as dicts -> Parquet shards PREFIX-SSSSS-of-NNNNN.parquet with an explicit schema."""
+def default_errors_prefix(results_prefix: str) -> str:
+    """Where errors go unless told: beside the results, under a name their shards' glob cannot match."""
+    return f"{results_prefix}_errors"
 
-    def __init__(self, prefix: str, schema: pa.Schema, num_shards: int = 0):
+
+def check_prefixes(results_prefix: str, errors_prefix: str) -> None:
+    """Raises ValueError if one sink would delete the other's shards: before it finalizes, Beam deletes every file
+    matching PREFIX-*-of-NNNNN.SUFFIX, so errors under RESULTS-errors could vanish when the shard counts match."""
+    for a, b in ((results_prefix, errors_prefix), (errors_prefix, results_prefix)):
+        if a == b or b.startswith(f"{a}-"):
+            raise ValueError(f"the results and errors prefixes {results_prefix!r} and {errors_prefix!r} overlap: "
+                             f"the files of one would replace the other's; choose another --errors_output")
+
+
+def _json_line(row: dict[str, Any], names: list[str]) -> str:
+    return json.dumps({name: row[name] for name in names}, ensure_ascii=False)
+
+
+def _csv_line(values: list[Any]) -> str:
+    """One CSV record; lists and structs as JSON, so a cell never needs a second parser to split."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(
+        [json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for v in values])
+    return buffer.getvalue()
+
+
+class WriteRows(beam.PTransform):
+    """Rows as dicts -> shards PREFIX-SSSSS-of-NNNNN.{parquet,jsonl,csv}: Parquet with the explicit schema, one JSON
+    object per line, or CSV with a header row in every shard."""
+
+    def __init__(self, prefix: str, schema: pa.Schema, file_format: str = "parquet", num_shards: int = 0):
         super().__init__()
-        self.prefix = prefix
-        self.schema = schema
-        self.num_shards = num_shards
+        if file_format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {file_format!r}")
+        self.prefix, self.schema, self.file_format, self.num_shards = prefix, schema, file_format, num_shards
 
     def expand(self, rows):
-        return rows | beam.io.WriteToParquet(
-            self.prefix, self.schema, file_name_suffix=".parquet", num_shards=self.num_shards
-        )
+        suffix = f".{self.file_format}"
+        if self.file_format == "parquet":
+            return rows | beam.io.WriteToParquet(self.prefix, self.schema, file_name_suffix=suffix,
+                                                 num_shards=self.num_shards)
+        names = self.schema.names
+        if self.file_format == "jsonl":
+            lines, header = rows | "ToJson" >> beam.Map(_json_line, names), None
+        else:
+            lines = rows | "ToCsv" >> beam.Map(lambda row: _csv_line([row[name] for name in names]))
+            header = _csv_line(names)
+        return lines | beam.io.WriteToText(self.prefix, file_name_suffix=suffix, num_shards=self.num_shards,
+                                           header=header)
+
+
+def output_files(prefix: str) -> list[str]:
+    """The shards a finished run wrote under `prefix`, in any format, sorted; any fsspec URL."""
+    fs, path = fsspec.core.url_to_fs(prefix)
+    found = sorted(p for fmt in FORMATS for p in fs.glob(f"{path}-[0-9]*-of-[0-9]*.{fmt}"))
+    return [fs.unstrip_protocol(p) if "://" in prefix else p for p in found]
+
+
+def read_rows(path: str) -> Iterator[dict[str, Any]]:
+    """The rows of one shard as dicts, whatever its format (CSV cells holding JSON lists are parsed back)."""
+    with fsspec.open(path, "rb") as f:
+        if path.endswith(".parquet"):
+            yield from pq.read_table(f).to_pylist()
+        elif path.endswith(".jsonl"):
+            for line in io.TextIOWrapper(f, encoding="utf-8"):
+                if line.strip():
+                    yield json.loads(line)
+        else:
+            for row in csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline="")):
+                yield {k: json.loads(v) if v[:1] in "[{" else v for k, v in row.items()}
+
+
+def count_rows(path: str) -> int:
+    """Rows in one shard, from the Parquet footer or by counting lines."""
+    with fsspec.open(path, "rb") as f:
+        if path.endswith(".parquet"):
+            return pq.ParquetFile(f).metadata.num_rows
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        if path.endswith(".csv"):  # a quoted cell may hold a line break: count records, not lines
+            return sum(1 for _ in csv.reader(text)) - 1
+        return sum(1 for line in text if line.strip())
