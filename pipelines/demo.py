@@ -28,8 +28,9 @@ def main() -> int:
     prefix = OUTPUT / "labels"
     for old in glob.glob(f"{prefix}*.parquet"):
         Path(old).unlink()
+    page = OUTPUT / "report.html"
     status = classify_images.main(["--input", f"{photos}/*.jpg", "--labels", LABELS, "--output", str(prefix),
-                                   "--top_k", "3", "--explain", "3"])
+                                   "--top_k", "3", "--explain", "3", "--report", str(page)])
     if status:
         return status
     files = sorted(glob.glob(f"{prefix}-0*.parquet"))
@@ -50,6 +51,7 @@ def main() -> int:
     print("\n".join([
         f"\n{right} of {table.num_rows} photos right. Results: {', '.join(files)} "
         "(read them as README.md shows; `--explain` filled the `evidence` column).",
+        f"Open {page} in a browser to see the photos under their labels.",
         f"With --min_prob {MIN_PROB_EXAMPLE}, these would be labeled `unknown` instead: {', '.join(unsure) or 'none'}.",
     ]))
     return 0
