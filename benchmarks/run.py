@@ -9,7 +9,6 @@ import datetime
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import time

@@ -5,7 +5,6 @@ python -m pipelines.evaluate --input 'devsets/cifar10/*.png' --truth devsets/cif
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -142,17 +141,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    for old in output_files(str(output / "predictions")) + output_files(default_errors_prefix(str(output / "predictions"))):
+    predictions_prefix = str(output / "predictions")
+    for old in output_files(predictions_prefix) + output_files(default_errors_prefix(predictions_prefix)):
         Path(old).unlink()
-    status = classify_images.main(["--input", args.input, "--labels", args.labels, "--output",
-                                   str(output / "predictions"), "--top_k", str(min(5, len(labels))),
+    status = classify_images.main(["--input", args.input, "--labels", args.labels, "--output", predictions_prefix,
+                                   "--top_k", str(min(5, len(labels))),
                                    "--backend", args.backend, *classify_args])
     if status:
         return status
-    rows = _read_rows(str(output / "predictions"))
+    rows = _read_rows(predictions_prefix)
     predictions = {row["uri"]: row["labels"] for row in rows}
     confidence = {row["uri"]: row["probs"][0] if row["probs"] else 0.0 for row in rows}
-    failed = {row["uri"]: row["stage"] for row in _read_rows(default_errors_prefix(str(output / "predictions")))}
+    failed = {row["uri"]: row["stage"] for row in _read_rows(default_errors_prefix(predictions_prefix))}
     metrics = score(truth, predictions, failed, labels, confidence)
     write_confusion_png(metrics.pop("confusion"), labels, output / "confusion.png")
     metrics.update(labels=args.labels, num_labels=len(labels), backend=args.backend, input=args.input,
@@ -164,8 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for label, row in metrics["per_class"].items():
         writer.writerow([label, *row.values()])
     (output / "per_class.csv").write_text(buffer.getvalue())
-    print(f"\n{args.labels} on {args.backend}: n={metrics['n']}  top-1 {metrics['top1']:.1%}  top-5 {metrics['top5']:.1%}"
-          f"  ECE {metrics['ece']:.3f}  failed {metrics['failed']}  not found {metrics['not_found']}")
+    print(f"\n{args.labels} on {args.backend}: n={metrics['n']}  top-1 {metrics['top1']:.1%}  "
+          f"top-5 {metrics['top5']:.1%}  ECE {metrics['ece']:.3f}  failed {metrics['failed']}  "
+          f"not found {metrics['not_found']}")
     worst = sorted((row["recall"], label) for label, row in metrics["per_class"].items() if row["support"])[:5]
     print("lowest recall: " + ", ".join(f"{label} {recall:.0%}" for recall, label in worst))
     print(f"wrote {output}/metrics.json, per_class.csv, confusion.png")

@@ -9,7 +9,6 @@ text, never markup. The page runs no script.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime
 import html
@@ -78,7 +77,8 @@ def _figure(row: dict, thumbs: dict[str, Optional[str]]) -> str:
     name = PurePosixPath(row["uri"]).name
     picture = (f'<img src="{thumbs[row["uri"]]}" alt="{html.escape(name)}">' if thumbs.get(row["uri"])
                else '<div class="missing">no preview</div>')
-    labels = ", ".join(f"{html.escape(str(label))} {float(prob):.2f}" for label, prob in zip(row["labels"], row["probs"]))
+    labels = ", ".join(f"{html.escape(str(label))} {float(prob):.2f}"
+                       for label, prob in zip(row["labels"], row["probs"]))
     return (f'<figure data-uri="{html.escape(row["uri"])}" title="{html.escape(row["uri"])}">{picture}'
             f"<figcaption><b>{html.escape(name)}</b><br>{labels or html.escape(str(row['labels'][0]))}"
             "</figcaption></figure>")
@@ -105,7 +105,8 @@ def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Op
     summary_rows = [("images", len(results) + len(errors)), ("labeled", len(results)),
                     ("top labels in use", len(by_label)),
                     ("errors", ", ".join(f"{stage} {n}" for stage, n in sorted(stages.items())) or "none"),
-                    ("model", ", ".join(models) or "-"), ("generated", datetime.datetime.now().isoformat(" ", "seconds"))]
+                    ("model", ", ".join(models) or "-"),
+                    ("generated", datetime.datetime.now().isoformat(" ", "seconds"))]
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              '<table class="summary">' + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"

@@ -1,4 +1,5 @@
-"""The WordNet hierarchy behind ImageNet: generated from WordNet's own file format, used to explain and expand labels."""
+"""The WordNet hierarchy behind ImageNet: generated from WordNet's own file format, used to expand labels and to
+tell which classes a label set covers."""
 import json
 
 import pytest

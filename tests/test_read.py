@@ -1,5 +1,4 @@
 """Input patterns: globs, directories, single files and fsspec URLs, expanded inside the pipeline."""
-import apache_beam as beam
 import fsspec
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to

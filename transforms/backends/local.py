@@ -32,14 +32,12 @@ class ConSEEmbedder(Embedder):
     Norouzi et al., "Zero-Shot Learning by Convex Combination of Semantic Embeddings" (ICLR 2014): the
     classifier never sees the user's labels; its beliefs are moved into the text space, where labels live.
 
-    Three things make that space fit broad, user-chosen labels (each chosen leave-one-source-out by
-    benchmarks/conse_search.py, docs/ACCURACY.md):
-    - a class's text carries its WordNet chain ("golden retriever, a kind of retriever, sporting dog, ..."), so an
-      image's vector leans toward the broader concepts its classes belong to;
-    - a label phrase that names a WordNet concept above ImageNet classes ("mammal", "musical instrument") gets the
-      mean vector of those classes mixed into its text vector;
-    - sentence vectors share a large common direction, so broad labels would sit close to every image: both sides
-      are centred on the mean ImageNet class vector, a fixed reference that no label set tunes.
+    Sentence vectors share a large common direction, so broad labels would sit close to every image: both sides are
+    centred on the mean ImageNet class vector, a fixed reference that no label set tunes. The WordNet hierarchy
+    above the classes says which classes a label covers ("mammal" covers 218); the classes no label covers are the
+    "none of these" background. Two more uses of it were measured and are off by default, because they did not
+    help on held-out sources (docs/ACCURACY.md): class texts that carry their chain ("golden retriever, a kind of
+    retriever, sporting dog, ..."; `chain_length`) and a concept's classes mixed into its label (`hierarchy_weight`).
     """
 
     def __init__(self, settings: "LocalBackend"):
@@ -174,8 +172,8 @@ class LocalBackend(Backend):
 
     @property
     def model_id(self) -> str:
-        settings = f"t{self.top_t}-chain{self.chain_length}-wn{self.hierarchy_weight:g}" + ("" if self.centre else "-raw")
-        settings += "" if self.class_prompt == "{}" else "-prompted"
+        settings = f"t{self.top_t}-chain{self.chain_length}-wn{self.hierarchy_weight:g}"
+        settings += ("" if self.centre else "-raw") + ("" if self.class_prompt == "{}" else "-prompted")
         return f"conse-{settings}:efficientnet-lite0+all-MiniLM-L6-v2"
 
     def check(self) -> None:
