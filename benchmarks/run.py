@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from pipelines.samples import write_sample_photos
 from transforms.backends import get_backend
-from transforms.backends.local import _sentence_vectors
+from transforms.backends.local import LocalBackend, _sentence_vectors
 from transforms.decode import decode_image
 from transforms.label_sets import load_label_set
 
@@ -50,9 +50,9 @@ def make_images(folder: Path, count: int, seed: int = 0) -> Path:
     return folder
 
 
-def bare_loop(folder: Path, batch_size: int) -> tuple[float, float]:
+def bare_loop(folder: Path, batch_size: int, backend: LocalBackend = LocalBackend()) -> tuple[float, float]:
     """(images/s, seconds) of read + decode + forward in batches, after the model has loaded."""
-    embedder = get_backend("local").load()
+    embedder = backend.load()
     paths = sorted(folder.glob("*.jpg"))
     start = time.perf_counter()
     for i in range(0, len(paths), batch_size):
@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="images for the throughput comparison")
     parser.add_argument("--label_images", type=int, default=300, help="images for the label-count comparison")
+    parser.add_argument("--job_images", type=int, default=3000,
+                        help="images for the longest whole job, where process start weighs least")
     parser.add_argument("--loop_images", type=int, default=30, help="images for the (slow) seed-style loop")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--workdir", default=str(REPO / "bench-output"))
@@ -120,21 +122,33 @@ def main(argv=None) -> int:
     small = make_images(work / f"images{args.label_images}", args.label_images)
 
     rows = []
-    loop_rate, loop_s = bare_loop(big, args.batch_size)
-    rows.append(("model only: read+decode+forward loop (model loaded)", args.images, loop_s, loop_rate, None, ""))
+    # The image model on each runtime, same images, same batches; eager PyTorch is the reference ("eager loop").
+    loop_rate, loop_s = bare_loop(big, args.batch_size, LocalBackend(runtime="torch"))
+    rows.append(("eager loop: read+decode+forward, PyTorch (model loaded)", args.images, loop_s, loop_rate, None, ""))
+    onnx_rate, onnx_s = bare_loop(big, args.batch_size, LocalBackend(runtime="onnx"))
+    rows.append(("ONNX fp32 loop (the default runtime)", args.images, onnx_s, onnx_rate, None,
+                 f"{onnx_rate / loop_rate:.2f}x eager loop"))
+    calibration = f"{make_images(work / 'calibration', 64, seed=1)}/*.jpg"  # other crops than the loop's images
+    int8_rate, int8_s = bare_loop(big, args.batch_size, LocalBackend(runtime="onnx-int8", int8_calibration=calibration))
+    rows.append(("ONNX int8 loop (static, QDQ, calibrated on 64 other crops)", args.images, int8_s, int8_rate, None,
+                 f"{int8_rate / loop_rate:.2f}x eager loop"))
     seed_paths = sorted(small.glob("*.jpg"))[: args.loop_images]
     for label_set in ("everyday", "cifar100", "imagenet"):
         labels = load_label_set(label_set)
         seed_rate, seed_s = seed_style_loop(seed_paths, labels)
         rows.append((f"seed-style loop, {len(labels)} labels embedded per image", len(seed_paths), seed_s, seed_rate,
-                     None, f"{seed_rate / loop_rate:.2f}x model only"))
+                     None, f"{seed_rate / loop_rate:.2f}x eager loop"))
     job_rate, job_s, job_rss = whole_job(big, "everyday", args.batch_size, work / "out")
     rows.append(("whole job, DirectRunner in-process, 12 labels", args.images, job_s, job_rate, job_rss,
-                 f"{job_rate / loop_rate:.2f}x bare loop"))
+                 f"{job_rate / loop_rate:.2f}x eager loop"))
+    large = make_images(work / f"images{args.job_images}", args.job_images, seed=2)
+    large_rate, large_s, large_rss = whole_job(large, "everyday", args.batch_size, work / "out")
+    rows.append(("whole job, DirectRunner in-process, 12 labels", args.job_images, large_s, large_rate, large_rss,
+                 f"{large_rate / loop_rate:.2f}x eager loop"))
     mp_rate, mp_s, mp_rss = whole_job(big, "everyday", args.batch_size, work / "out", "--direct_running_mode",
                                       "multi_processing", "--direct_num_workers", "2")
     rows.append(("whole job, DirectRunner 2 processes, 12 labels", args.images, mp_s, mp_rate, mp_rss,
-                 f"{mp_rate / loop_rate:.2f}x bare loop"))
+                 f"{mp_rate / loop_rate:.2f}x eager loop"))
     few_rate, few_s, few_rss = whole_job(small, "everyday", args.batch_size, work / "out")
     rows.append(("whole job, 12 labels", args.label_images, few_s, few_rate, few_rss, ""))
     many_rate, many_s, many_rss = whole_job(small, "imagenet", args.batch_size, work / "out")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transforms.backends import get_backend, l2_normalize
+from transforms.backends import efficientnet_lite, get_backend, l2_normalize
 from transforms.backends.local import LocalBackend
 from transforms.backends.weights import WeightsError, packaged_file
 from transforms.decode import decode_image
@@ -99,3 +99,20 @@ def test_an_image_that_no_label_fits_gets_a_low_probability(photos):
     assert probs[0, 0] > 0.5 and probs[1].max() < 0.2, probs
     # Without "none of these", the espresso had to be an animal or a vehicle, and said so with confidence.
     assert label_probabilities(scores, 15.0)[1].max() > 0.5
+
+
+def test_onnx_runtime_gives_the_eager_models_logits(photos):
+    pixels = np.stack([efficientnet_lite.preprocess(_photo(photos, name)) for name in ("chelsea", "coffee", "rocket")])
+    eager = LocalBackend(runtime="torch").load().classifier.logits(pixels)
+    onnx = LocalBackend(runtime="onnx").load().classifier.logits(pixels)
+    assert np.abs(onnx - eager).max() < 1e-3 and (onnx.argmax(axis=1) == eager.argmax(axis=1)).all()
+
+
+def test_int8_is_calibrated_on_the_images_it_is_given(photos):
+    backend = LocalBackend(runtime="onnx-int8", int8_calibration=f"{photos}/*.jpg")
+    backend.check()
+    vectors = backend.load().embed_images([_photo(photos, "chelsea")])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert backend.model_id.endswith("-int8:efficientnet-lite0+all-MiniLM-L6-v2")  # its vectors differ from fp32
+    with pytest.raises(ValueError, match="needs --local_int8_calibration"):
+        LocalBackend(runtime="onnx-int8").check()

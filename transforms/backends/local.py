@@ -12,6 +12,8 @@ from PIL import Image
 
 from transforms.backends import efficientnet_lite
 from transforms.backends.base import Backend, Embedder, l2_normalize, option, optional_float
+from transforms.backends.image_runtime import (RUNTIMES, ImageClassifier, OnnxClassifier, TorchClassifier,
+                                              calibration_batches, export_onnx, quantize_int8)
 from transforms.backends.imagenet_hierarchy import ImageNetHierarchy, imagenet_hierarchy
 from transforms.backends.weights import packaged_file
 from transforms.label_sets import load_label_set
@@ -43,7 +45,8 @@ class ConSEEmbedder(Embedder):
     def __init__(self, settings: "LocalBackend"):
         self.settings = settings
         self.model_id = settings.model_id
-        self.classifier, self.text_model = _load_models()
+        self.classifier = _load_classifier(settings.runtime, settings.threads, settings.int8_calibration)
+        self.text_model = _load_minilm()
         self.dim = self.text_model.get_embedding_dimension()
         self.class_names = load_label_set("imagenet")
         self.hierarchy = imagenet_hierarchy()
@@ -83,9 +86,9 @@ class ConSEEmbedder(Embedder):
 
     def class_probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 1000) softmax over the ImageNet classes, in labels/imagenet.txt order."""
-        batch = torch.from_numpy(np.stack([efficientnet_lite.preprocess(image) for image in images]))
-        with torch.inference_mode():
-            return torch.softmax(self.classifier(batch), dim=1).numpy()
+        logits = self.classifier.logits(np.stack([efficientnet_lite.preprocess(image) for image in images]))
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def embed_class_probabilities(self, probs: np.ndarray) -> np.ndarray:
         """Image vectors from classifier outputs: the convex combination of the top-T class vectors, centred."""
@@ -116,13 +119,24 @@ def class_texts(names: Sequence[str], hierarchy: ImageNetHierarchy, chain_length
 
 
 @functools.lru_cache(maxsize=1)
-def _load_models():
-    """(EfficientNet-Lite0 classifier, MiniLM sentence encoder), loaded once per process whatever the settings."""
+def _load_torch_classifier() -> torch.nn.Module:
+    """EfficientNet-Lite0 in eval mode, from the sha256-checked packaged weights; once per process."""
     classifier = efficientnet_lite.EfficientNetLite0()
     weights_path = packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)
     classifier.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    classifier.eval()
-    return classifier, _load_minilm()
+    return classifier.eval()
+
+
+@functools.lru_cache(maxsize=4)
+def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]) -> ImageClassifier:
+    """The image classifier on the chosen runtime, once per process and configuration."""
+    model = _load_torch_classifier()
+    if runtime == "torch":
+        return TorchClassifier(model, threads)
+    graph = export_onnx(model)
+    if runtime == "onnx-int8":
+        graph = quantize_int8(graph, calibration_batches(int8_calibration))
+    return OnnxClassifier(graph, threads)
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,6 +149,7 @@ def _sentence_vectors(text_model, texts: tuple[str, ...]) -> np.ndarray:
     return vectors
 
 
+@functools.lru_cache(maxsize=1)
 def _load_minilm():
     model_dir = packaged_file(MINILM_PACKAGE, *MINILM_FILES[0]).parent
     for relative_path, sha256 in MINILM_FILES[1:]:
@@ -168,18 +183,34 @@ class LocalBackend(Backend):
     background_overlap: Optional[float] = option(None, "cosine from which a label also covers an ImageNet class "
                                                        "it does not name in WordNet; `none`: WordNet alone",
                                                  type=optional_float)
+    # Where the image model runs (docs/BENCHMARKS.md): ONNX Runtime is several times faster than eager PyTorch on
+    # CPU and gives the same logits (max difference ~1e-5); int8 needs images to calibrate on, never the ones labeled.
+    runtime: str = option("onnx", "where the image model runs", choices=list(RUNTIMES))
+    threads: int = option(0, "intra-op threads of the image model per worker process; 0: one per core. With N "
+                             "worker processes on a machine, give each cores/N")
+    int8_calibration: Optional[str] = option(None, "glob of images to calibrate --local_runtime onnx-int8 on "
+                                                   "(a few hundred of your kind of images, not the ones you label)")
     default_templates = "photo"  # chosen with the settings above; 1/8 of the label cost of the `photos` ensemble
 
     @property
     def model_id(self) -> str:
         settings = f"t{self.top_t}-chain{self.chain_length}-wn{self.hierarchy_weight:g}"
         settings += ("" if self.centre else "-raw") + ("" if self.class_prompt == "{}" else "-prompted")
+        settings += "-int8" if self.runtime == "onnx-int8" else ""  # int8 changes the vectors, the others do not
         return f"conse-{settings}:efficientnet-lite0+all-MiniLM-L6-v2"
 
     def check(self) -> None:
         packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)
         for relative_path, sha256 in MINILM_FILES:
             packaged_file(MINILM_PACKAGE, relative_path, sha256)
+        if self.runtime.startswith("onnx"):
+            import onnxruntime  # noqa: F401 - a missing runtime stops the job here, not on every worker
+        if self.runtime == "onnx-int8":
+            import onnx  # noqa: F401 - the quantizer needs it
+            if not self.int8_calibration:
+                raise ValueError("--local_runtime onnx-int8 needs --local_int8_calibration: images to calibrate on")
+        if self.threads < 0:
+            raise ValueError(f"--local_threads must be at least 0, got {self.threads}")
 
     def _load(self) -> Embedder:
         return ConSEEmbedder(self)
