@@ -14,6 +14,9 @@ from transforms.records import ERRORS, ImageInfo, exception_row
 # Longer side of the decoded image. Models look at the central ~224 px square, so 512 keeps full detail for
 # them while bounding memory: at most 512 x 512 x 3 bytes travel per image, whatever the file's size.
 DEFAULT_MAX_SIDE = 512
+# The shorter side the models read (EfficientNet-Lite0 resizes to 256 and crops 224; Nomic Embed Vision reads 224).
+# A JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale that still covers this in both directions.
+MODEL_SIDE = 256
 # Longer side / shorter side kept around the center. A 4000x3 strip would otherwise become ~300,000 px wide
 # when a model scales its shorter side up; what lies beyond this ratio is outside any center crop anyway.
 MAX_ASPECT = 2.0
@@ -69,8 +72,10 @@ def decode_image(data: bytes, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE)
             )
         width, height = _upright_size(image)
         image.seek(0)
-        # JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers max_side: less memory and time.
-        image.draft(None, (max_side, max_side))
+        # JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers what the model reads: a 1000 x 750
+        # photo is decoded as 500 x 375, a quarter of the pixels, and needs no second resize to fit max_side.
+        side = min(max_side, MODEL_SIDE)
+        image.draft(None, (side, side))
         image.load()
         upright = ImageOps.exif_transpose(image)
         return bound_size(to_rgb(upright), max_side), width, height
