@@ -68,7 +68,11 @@ def test_large_photo_is_shrunk_to_the_bound():
     buffer = io.BytesIO()
     big.save(buffer, "JPEG")
     image, width, height = decode_image(buffer.getvalue(), Image.MAX_IMAGE_PIXELS)
-    assert (width, height) == (4000, 3000) and image.size == (512, 384)
+    # Decoded at 1/8 scale: within the 512 px bound, and still covering the 256 px the models read.
+    assert (width, height) == (4000, 3000) and image.size == (500, 375)
+    png = io.BytesIO()
+    big.save(png, "PNG")  # no DCT scaling for PNG: shrunk to the bound itself
+    assert decode_image(png.getvalue(), Image.MAX_IMAGE_PIXELS)[0].size == (512, 384)
 
 
 def test_pixel_limit_is_enforced_below_pillows_own(files):
