@@ -171,9 +171,9 @@ def main(argv=None) -> int:
                 f"{outcome['top_p'].mean():.2f}", f"{outcome['absent_top_p'].mean():.2f}", f"{ece:.3f}",
                 f"{open_set:.3f}"]
         print("| " + " | ".join(line) + " |")
-    print(f"| **mean** | | | | | {np.mean(eces['after']):.3f} | {np.mean(eces['after open']):.3f} | | | "
-          f"{np.mean(eces['before']):.3f} | {np.mean(eces['before open']):.3f} |")
-    print(f"\nChosen on all sources: {describe(rule, overlap, margin)}")
+    means = {name: f"{np.mean(values):.3f}" for name, values in eces.items()}
+    print(f"| **mean** | | | | | {means['after']} | {means['after open']} | | | {means['before']} | "
+          f"{means['before open']} |\n\nChosen on all sources: {describe(rule, overlap, margin)}")
     return 0
 
 
