@@ -163,8 +163,10 @@ def main(argv=None) -> int:
         line = [source, describe(*fold)]
         for name, outcome in (("after", pooled(scored, source, *fold)), ("before", pooled(scored, source, *PREVIOUS))):
             ece = expected_calibration_error(outcome["top_p"], outcome["correct"])
-            open_set = expected_calibration_error(np.concatenate([outcome["top_p"], outcome["absent_top_p"]]),
-                                                  np.concatenate([outcome["correct"], np.zeros(len(outcome["correct"]))]))
+            # The images with their true label removed are always wrong.
+            confidence = np.concatenate([outcome["top_p"], outcome["absent_top_p"]])
+            correct = np.concatenate([outcome["correct"], np.zeros_like(outcome["correct"])])
+            open_set = expected_calibration_error(confidence, correct)
             eces.setdefault(name, []).append(ece)
             eces.setdefault(f"{name} open", []).append(open_set)
             line += ([f"{outcome['correct'].mean():.1%}"] if name == "after" else []) + [

@@ -102,7 +102,8 @@ def main(argv=None) -> int:
         return (f"| {candidate.describe()} | " + " | ".join(f"{v:.1%}" for v in values)
                 + f" | {np.mean(values):.1%} |{note}")
 
-    print(f"\nTop-1 by source ({', '.join(f'{s}: ' + '+'.join(d.name for d in sets if d.source == s) for s in sources)})\n")
+    members = ", ".join(f"{s}: " + "+".join(d.name for d in sets if d.source == s) for s in sources)
+    print(f"\nTop-1 by source ({members})\n")
     print(f"| {HEADER} | " + " | ".join(sources) + " | mean |")
     print("| --- " * (6 + len(sources) + 1) + "|")
     ranked = sorted(grid, key=lambda c: -np.mean(list(table[c].values())))

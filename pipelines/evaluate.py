@@ -29,7 +29,7 @@ def read_truth(path: str, labels: Sequence[str]) -> dict[str, str]:
     try:
         with fsspec.open(path, "rt", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, ImportError) as e:  # ImportError: the URL's driver is missing
         raise ConfigError(f"cannot read --truth {path!r} ({type(e).__name__})") from None
     if not rows or not {"uri", "label"} <= set(rows[0]):
         raise ConfigError(f"--truth {path!r} needs a header with columns uri,label and rows")

@@ -28,6 +28,7 @@ def test_any_fsspec_url_is_read():
 @pytest.mark.parametrize("content, message", [
     ("# nothing but comments\n\n", "is empty"),
     ("cat\ndog\nCat\n", "repeats labels: Cat, cat"),
+    ("cat\nUnknown\n", "has a label 'Unknown': that is what --min_prob and --multi_label report"),
 ])
 def test_unusable_sets_are_refused(tmp_path, content, message):
     path = tmp_path / "bad.txt"

@@ -64,3 +64,8 @@ def test_none_of_these_takes_the_probability_no_label_earns():
     np.testing.assert_allclose(plain.sum(axis=1), 1.0, rtol=1e-6)
     assert with_none[0, 0] > 0.9 and with_none[1].max() < 0.1 and (with_none.sum(axis=1) < 1).all()
     assert (np.argsort(-with_none, axis=1) == np.argsort(-plain, axis=1)).all()  # the ranking never changes
+
+
+def test_the_library_refuses_a_label_named_unknown_too():
+    with pytest.raises(ValueError, match="has a label 'UNKNOWN'"):
+        ZeroShotClassify(["cat", "UNKNOWN"], get_backend("local"))

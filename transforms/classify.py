@@ -9,7 +9,7 @@ from PIL import Image
 from transforms.backends import Backend
 from transforms.decode import DEFAULT_MAX_SIDE, DecodeImages
 from transforms.embed import EmbedImages
-from transforms.label_sets import load_templates
+from transforms.label_sets import check_label_names, load_templates
 from transforms.rank import Decision, EmbedLabels, RankLabels
 from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
 from transforms.records import ERRORS, RESULTS
@@ -45,6 +45,7 @@ class ZeroShotClassify(beam.PTransform):
             raise ValueError("ZeroShotClassify needs at least one label")
         check_settings(top_k, batch_size, explain)
         self.label_phrases = dict(labels) if isinstance(labels, Mapping) else {label: [label] for label in labels}
+        check_label_names(list(self.label_phrases), "ZeroShotClassify's labels")
         self.templates = list(templates) if templates else load_templates(backend.default_templates)
         self.backend = backend
         self.decision = decision

@@ -11,6 +11,8 @@ from typing import Sequence
 import fsspec
 
 LOG = logging.getLogger("zero_shot")
+# What an image gets when no label is chosen (--min_prob, --multi_label): no label set may use it.
+UNKNOWN = "unknown"
 # "label: phrase one | phrase two" reports `label` and embeds every phrase; a plain line is its own phrase.
 _PHRASES = re.compile(r"^(?P<label>[^:]+?)\s*:\s+(?P<phrases>.+)$")
 
@@ -46,9 +48,10 @@ def _read_lines(name_or_path: str, folder, kind: str) -> list[str]:
         else:
             with fsspec.open(name_or_path, "rt", encoding="utf-8") as f:
                 text = f.read()
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, ImportError) as e:  # ImportError: the URL's driver is missing
+        detail = f"{type(e).__name__}: {e}" if isinstance(e, ImportError) else type(e).__name__
         raise LabelSetError(
-            f"cannot read {kind} {name_or_path!r} ({type(e).__name__}); give a file path or URL, "
+            f"cannot read {kind} {name_or_path!r} ({detail}); give a file path or URL, "
             f"or one of the built-in ones: {', '.join(_builtin_names(folder))}"
         ) from None
     lines = parse_label_lines(text)
@@ -70,11 +73,18 @@ def load_label_phrases(name_or_path: str) -> dict[str, list[str]]:
     if len(entries) == 1 and any(sep in entries[0][0] for sep in ",\t"):
         LOG.warning("label set %r has one line, %r, read as one label: put one label per line", name_or_path,
                     entries[0][0])
-    counts = Counter(label.casefold() for label, _ in entries)
-    duplicates = sorted({label for label, _ in entries if counts[label.casefold()] > 1})
-    if duplicates:
-        raise LabelSetError(f"label set {name_or_path!r} repeats labels: {', '.join(duplicates)}")
+    check_label_names([label for label, _ in entries], f"label set {name_or_path!r}")
     return dict(entries)
+
+
+def check_label_names(labels: Sequence[str], source: str) -> None:
+    """Raises LabelSetError for a repeated label (case-insensitive) or one named `unknown`."""
+    if reserved := [label for label in labels if label.casefold() == UNKNOWN]:
+        raise LabelSetError(f"{source} has a label {reserved[0]!r}: that is what --min_prob and --multi_label "
+                            "report for an image no label fits; rename it (e.g. 'other')")
+    counts = Counter(label.casefold() for label in labels)
+    if duplicates := sorted({label for label in labels if counts[label.casefold()] > 1}):
+        raise LabelSetError(f"{source} repeats labels: {', '.join(duplicates)}")
 
 
 def load_label_set(name_or_path: str) -> list[str]:

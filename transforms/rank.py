@@ -9,6 +9,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms.backends import Backend, Embedder, l2_normalize
+from transforms.label_sets import UNKNOWN
 from transforms.metrics import NAMESPACE, ProgressLog, StageMetrics
 from transforms.records import Embedded, ImageInfo, ResultRow, as_dict
 
@@ -78,9 +79,6 @@ def label_probabilities(scores: np.ndarray, logit_scale: float, none: Optional[n
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs = shifted / shifted.sum(axis=1, keepdims=True)
     return (probs[:, :-1] if none is not None else probs).astype(np.float32)
-
-
-UNKNOWN = "unknown"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,7 @@ def read_api_key(key_file: Optional[str]) -> str:
         try:
             with fsspec.open(key_file, "rt") as f:
                 key = f.read().strip()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, ImportError) as e:  # ImportError: the URL's fsspec driver is missing
             raise NomicKeyError(f"cannot read the Nomic API key file {key_file!r} ({type(e).__name__})") from None
     else:
         key = os.environ.get(KEY_ENV, "").strip()
