@@ -28,7 +28,7 @@ from transforms.rank import Decision  # noqa: E402
 from transforms.read import MatchFiles, first_match  # noqa: E402
 from transforms.records import ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA  # noqa: E402
 from transforms.write import (FORMATS, WriteRows, check_prefixes, count_rows, default_errors_prefix,  # noqa: E402
-                              output_files)
+                              output_files, probe_writable)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +125,13 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str], parser: argpars
         backend.check()
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"backend {args.backend!r} cannot run: {e}") from None
+    # Last, so that a job refused for another reason leaves no output folder behind.
+    for flag, prefix in (("--output", args.output), ("--errors_output", errors_prefix(args))):
+        try:
+            probe_writable(prefix)
+        except Exception as e:  # noqa: BLE001 - a missing extra, a refused write, a file where a folder must be
+            raise ConfigError(f"cannot write {flag} {prefix!r}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
     return labels, templates, backend, decision
 
 

@@ -74,6 +74,8 @@ def _replace(args, flag, value):
     (lambda a, t: a + ["--errors_output", str(t / "out-errors")], "overlap: the files of one would replace"),
     (lambda a, t: a + ["--local_runtime", "onnx-int8"], "needs --local_int8_calibration"),
     (lambda a, t: _replace(a, "--labels", "oci://bucket/labels.txt"), "(ImportError: Install ocifs"),
+    (lambda a, t: _replace(a, "--output", "nosuchfs://bucket/out"), "cannot write --output 'nosuchfs://bucket/out'"),
+    (lambda a, t: _replace(a, "--output", str(_write(t / "a_file", "x") / "out")), "cannot write --output"),
     (lambda a, t: a + ["--local_threads", "-1"], "--local_threads must be at least 0"),
 ])
 def test_bad_configuration_stops_before_the_job_with_one_line(good_args, tmp_path, capsys, change, message):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
 from typing import Any, Iterator
 
 import apache_beam as beam
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
 FORMATS = ("parquet", "jsonl", "csv")
 
@@ -64,6 +66,19 @@ class WriteRows(beam.PTransform):
             header = _csv_line(names)
         return lines | beam.io.WriteToText(self.prefix, file_name_suffix=suffix, num_shards=self.num_shards,
                                            header=header)
+
+
+def probe_writable(prefix: str) -> None:
+    """Creates and deletes a small file beside `prefix` through Beam's FileSystems, the layer the sinks write with:
+    a missing filesystem extra or a refused write raises here, before any image is read."""
+    probe = f"{prefix}-probe-{uuid.uuid4().hex}.tmp"  # never matches a shard pattern, PREFIX-*-of-NNNNN
+    handle = FileSystems.create(probe)
+    try:
+        handle.write(b"probe")
+        handle.close()
+    finally:
+        if FileSystems.exists(probe):
+            FileSystems.delete([probe])
 
 
 def output_files(prefix: str) -> list[str]:
