@@ -46,12 +46,13 @@ class Scored:
 
 def score_sets(sets: list[DevSet], backend: LocalBackend) -> list[Scored]:
     out = []
+    embedder = ConSEEmbedder(backend)
+    by_overlap = {overlap: ConSEEmbedder(dataclasses.replace(backend, background_overlap=overlap))
+                  for overlap in OVERLAPS}  # the overlap changes what a label covers, not the vectors
     for dev in sets:
-        coverages = {}
-        for overlap in OVERLAPS:
-            embedder = ConSEEmbedder(dataclasses.replace(backend, background_overlap=overlap))
-            labels = embed_label_set(dev.label_phrases, load_templates(backend.default_templates), embedder)
-            coverages[overlap] = embedder.coverage(list(dev.label_phrases.values()), labels.vectors)
+        labels = embed_label_set(dev.label_phrases, load_templates(backend.default_templates), embedder)
+        phrases = list(dev.label_phrases.values())
+        coverages = {overlap: e.coverage(phrases, labels.vectors) for overlap, e in by_overlap.items()}
         images = embedder.embed_class_probabilities(dev.class_probs)
         out.append(Scored(dev, images @ labels.vectors.T, images @ embedder.centred_class_vectors.T, coverages))
     return out

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipelines import classify_images
 from pipelines.cli import ConfigError, OneLineParser, add_backend_argument
-from transforms.write import default_errors_prefix, output_files, read_rows
+from transforms.write import default_errors_prefix, output_files, read_output
 from transforms.label_sets import LabelSetError, load_label_set
 
 FAILED = "(failed)"  # the prediction of an image that never got labels: it counts as wrong, never as absent
@@ -119,10 +119,6 @@ def write_confusion_png(pairs: list[list[str]], labels: Sequence[str], path: Pat
     plt.close(fig)
 
 
-def _read_rows(prefix: str) -> list[dict]:
-    return [row for path in output_files(prefix) for row in read_rows(path)]
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = OneLineParser(prog="python -m pipelines.evaluate", description=__doc__.splitlines()[0],
                                            epilog="Other options go to pipelines.classify_images.",
@@ -149,10 +145,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    "--backend", args.backend, *classify_args])
     if status:
         return status
-    rows = _read_rows(predictions_prefix)
+    rows = read_output(predictions_prefix)
     predictions = {row["uri"]: row["labels"] for row in rows}
     confidence = {row["uri"]: row["probs"][0] if row["probs"] else 0.0 for row in rows}
-    failed = {row["uri"]: row["stage"] for row in _read_rows(default_errors_prefix(predictions_prefix))}
+    failed = {row["uri"]: row["stage"] for row in read_output(default_errors_prefix(predictions_prefix))}
     metrics = score(truth, predictions, failed, labels, confidence)
     write_confusion_png(metrics.pop("confusion"), labels, output / "confusion.png")
     metrics.update(labels=args.labels, num_labels=len(labels), backend=args.backend, input=args.input,

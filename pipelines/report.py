@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipelines.cli import ConfigError, OneLineParser
 from transforms.decode import decode_image
-from transforms.write import default_errors_prefix, output_files, read_rows
+from transforms.write import default_errors_prefix, read_output
 
 THUMB_SIDE = 256
 PER_LABEL = 24  # thumbnails per label section; the rest are counted
@@ -43,10 +43,6 @@ figcaption { overflow-wrap: anywhere; } .more { color: #666; font-style: italic;
 table.errors { border-collapse: collapse; font-size: 0.8rem; }
 table.errors td, table.errors th { border: 1px solid #ddd; padding: 0.2rem 0.4rem; text-align: left; }
 """
-
-
-def _read_all(prefix: Optional[str]) -> list[dict]:
-    return [row for path in output_files(prefix) for row in read_rows(path)] if prefix else []
 
 
 def thumbnail(uri: str, side: int = THUMB_SIDE) -> Optional[str]:
@@ -71,6 +67,11 @@ def _by_label(results: Sequence[dict]) -> dict[str, list[dict]]:
     for row in results:
         by_label.setdefault(str(row["labels"][0]), []).append(row)
     return {label: sorted(rows, key=_top_prob, reverse=True) for label, rows in by_label.items()}
+
+
+def _least_sure(results: Sequence[dict], count: int) -> list[dict]:
+    """The `count` rows with the lowest top-1 probability, lowest first."""
+    return sorted(results, key=_top_prob)[:count]
 
 
 def _figure(row: dict, thumbs: dict[str, Optional[str]]) -> str:
@@ -120,7 +121,7 @@ def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Op
         parts.append(f'<section class="label" data-label="{html.escape(label)}"><h2>{html.escape(label)} '
                      f'({len(rows)})</h2><div class="sheet">{"".join(_figure(r, thumbs) for r in rows[:per_label])}'
                      f'</div>{f"<p class=more>and {more} more</p>" if more > 0 else ""}</section>')
-    unsure = sorted(results, key=_top_prob)[:least_sure]
+    unsure = _least_sure(results, least_sure)
     parts.append('<section class="least-sure"><h2>Least sure (lowest top-1 probability first)</h2>'
                  f'<div class="sheet">{"".join(_figure(r, thumbs) for r in unsure)}</div></section>')
     parts.append('<section class="errors"><h2>Errors</h2>' + (
@@ -134,11 +135,11 @@ def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Op
 def write_report(results_prefix: str, errors_prefix: Optional[str], output: str, title: str = "Zero-shot labels",
                  per_label: int = PER_LABEL) -> None:
     """Reads a finished run's results (and errors), fetches the thumbnails it shows, writes the page to `output`."""
-    results, errors = _read_all(results_prefix), _read_all(errors_prefix)
+    results, errors = read_output(results_prefix), read_output(errors_prefix) if errors_prefix else []
     if not results and not errors:
         raise ConfigError(f"no result or error shards under {results_prefix!r}")
     shown = {row["uri"] for rows in _by_label(results).values() for row in rows[:per_label]}
-    shown |= {row["uri"] for row in sorted(results, key=_top_prob)[:LEAST_SURE]}
+    shown |= {row["uri"] for row in _least_sure(results, LEAST_SURE)}
     with ThreadPoolExecutor(READERS) as pool:
         thumbs = dict(zip(shown, pool.map(thumbnail, shown)))
     with fsspec.open(output, "w", encoding="utf-8") as f:

@@ -9,6 +9,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms.backends import Backend, Embedder, l2_normalize
+from transforms.backends.base import softmax
 from transforms.label_sets import UNKNOWN
 from transforms.metrics import NAMESPACE, ProgressLog, StageMetrics
 from transforms.records import Embedded, ImageInfo, ResultRow, as_dict
@@ -76,8 +77,7 @@ def label_probabilities(scores: np.ndarray, logit_scale: float, none: Optional[n
     logits = logit_scale * np.asarray(scores, dtype=np.float64)
     if none is not None:
         logits = np.concatenate([logits, logit_scale * np.asarray(none, dtype=np.float64)[:, None]], axis=1)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs = shifted / shifted.sum(axis=1, keepdims=True)
+    probs = softmax(logits)
     return (probs[:, :-1] if none is not None else probs).astype(np.float32)
 
 

@@ -102,6 +102,11 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
                 yield {k: json.loads(v) if v[:1] in "[{" else v for k, v in row.items()}
 
 
+def read_output(prefix: str) -> list[dict[str, Any]]:
+    """Every row of every shard a finished run wrote under `prefix`."""
+    return [row for path in output_files(prefix) for row in read_rows(path)]
+
+
 def count_rows(path: str) -> int:
     """Rows in one shard, from the Parquet footer or by counting lines."""
     with fsspec.open(path, "rb") as f:

@@ -23,6 +23,12 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by each row's maximum so large logits cannot overflow."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def option(default: Any, help: str, **argparse_kwargs) -> Any:
     """A backend setting the command line offers as --BACKEND_SETTING (a dataclass field with its help text)."""
     return dataclasses.field(default=default, metadata={"help": help, **argparse_kwargs})

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from transforms.backends import efficientnet_lite
-from transforms.backends.base import Backend, Embedder, l2_normalize, option, optional_float
+from transforms.backends.base import Backend, Embedder, l2_normalize, option, optional_float, softmax
 from transforms.backends.image_runtime import (RUNTIMES, ImageClassifier, OnnxClassifier, TorchClassifier,
                                               calibration_batches, export_onnx, quantize_int8)
 from transforms.backends.imagenet_hierarchy import ImageNetHierarchy, imagenet_hierarchy
@@ -87,8 +87,7 @@ class ConSEEmbedder(Embedder):
     def class_probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 1000) softmax over the ImageNet classes, in labels/imagenet.txt order."""
         logits = self.classifier.logits(np.stack([efficientnet_lite.preprocess(image) for image in images]))
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+        return softmax(logits).astype(np.float32)
 
     def embed_class_probabilities(self, probs: np.ndarray) -> np.ndarray:
         """Image vectors from classifier outputs: the convex combination of the top-T class vectors, centred."""
