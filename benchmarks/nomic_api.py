@@ -39,7 +39,7 @@ def pipeline_job(folder: Path, labels: str, out: Path) -> float:
     """images/s of the whole `--backend nomic` job, process start to exit."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pipelines.classify_images", "--backend", "nomic", "--input",
-                           f"{folder}/*.jpg", "--labels", labels, "--output", str(out / "labels")],
+                           f"{folder}/*.jpg", "--labels", labels, "--output", str(out / "labels"), "--overwrite"],
                           cwd=REPO, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from PIL import Image, ImageOps
 
@@ -25,8 +26,9 @@ from transforms.label_sets import load_label_set
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_images(folder: Path, count: int, seed: int = 0) -> Path:
-    """`count` distinct JPEGs (random crops, flips, sizes and qualities of the sample photos)."""
+def make_images(folder: Path, count: int, seed: int = 0, max_side: Optional[int] = None) -> Path:
+    """`count` distinct JPEGs (random crops, flips, sizes and qualities of the sample photos), at most `max_side`
+    pixels on the longer side if given (thumbnails: many images written and decoded quickly)."""
     folder.mkdir(parents=True, exist_ok=True)
     if len(list(folder.glob("*.jpg"))) == count:
         return folder
@@ -46,6 +48,8 @@ def make_images(folder: Path, count: int, seed: int = 0) -> Path:
             image = ImageOps.mirror(image)
         scale = rng.uniform(0.8, 1.6)
         image = image.resize((int(cw * scale), int(ch * scale)), Image.Resampling.BILINEAR)
+        if max_side:
+            image.thumbnail((max_side, max_side))
         image.save(folder / f"img{i:05d}.jpg", quality=rng.randint(80, 95))
     return folder
 
@@ -78,7 +82,7 @@ def seed_style_loop(paths: list[Path], labels: list[str]) -> tuple[float, float]
 def whole_job(folder: Path, labels: str, batch_size: int, out: Path, *beam_args: str) -> tuple[float, float, int]:
     """(images/s, seconds, peak RSS MiB) of `python -m pipelines.classify_images`, from process start to exit."""
     command = [sys.executable, "-m", "pipelines.classify_images", "--input", f"{folder}/*.jpg", "--labels", labels,
-               "--output", str(out / "labels"), "--batch_size", str(batch_size), *beam_args]
+               "--output", str(out / "labels"), "--overwrite", "--batch_size", str(batch_size), *beam_args]
     # A fresh wrapper per job, so RUSAGE_CHILDREN's peak belongs to this job alone (workers included).
     wrapper = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
                "sys.stderr.write(done.stderr[-2000:] if done.returncode else '');"

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
+import json
 import logging
+import re
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 # Importing Beam without its optional GCP clients logs a warning through the root logger; swallow such
 # import-time chatter so a configuration error stays the single line the user reads. main() sets up logging.
@@ -27,13 +30,19 @@ from transforms.summary import summary  # noqa: E402
 from transforms.rank import Decision  # noqa: E402
 from transforms.read import MatchFiles, first_match  # noqa: E402
 from transforms.records import ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA  # noqa: E402
-from transforms.write import (FORMATS, WriteRows, check_prefixes, count_rows, default_errors_prefix,  # noqa: E402
-                              output_files, probe_writable)
+from transforms.run_folder import (SUCCESS, CommitRun, new_run_id, read_manifest, run_files,  # noqa: E402
+                                   table_prefix, utc_now)
+from transforms.skip import TO_LABEL, SkipExisting  # noqa: E402
+from transforms.write import FORMATS, WriteRows, probe_writable  # noqa: E402
+
+PROG = "python -m pipelines.classify_images"
+# Values of flags with these words in their names never reach the manifest (e.g. Beam's --s3_secret_access_key).
+SECRET_FLAG = re.compile(r"secret|token|password|api_key(?!_file)|access_key", re.IGNORECASE)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="python -m pipelines.classify_images", description=__doc__.splitlines()[0],
+        prog=PROG, description=__doc__.splitlines()[0],
         epilog="Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...).",
         allow_abbrev=False)
     # Required flags are checked in validate(), after unknown ones: a misspelled --lables must be named as such.
@@ -41,8 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
                                         "so the shell leaves them to the job")
     parser.add_argument("--labels", help="(required) a built-in label set "
                                          f"({', '.join(builtin_label_sets())}) or a file/URL, one label per line")
-    parser.add_argument("--output", help="(required) prefix of the result shards")
-    parser.add_argument("--errors_output", help="prefix of the error shards (default: OUTPUT_errors)")
+    parser.add_argument("--output", help="(required) folder of the run: its result and error shards, and the "
+                                         f"{SUCCESS} manifest written once they are all final")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the finished run in --output; the old one stays readable until the new one "
+                             "has succeeded")
+    parser.add_argument("--skip_existing", metavar="RUN_FOLDER",
+                        help="keep the rows of a finished run (same model, labels, settings and --format) for "
+                             "files whose uri and sha256 are unchanged, and label only the rest; may be --output "
+                             "itself, with --overwrite")
     parser.add_argument("--format", default="parquet", choices=FORMATS,
                         help="file format of results and errors; CSV writes list columns as JSON (default parquet)")
     parser.add_argument("--report", metavar="PATH", help="also write an HTML report of the run to PATH")
@@ -88,7 +104,19 @@ def _option_hint(flag: str, parser: argparse.ArgumentParser) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def validate(args: argparse.Namespace, beam_args: Sequence[str], parser: argparse.ArgumentParser):
+class Plan(NamedTuple):
+    """What validate() settled: everything build_pipeline needs besides the parsed flags."""
+
+    labels: dict[str, list[str]]
+    templates: list[str]
+    backend: Any
+    decision: Decision
+    settings: dict[str, Any]
+    replaces: Optional[str]  # the run id --overwrite replaces
+    previous_shards: Optional[list[str]]  # --skip_existing's result shards
+
+
+def validate(args: argparse.Namespace, beam_args: Sequence[str], parser: argparse.ArgumentParser) -> Plan:
     """Everything that can be checked before the job starts; raises ConfigError with one readable line."""
     unknown = unknown_beam_args(beam_args)
     if flags := [arg for arg in unknown if arg.startswith("-")]:
@@ -98,10 +126,6 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str], parser: argpars
                           "a glob must be quoted (--input 'photos/*.jpg'), or the shell expands it into file names")
     if missing := [f"--{name}" for name in ("input", "labels", "output") if getattr(args, name) is None]:
         raise ConfigError(f"the following arguments are required: {', '.join(missing)}")
-    try:
-        check_prefixes(args.output, errors_prefix(args))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     if args.multi_label != (args.threshold is not None):
         raise ConfigError("--multi_label and --threshold go together")
     try:
@@ -125,51 +149,119 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str], parser: argpars
         backend.check()
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"backend {args.backend!r} cannot run: {e}") from None
+    templates = templates or load_templates(backend.default_templates)
+    settings = result_settings(args, labels, templates, backend, decision)
+    replaces = _finished_run(args.output, "--output")
+    if replaces and not args.overwrite:
+        raise ConfigError(f"--output {args.output!r} holds a finished run ({replaces['run_id']}, finished "
+                          f"{replaces['finished']}); pass --overwrite to replace it once the new run has succeeded")
+    previous = _finished_run(args.skip_existing, "--skip_existing") if args.skip_existing else None
+    if args.skip_existing and previous is None:
+        raise ConfigError(f"--skip_existing {args.skip_existing!r} holds no finished run (no {SUCCESS})")
+    if previous:
+        check_reusable(previous, settings, args.format)
     # Last, so that a job refused for another reason leaves no output folder behind.
-    for flag, prefix in (("--output", args.output), ("--errors_output", errors_prefix(args))):
-        try:
-            probe_writable(prefix)
-        except Exception as e:  # noqa: BLE001 - a missing extra, a refused write, a file where a folder must be
-            raise ConfigError(f"cannot write {flag} {prefix!r}: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    return labels, templates, backend, decision
+    try:
+        probe_writable(args.output)
+    except Exception as e:  # noqa: BLE001 - a missing extra, a refused write, a file where a folder must be
+        raise ConfigError(f"cannot write --output {args.output!r}: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    return Plan(labels, templates, backend, decision, settings, replaces and replaces["run_id"],
+                previous and run_files(args.skip_existing))
 
 
-def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, labels, templates, backend,
-                   decision: Decision) -> None:
-    outputs = (
-        pipeline
-        | "Match" >> MatchFiles(args.input)
-        | "Classify" >> ZeroShotClassify(labels, backend, templates, top_k=args.top_k,
-                                         batch_size=args.batch_size, decision=decision, explain=args.explain)
-    )
-    outputs[RESULTS] | "WriteResults" >> WriteRows(args.output, RESULTS_SCHEMA, args.format, args.num_shards)
-    outputs[ERRORS] | "WriteErrors" >> WriteRows(errors_prefix(args), ERRORS_SCHEMA, args.format, args.num_shards)
+def _finished_run(folder: str, flag: str) -> Optional[dict[str, Any]]:
+    try:
+        return read_manifest(folder)
+    except Exception as e:  # noqa: BLE001 - an unreadable manifest or filesystem: one line, before the job
+        raise ConfigError(f"cannot read {flag} {folder!r}: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
 
 
-def errors_prefix(args: argparse.Namespace) -> str:
-    return args.errors_output or default_errors_prefix(args.output)
+def result_settings(args: argparse.Namespace, labels: dict[str, list[str]], templates: Sequence[str], backend,
+                    decision: Decision) -> dict[str, Any]:
+    """Everything an output row depends on: two runs with equal settings give a file the same row."""
+    label_set = json.dumps({"labels": labels, "templates": list(templates)}, sort_keys=True).encode("utf-8")
+    return {"backend": args.backend, "model": backend.model_id,
+            "label_set_sha256": hashlib.sha256(label_set).hexdigest(), "top_k": args.top_k,
+            "min_prob": decision.min_prob, "multi_label_threshold": decision.multi_label_threshold,
+            "explain": args.explain,
+            "backend_settings": backend.result_settings()}
 
 
-def written(prefix: str) -> str:
-    """'N rows in FILE, FILE' for the shards a finished run wrote under `prefix`."""
-    files = output_files(prefix)
-    return f"{sum(count_rows(f) for f in files)} rows in {', '.join(files) or '(no file)'}"
+def check_reusable(previous: dict[str, Any], settings: dict[str, Any], file_format: str) -> None:
+    """Raises ConfigError unless the rows of the `previous` run are the rows this run would write."""
+    if differ := [name for name in settings if previous["settings"].get(name) != settings[name]]:
+        raise ConfigError(f"--skip_existing: run {previous['run_id']} was made with another {differ[0]} "
+                          f"({previous['settings'].get(differ[0])!r}, now {settings[differ[0]]!r}); its rows "
+                          "cannot be reused")
+    if previous["format"] != file_format:
+        raise ConfigError(f"--skip_existing: run {previous['run_id']} is in {previous['format']}; "
+                          f"write this run with --format {previous['format']} too")
+
+
+def redacted(argv: Sequence[str]) -> list[str]:
+    """The command line with the value of every secret-looking flag replaced, as the manifest records it."""
+    out, hide_next = [], False
+    for arg in argv:
+        flag, equals, _ = arg.partition("=")
+        secret = arg.startswith("-") and bool(SECRET_FLAG.search(flag))
+        out.append("<redacted>" if hide_next else f"{flag}=<redacted>" if secret and equals else arg)
+        hide_next = secret and not equals
+    return out
+
+
+def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan, manifest: dict[str, Any]) -> None:
+    """Match -> [keep unchanged rows of a previous run] -> classify -> write results and errors -> commit."""
+    uris = pipeline | "Match" >> MatchFiles(args.input)
+    kept, hash_errors = [], []
+    if plan.previous_shards is not None:
+        split = uris | "SkipExisting" >> SkipExisting(plan.previous_shards)
+        uris, kept, hash_errors = split[TO_LABEL], [split[RESULTS]], [split[ERRORS]]
+    outputs = uris | "Classify" >> ZeroShotClassify(
+        plan.labels, plan.backend, plan.templates, top_k=args.top_k, batch_size=args.batch_size,
+        decision=plan.decision, explain=args.explain)
+    results = [outputs[RESULTS], *kept] | "AllResults" >> beam.Flatten()
+    errors = [outputs[ERRORS], *hash_errors] | "AllErrors" >> beam.Flatten()
+    run_id = manifest["run_id"]
+    written = {
+        RESULTS: results | "WriteResults" >> WriteRows(table_prefix(args.output, run_id, RESULTS), RESULTS_SCHEMA,
+                                                       args.format, args.num_shards),
+        ERRORS: errors | "WriteErrors" >> WriteRows(table_prefix(args.output, run_id, ERRORS), ERRORS_SCHEMA,
+                                                    args.format, args.num_shards),
+    }
+    written | "Commit" >> CommitRun(args.output, manifest, plan.replaces)
+
+
+def new_manifest(args: argparse.Namespace, argv: Sequence[str], plan: Plan) -> dict[str, Any]:
+    """What `_SUCCESS` says about a run, less what only its end knows (finish time, shards and row counts)."""
+    previous = read_manifest(args.skip_existing) if args.skip_existing else None
+    return {"version": 1, "run_id": new_run_id(), "started": utc_now(), "command": [PROG, *redacted(argv)],
+            "input": args.input, "labels": args.labels, "format": args.format, "model": plan.backend.model_id,
+            "settings": plan.settings, "skip_existing": previous and previous["run_id"]}
+
+
+def written(manifest: dict[str, Any], table: str) -> str:
+    """'N rows in FILE, FILE' for one table of a committed run."""
+    shards = manifest[table]
+    return f"{sum(s['rows'] for s in shards)} rows in {', '.join(s['path'] for s in shards) or '(no file)'}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("zero_shot").setLevel(logging.INFO)
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     try:
-        labels, templates, backend, decision = validate(args, beam_args, parser)
+        plan = validate(args, beam_args, parser)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     start = time.monotonic()
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    build_pipeline(pipeline, args, labels, templates, backend, decision)
+    manifest = new_manifest(args, argv, plan)
+    build_pipeline(pipeline, args, plan, manifest)
     try:
         result = pipeline.run()
         result.wait_until_finish()
@@ -178,11 +270,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 1
     print(summary(result, time.monotonic() - start))
-    print(f"results: {written(args.output)}\nerrors: {written(errors_prefix(args))}")
+    committed = read_manifest(args.output)
+    print(f"run {committed['run_id']} in {args.output} ({SUCCESS} written)\n"
+          f"results: {written(committed, RESULTS)}\nerrors: {written(committed, ERRORS)}")
     if args.report:
         from pipelines.report import write_report  # only runs that ask for a report import its renderer
 
-        write_report(args.output, errors_prefix(args), args.report, title=f"labels: {args.labels}")
+        write_report(args.output, args.report, title=f"labels: {args.labels}")
         print(f"report: {args.report}")
     return 0
 

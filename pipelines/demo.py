@@ -2,7 +2,6 @@
 set, and prints each one's top labels, why (the ImageNet classes behind it), and whether it is right."""
 from __future__ import annotations
 
-import glob
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pyarrow.parquet as pq
 
 from pipelines import classify_images
 from pipelines.samples import write_sample_photos
+from transforms.run_folder import run_files
 
 OUTPUT = Path("demo-output")
 MIN_PROB_EXAMPLE = 0.3
@@ -25,15 +25,13 @@ RIGHT_ANSWERS = {
 def main() -> int:
     photos = OUTPUT / "photos"
     write_sample_photos(photos)
-    prefix = OUTPUT / "labels"
-    for old in glob.glob(f"{prefix}*.parquet"):
-        Path(old).unlink()
+    run = OUTPUT / "labels"
     page = OUTPUT / "report.html"
-    status = classify_images.main(["--input", f"{photos}/*.jpg", "--labels", LABELS, "--output", str(prefix),
-                                   "--top_k", "3", "--explain", "3", "--report", str(page)])
+    status = classify_images.main(["--input", f"{photos}/*.jpg", "--labels", LABELS, "--output", str(run),
+                                   "--overwrite", "--top_k", "3", "--explain", "3", "--report", str(page)])
     if status:
         return status
-    files = sorted(glob.glob(f"{prefix}-0*.parquet"))
+    files = run_files(str(run))
     table = pq.read_table(files).sort_by("uri")
     print(f"\nTop labels from the `{LABELS}` set ({table.column('model')[0]}).")
     print("The number is the label's probability: a softmax over the labels and 'none of these', so the labels "

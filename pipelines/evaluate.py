@@ -18,7 +18,7 @@ import numpy as np
 
 from pipelines import classify_images
 from pipelines.cli import ConfigError, OneLineParser, add_backend_argument
-from transforms.write import default_errors_prefix, output_files, read_output
+from transforms.run_folder import read_run
 from transforms.label_sets import LabelSetError, load_label_set
 
 FAILED = "(failed)"  # the prediction of an image that never got labels: it counts as wrong, never as absent
@@ -137,18 +137,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    predictions_prefix = str(output / "predictions")
-    for old in output_files(predictions_prefix) + output_files(default_errors_prefix(predictions_prefix)):
-        Path(old).unlink()
-    status = classify_images.main(["--input", args.input, "--labels", args.labels, "--output", predictions_prefix,
-                                   "--top_k", str(min(5, len(labels))),
+    run = str(output / "predictions")
+    status = classify_images.main(["--input", args.input, "--labels", args.labels, "--output", run,
+                                   "--overwrite", "--top_k", str(min(5, len(labels))),
                                    "--backend", args.backend, *classify_args])
     if status:
         return status
-    rows = read_output(predictions_prefix)
+    rows = read_run(run)
     predictions = {row["uri"]: row["labels"] for row in rows}
     confidence = {row["uri"]: row["probs"][0] if row["probs"] else 0.0 for row in rows}
-    failed = {row["uri"]: row["stage"] for row in read_output(default_errors_prefix(predictions_prefix))}
+    failed = {row["uri"]: row["stage"] for row in read_run(run, "errors")}
     metrics = score(truth, predictions, failed, labels, confidence)
     write_confusion_png(metrics.pop("confusion"), labels, output / "confusion.png")
     metrics.update(labels=args.labels, num_labels=len(labels), backend=args.backend, input=args.input,

@@ -1,7 +1,7 @@
 """Renders a finished run as one self-contained HTML page: a summary, a bar chart of labels, a contact sheet per
 label (best first), the images the model was least sure of, and the errors table.
 
-python -m pipelines.report --results out/labels [--errors out/labels_errors] --output report.html
+python -m pipelines.report --run out/labels --output report.html
 
 Thumbnails (at most THUMB_SIDE px) are read through fsspec from the result URIs, in parallel, and embedded; an
 image that cannot be read shows a placeholder. Every string from the data is escaped: a label or file name is
@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipelines.cli import ConfigError, OneLineParser
 from transforms.decode import decode_image
-from transforms.write import default_errors_prefix, read_output
+from transforms.run_folder import NoFinishedRun, read_run
 
 THUMB_SIDE = 256
 PER_LABEL = 24  # thumbnails per label section; the rest are counted
@@ -132,12 +132,12 @@ def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Op
     return "\n".join(parts)
 
 
-def write_report(results_prefix: str, errors_prefix: Optional[str], output: str, title: str = "Zero-shot labels",
-                 per_label: int = PER_LABEL) -> None:
-    """Reads a finished run's results (and errors), fetches the thumbnails it shows, writes the page to `output`."""
-    results, errors = read_output(results_prefix), read_output(errors_prefix) if errors_prefix else []
-    if not results and not errors:
-        raise ConfigError(f"no result or error shards under {results_prefix!r}")
+def write_report(run: str, output: str, title: str = "Zero-shot labels", per_label: int = PER_LABEL) -> None:
+    """Reads the finished run in folder `run`, fetches the thumbnails it shows, writes the page to `output`."""
+    try:
+        results, errors = read_run(run, "results"), read_run(run, "errors")
+    except NoFinishedRun as e:
+        raise ConfigError(str(e)) from None
     shown = {row["uri"] for rows in _by_label(results).values() for row in rows[:per_label]}
     shown |= {row["uri"] for row in _least_sure(results, LEAST_SURE)}
     with ThreadPoolExecutor(READERS) as pool:
@@ -148,15 +148,13 @@ def write_report(results_prefix: str, errors_prefix: Optional[str], output: str,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = OneLineParser(prog="python -m pipelines.report", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--results", required=True, help="prefix of the result shards (classify_images --output)")
-    parser.add_argument("--errors", help="prefix of the error shards (default: RESULTS_errors)")
+    parser.add_argument("--run", required=True, help="folder of a finished run (classify_images --output)")
     parser.add_argument("--output", required=True, help="the HTML file to write (any fsspec URL)")
     parser.add_argument("--title", default="Zero-shot labels", help="the page's title")
     parser.add_argument("--per_label", type=int, default=PER_LABEL, help=f"thumbnails per label (default {PER_LABEL})")
     args = parser.parse_args(argv)
     try:
-        write_report(args.results, args.errors or default_errors_prefix(args.results), args.output, args.title,
-                     args.per_label)
+        write_report(args.run, args.output, args.title, args.per_label)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,11 +3,9 @@ runs through the command line end to end with no change anywhere else."""
 from __future__ import annotations
 
 import dataclasses
-import glob
 from typing import Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -15,6 +13,7 @@ from pipelines import classify_images
 from tests.conftest import colour_photo
 from transforms import backends
 from transforms.backends.base import Backend, Embedder, l2_normalize, option
+from transforms.run_folder import read_run
 
 COLOURS = {"red": (220, 20, 30), "green": (30, 200, 40), "blue": (20, 40, 210), "yellow": (230, 220, 30)}
 
@@ -71,7 +70,7 @@ def test_a_backend_defined_in_one_file_runs_through_the_command_line(registered,
     assert classify_images.main(["--input", f"{tmp_path}/*.jpg", "--labels", str(tmp_path / "labels.txt"),
                                  "--output", str(tmp_path / "out"), "--backend", "histogram",
                                  "--histogram_levels", "4", "--top_k", "1"]) == 0
-    rows = pq.read_table(glob.glob(f"{tmp_path}/out-0*.parquet")).to_pylist()
+    rows = read_run(str(tmp_path / "out"))
     assert {row["uri"].rsplit("/", 1)[1]: row["labels"] for row in rows} == {
         f"{name}.jpg": [name] for name in COLOURS}
     assert {row["model"] for row in rows} == {"colour-histogram-4"}

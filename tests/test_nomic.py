@@ -16,6 +16,7 @@ from tests.conftest import colour_photo
 from transforms.backends.nomic import MAX_IMAGES_PER_REQUEST, NomicBackend, NomicKeyError, read_api_key
 from transforms.classify import ZeroShotClassify
 from transforms.nearest import get_nearest_texts
+from transforms.run_folder import run_files
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -36,9 +37,8 @@ def _cli(args, **env):
                           text=True, timeout=300, env={**os.environ, **env})
 
 
-def _rows(prefix):
-    files = sorted(glob.glob(f"{prefix}-[0-9]*.parquet"))
-    return pq.read_table(files).to_pylist() if files else []
+def _rows(run, table="results"):
+    return pq.read_table(run_files(run, table)).to_pylist()
 
 
 @pytest.mark.parametrize("runner_args", [[], ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]],
@@ -56,12 +56,12 @@ def test_command_line_end_to_end(nomic_api, colour_photos, tmp_path, runner_args
     results = {Path(row["uri"]).stem: row for row in _rows(out)}
     assert {name: row["labels"][0] for name, row in results.items()} == {c: c for c in COLOURS}
     assert {row["model"] for row in results.values()} == {"nomic-embed-vision-v1.5"}
-    errors = {Path(row["uri"]).name: (row["stage"], row["error"]) for row in _rows(f"{out}_errors")}
+    errors = {Path(row["uri"]).name: (row["stage"], row["error"]) for row in _rows(out, "errors")}
     assert errors == {"magenta.jpg": ("embed", "ImageRejectedError"), "broken.jpg": ("decode", "UnidentifiedImageError")}
     assert nomic_api.task_types == {"search_query"}
     assert "backend: nomic_image_calls" in done.stdout and "nomic_text_usage_total_tokens" in done.stdout
     everything = done.stdout + done.stderr + "".join(
-        Path(f).read_bytes().decode("latin-1") for f in glob.glob(f"{out}*.parquet"))
+        Path(f).read_bytes().decode("latin-1") for f in glob.glob(f"{out}/**", recursive=True) if Path(f).is_file())
     assert nomic_api.key not in everything
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from pipelines import classify_images, report
 from transforms.metrics import ProgressLog
-from transforms.write import output_files, read_rows
+from transforms.run_folder import read_run, run_files
+from transforms.write import read_rows
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 INJECTED = '<script>console.error("injected script ran")</script>'
@@ -63,9 +64,8 @@ def labeled_run(tmp_path_factory, photos):
 def _expected_sections(folder: Path) -> dict[str, set]:
     """Top label -> the URIs labeled with it, from the run's own result rows."""
     expected: dict[str, set] = {}
-    for path in output_files(str(folder / "out" / "labels")):
-        for row in read_rows(path):
-            expected.setdefault(row["labels"][0], set()).add(row["uri"])
+    for row in read_run(str(folder / "out" / "labels")):
+        expected.setdefault(row["labels"][0], set()).add(row["uri"])
     return expected
 
 
@@ -114,7 +114,7 @@ def test_every_format_has_the_same_rows_and_columns(tmp_path, photos):
         prefix = tmp_path / file_format / "labels"
         assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday", "--output", str(prefix),
                                      "--format", file_format, "--explain", "2"]) == 0
-        (path,) = output_files(str(prefix))
+        (path,) = run_files(str(prefix))
         assert path.endswith(f".{file_format}")
         outputs[file_format] = sorted(read_rows(path), key=lambda row: row["uri"])
     columns = {fmt: [list(row) for row in rows] for fmt, rows in outputs.items()}
@@ -126,11 +126,13 @@ def test_every_format_has_the_same_rows_and_columns(tmp_path, photos):
 
 
 def test_the_job_says_where_its_rows_went(tmp_path, photos, capsys):
-    prefix = tmp_path / "out"
-    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday", "--output", str(prefix)]) == 0
+    run = tmp_path / "out"
+    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday", "--output", str(run)]) == 0
     out = capsys.readouterr().out
-    assert f"results: 7 rows in {prefix}-00000-of-00001.parquet" in out
-    assert f"errors: 0 rows in {prefix}_errors-00000-of-00001.parquet" in out
+    (run_id,) = [p.name for p in run.iterdir() if p.is_dir()]
+    assert f"run {run_id} in {run} (_SUCCESS written)" in out
+    assert f"results: 7 rows in {run_id}/results-00000-of-00001.parquet" in out
+    assert f"errors: 0 rows in {run_id}/errors-00000-of-00001.parquet" in out
 
 
 def test_progress_has_the_total_the_rate_and_the_time_left(caplog):

@@ -6,6 +6,7 @@ from typing import Optional
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
+from transforms.skip import CARRIED_METRIC
 from transforms.metrics import BACKEND_NAMESPACE, NAMESPACE, STAGES, errors_metric, msec_metric, ok_metric
 
 # Stages that can send an image to the errors output: every stage before the last, which only ranks vectors.
@@ -29,8 +30,9 @@ def _mean(result: PipelineResult, name: str) -> Optional[float]:
 
 
 def job_counts(result: PipelineResult) -> dict[str, int]:
-    """Images labeled (the last stage's passes) and errors of every stage that can fail an image."""
-    return {"labeled": _counter(result, ok_metric(STAGES[-1])),
+    """Images labeled (the last stage's passes), rows kept from a previous run, and errors of every stage that can
+    fail an image."""
+    return {"labeled": _counter(result, ok_metric(STAGES[-1])), "kept": _counter(result, CARRIED_METRIC),
             **{stage: _counter(result, errors_metric(stage)) for stage in ERROR_STAGES}}
 
 
@@ -60,6 +62,8 @@ def summary(result: PipelineResult, seconds: float) -> str:
         f"{counts['labeled'] / seconds:.2f} images/s",
         f"mean ms per call: {timings} (embed and rank per batch)",
     ]
+    if counts["kept"]:
+        lines.append(f"kept {counts['kept']} rows of the previous run (--skip_existing): unchanged files")
     if counters := backend_counters(result):
         lines.append("backend: " + ", ".join(f"{name} {value}" for name, value in sorted(counters.items())))
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Writer: the sinks for results and errors in Parquet, JSON lines or CSV, and reading a finished output back.
+"""Writer: the sinks for results and errors in Parquet, JSON lines or CSV, and reading a shard back.
 The schemas come from the row definitions in records.py; every format has the same columns in the same order."""
 from __future__ import annotations
 
@@ -15,20 +15,6 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 FORMATS = ("parquet", "jsonl", "csv")
-
-
-def default_errors_prefix(results_prefix: str) -> str:
-    """Where errors go unless told: beside the results, under a name their shards' glob cannot match."""
-    return f"{results_prefix}_errors"
-
-
-def check_prefixes(results_prefix: str, errors_prefix: str) -> None:
-    """Raises ValueError if one sink would delete the other's shards: before it finalizes, Beam deletes every file
-    matching PREFIX-*-of-NNNNN.SUFFIX, so errors under RESULTS-errors could vanish when the shard counts match."""
-    for a, b in ((results_prefix, errors_prefix), (errors_prefix, results_prefix)):
-        if a == b or b.startswith(f"{a}-"):
-            raise ValueError(f"the results and errors prefixes {results_prefix!r} and {errors_prefix!r} overlap: "
-                             f"the files of one would replace the other's; choose another --errors_output")
 
 
 def _json_line(row: dict[str, Any], names: list[str]) -> str:
@@ -68,10 +54,10 @@ class WriteRows(beam.PTransform):
                                            header=header)
 
 
-def probe_writable(prefix: str) -> None:
-    """Creates and deletes a small file beside `prefix` through Beam's FileSystems, the layer the sinks write with:
+def probe_writable(folder: str) -> None:
+    """Creates and deletes a small file in `folder` through Beam's FileSystems, the layer the sinks write with:
     a missing filesystem extra or a refused write raises here, before any image is read."""
-    probe = f"{prefix}-probe-{uuid.uuid4().hex}.tmp"  # never matches a shard pattern, PREFIX-*-of-NNNNN
+    probe = f"{folder.rstrip('/')}/_probe-{uuid.uuid4().hex}.tmp"
     handle = FileSystems.create(probe)
     try:
         handle.write(b"probe")
@@ -79,13 +65,6 @@ def probe_writable(prefix: str) -> None:
     finally:
         if FileSystems.exists(probe):
             FileSystems.delete([probe])
-
-
-def output_files(prefix: str) -> list[str]:
-    """The shards a finished run wrote under `prefix`, in any format, sorted; any fsspec URL."""
-    fs, path = fsspec.core.url_to_fs(prefix)
-    found = sorted(p for fmt in FORMATS for p in fs.glob(f"{path}-[0-9]*-of-[0-9]*.{fmt}"))
-    return [fs.unstrip_protocol(p) if "://" in prefix else p for p in found]
 
 
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
@@ -100,11 +79,6 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
         else:
             for row in csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline="")):
                 yield {k: json.loads(v) if v[:1] in "[{" else v for k, v in row.items()}
-
-
-def read_output(prefix: str) -> list[dict[str, Any]]:
-    """Every row of every shard a finished run wrote under `prefix`."""
-    return [row for path in output_files(prefix) for row in read_rows(path)]
 
 
 def count_rows(path: str) -> int:

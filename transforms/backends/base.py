@@ -29,9 +29,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def option(default: Any, help: str, **argparse_kwargs) -> Any:
-    """A backend setting the command line offers as --BACKEND_SETTING (a dataclass field with its help text)."""
-    return dataclasses.field(default=default, metadata={"help": help, **argparse_kwargs})
+def option(default: Any, help: str, affects_results: bool = True, **argparse_kwargs) -> Any:
+    """A backend setting the command line offers as --BACKEND_SETTING (a dataclass field with its help text).
+    `affects_results=False` marks one that cannot change an output row (threads, where a key is read from): a run
+    may then reuse the rows of a run that had another value (--skip_existing)."""
+    return dataclasses.field(default=default, metadata={"help": help, "affects_results": affects_results,
+                                                        **argparse_kwargs})
 
 
 def _parse_bool(text: str) -> bool:
@@ -139,7 +142,7 @@ class Backend(abc.ABC):
         """Declares this backend's settings (fields made with `option`) as --NAME_SETTING in their own group."""
         group = parser.add_argument_group(f"{cls.name} backend", (cls.__doc__ or "").splitlines()[0])
         for field in cls._options():
-            kwargs = dict(field.metadata)
+            kwargs = {k: v for k, v in field.metadata.items() if k != "affects_results"}
             kwargs.setdefault("type", _parse_bool if isinstance(field.default, bool) else
                               type(field.default) if field.default is not None else str)
             if field.default is not None:
@@ -150,6 +153,11 @@ class Backend(abc.ABC):
     def from_options(cls, args: argparse.Namespace) -> "Backend":
         """This backend configured from the parsed command line."""
         return cls(**{field.name: getattr(args, f"{cls.name}_{field.name}") for field in cls._options()})
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings an output row depends on, by name: two runs with equal ones label an image alike."""
+        return {field.name: getattr(self, field.name) for field in self._options()
+                if field.metadata["affects_results"]}
 
     def load(self) -> Embedder:
         """The process-wide Embedder for this configuration: labels and images share one loaded model."""

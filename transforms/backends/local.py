@@ -186,7 +186,7 @@ class LocalBackend(Backend):
     # CPU and gives the same logits (max difference ~1e-5); int8 needs images to calibrate on, never the ones labeled.
     runtime: str = option("onnx", "where the image model runs", choices=list(RUNTIMES))
     threads: int = option(0, "intra-op threads of the image model per worker process; 0: one per core. With N "
-                             "worker processes on a machine, give each cores/N")
+                             "worker processes on a machine, give each cores/N", affects_results=False)
     int8_calibration: Optional[str] = option(None, "glob of images to calibrate --local_runtime onnx-int8 on "
                                                    "(a few hundred of your kind of images, not the ones you label)")
     default_templates = "photo"  # chosen with the settings above; 1/8 of the label cost of the `photos` ensemble

@@ -178,7 +178,8 @@ class NomicBackend(Backend):
     """Nomic Embed Vision v1.5 / Text v1.5 on the hosted API. Holds no secret: workers read the key themselves."""
 
     api_key_file: Optional[str] = option(None, "file holding the API key: a path or any fsspec URL "
-                                               f"(default: the {KEY_ENV} environment variable)")
+                                               f"(default: the {KEY_ENV} environment variable)",
+                                        affects_results=False)
     text_model: str = option("nomic-embed-text-v1.5", "Nomic Embed Text model for the labels")
     vision_model: str = option("nomic-embed-vision-v1.5", "Nomic Embed Vision model for the images")
     # Nomic's guidance for text-to-image retrieval.
