@@ -21,7 +21,8 @@ logging.getLogger().addHandler(logging.NullHandler())
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from pipelines.cli import ConfigError, OneLineParser, add_backend_argument, add_backend_settings  # noqa: E402
+from pipelines.cli import (ConfigError, OneLineParser, add_backend_argument, add_backend_settings,  # noqa: E402
+                          failure_line)
 from transforms.backends import BACKENDS  # noqa: E402
 from transforms.classify import ZeroShotClassify, check_settings  # noqa: E402
 from transforms.label_sets import (builtin_label_sets, builtin_templates, load_label_phrases,  # noqa: E402
@@ -266,8 +267,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = pipeline.run()
         result.wait_until_finish()
     except Exception as e:  # noqa: BLE001 - a failed job ends with one line, the runner has logged the rest
-        print(f"error: the job failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr)
+        print(f"error: the job failed: {failure_line(e)}", file=sys.stderr)
         return 1
     print(summary(result, time.monotonic() - start))
     committed = read_manifest(args.output)

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from transforms.backends import BACKENDS
+
+# "package.module.SomeError: message" at the start of a line: how a worker's traceback, which runners fold into the
+# text of the exception the launcher sees, names the exception that ended it.
+_RAISED = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): (.+)$", re.MULTILINE)
 
 
 class ConfigError(ValueError):
@@ -26,3 +31,13 @@ def add_backend_settings(parser: argparse.ArgumentParser) -> None:
     """Every registered backend's own settings (--local_top_t, --nomic_api_key_file...), a group each."""
     for backend in BACKENDS.values():
         backend.add_options(parser)
+
+
+def failure_line(error: BaseException) -> str:
+    """What ended a failed job, in one line: the last exception a worker's traceback names (a missing key, not
+    "Traceback (most recent call last):", which is all the first line of a runner's error says)."""
+    raised = _RAISED.findall(str(error))
+    if raised:
+        name, message = raised[-1]
+        return f"{name}: {message}"
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

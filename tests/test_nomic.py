@@ -1,9 +1,12 @@
 """The nomic backend against a loopback Nomic API: the full command line, and what the user gets for each fault."""
-import glob
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import fsspec
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -12,11 +15,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from pipelines import classify_images
 from tests.conftest import colour_photo
 from transforms.backends.nomic import MAX_IMAGES_PER_REQUEST, NomicBackend, NomicKeyError, read_api_key
 from transforms.classify import ZeroShotClassify
 from transforms.nearest import get_nearest_texts
-from transforms.run_folder import run_files
+from transforms.run_folder import PAUSE_BEFORE_COMMIT_ENV, run_files
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -37,8 +41,13 @@ def _cli(args, **env):
                           text=True, timeout=300, env={**os.environ, **env})
 
 
+def _files_holding(folder: Path, secret: str) -> list[str]:
+    """Every file under `folder` whose bytes contain `secret`."""
+    return [str(p) for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
 def _rows(run, table="results"):
-    return pq.read_table(run_files(run, table)).to_pylist()
+    return pq.read_table(run_files(str(run), table)).to_pylist()
 
 
 @pytest.mark.parametrize("runner_args", [[], ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]],
@@ -50,8 +59,10 @@ def test_command_line_end_to_end(nomic_api, colour_photos, tmp_path, runner_args
     labels = tmp_path / "colours.txt"
     labels.write_text("\n".join(COLOURS) + "\n")
     out = tmp_path / "out" / "labels"
+    temp = tmp_path / "temp"  # the job's temporary files, and HOME (the fixture's), are searched for the key below
+    temp.mkdir()
     done = _cli(["--backend", "nomic", "--input", f"{colour_photos}/*.jpg", "--labels", str(labels),
-                 "--output", str(out), "--top_k", "2", *runner_args])
+                 "--output", str(out), "--top_k", "2", *runner_args], TMPDIR=str(temp))
     assert done.returncode == 0, done.stderr[-3000:]
     results = {Path(row["uri"]).stem: row for row in _rows(out)}
     assert {name: row["labels"][0] for name, row in results.items()} == {c: c for c in COLOURS}
@@ -60,9 +71,48 @@ def test_command_line_end_to_end(nomic_api, colour_photos, tmp_path, runner_args
     assert errors == {"magenta.jpg": ("embed", "ImageRejectedError"), "broken.jpg": ("decode", "UnidentifiedImageError")}
     assert nomic_api.task_types == {"search_query"}
     assert "backend: nomic_image_calls" in done.stdout and "nomic_text_usage_total_tokens" in done.stdout
-    everything = done.stdout + done.stderr + "".join(
-        Path(f).read_bytes().decode("latin-1") for f in glob.glob(f"{out}/**", recursive=True) if Path(f).is_file())
-    assert nomic_api.key not in everything
+    assert nomic_api.key not in done.stdout + done.stderr and _files_holding(tmp_path, nomic_api.key) == []
+    # One login per process (the client's own /v1/user call), plus the launcher's key check; in-process workers
+    # reuse the launcher's login.
+    assert nomic_api.requests["/v1/user"] == (2 if not runner_args else pytest.approx(3, abs=1))
+
+
+def test_a_killed_job_leaves_no_key_on_disk(nomic_api, colour_photos, tmp_path):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    out = tmp_path / "out"
+    log = (tmp_path / "job.log").open("w")
+    job = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.classify_images", "--backend", "nomic", "--input",
+         f"{colour_photos}/*.jpg", "--labels", "everyday", "--output", str(out),
+         "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "TMPDIR": str(temp), PAUSE_BEFORE_COMMIT_ENV: "120"})
+    deadline = time.monotonic() + 300
+    while not list(out.glob("run-*/results-*-of-*")):  # every worker has logged in and embedded by then
+        assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "job.log").read_text()[-3000:]
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(timeout=60)
+    assert nomic_api.requests["/v1/embedding/image"] > 0
+    assert _files_holding(tmp_path, nomic_api.key) == []
+
+
+def test_a_worker_that_cannot_get_the_key_says_so_in_the_last_line(nomic_api, colour_photos, tmp_path, monkeypatch,
+                                                                  capsys):
+    """The launcher can read the key; the worker processes cannot (memory:// is per process, like a secret that
+    only the launcher's machine has)."""
+    monkeypatch.delenv("NOMIC_API_KEY")
+    with fsspec.open("memory://secrets/nomic-key", "w") as f:
+        f.write(nomic_api.key)
+    status = classify_images.main(["--backend", "nomic", "--nomic_api_key_file", "memory://secrets/nomic-key",
+                                   "--input", f"{colour_photos}/*.jpg", "--labels", "everyday", "--output",
+                                   str(tmp_path / "out"), "--direct_running_mode", "multi_processing",
+                                   "--direct_num_workers", "2"])
+    assert status == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: the job failed: NomicKeyError: cannot read the Nomic API key file "
+                           "'memory://secrets/nomic-key' (FileNotFoundError)"), last
 
 
 def _classify(backend, inputs, labels=COLOURS, batch_size=8):

@@ -31,7 +31,9 @@ def expand_pattern(pattern: str) -> Iterator[str]:
     """Every file a pattern names: glob matches, all files below a directory, or the one file; sorted."""
     fs, path = fsspec.core.url_to_fs(pattern)
     if _has_glob(path):
-        files = sorted(p for p, info in fs.glob(path, detail=True).items() if info["type"] == "file")
+        # Everything but folders: fsspec types a symlink "other", and a dangling or looping one must reach the
+        # reader and become a `read` error row, as it does for a directory input, never vanish.
+        files = sorted(p for p, info in fs.glob(path, detail=True).items() if info["type"] != "directory")
     elif fs.isdir(path):
         files = sorted(fs.find(path))
     else:

@@ -1,12 +1,9 @@
 """The hosted `nomic` backend: Nomic Embed Vision/Text through the official client, on Beam's RemoteModelHandler."""
 from __future__ import annotations
 
-import atexit
 import dataclasses
+import functools
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import fsspec
@@ -58,20 +55,41 @@ def read_api_key(key_file: Optional[str]) -> str:
 
 
 def _login(key: str) -> None:
-    """Authenticates this process's nomic client with `key`, in a private credentials folder.
+    """Gives this process's nomic client `key` in memory, once: no credentials file is written or read anywhere.
 
-    The client reads its token from NOMIC_BASE/credentials; a per-process folder means workers need no ~/.nomic
-    and the user's own login is never overwritten. ATLAS_API_PATH keeps overriding the endpoint, as in the client.
-    """
-    import nomic
-    import nomic.cli
+    The client otherwise keeps its token in NOMIC_BASE/credentials, a plain file a killed worker would leave
+    behind; an AtlasClass whose `credentials` come from memory needs none. ATLAS_API_PATH keeps overriding the
+    endpoint, as in the client."""
     import nomic.embed
 
-    folder = Path(tempfile.mkdtemp(prefix="nomic-credentials-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    nomic.cli.nomic_base_path = folder
-    nomic.login(key)
-    nomic.embed.atlas_class = None  # the next call builds its client from these credentials
+    client_class = _key_in_memory_client()
+    current = nomic.embed.atlas_class
+    if not (isinstance(current, client_class) and current.token == key):
+        nomic.embed.atlas_class = client_class(key)
+
+
+@functools.cache
+def _key_in_memory_client() -> type:
+    """The client class, built on first use so that importing this backend does not import the nomic client."""
+    from loguru import logger
+    from nomic.dataset import AtlasClass
+
+    class KeyInMemoryClient(AtlasClass):
+        """The nomic client with its API key held in memory instead of in a credentials file."""
+
+        def __init__(self, key: str):
+            self._credentials = {"token": key, "tenant": "production", "expires": None, "refresh_token": None}
+            logger.disable("nomic")  # a refused key is reported once, by NomicBackend.check or the first call
+            try:
+                super().__init__()
+            finally:
+                logger.enable("nomic")
+
+        @property
+        def credentials(self) -> dict[str, Any]:
+            return self._credentials
+
+    return KeyInMemoryClient
 
 
 def _http_status(error: Exception) -> tuple[Optional[int], str]:
@@ -199,15 +217,13 @@ class NomicBackend(Backend):
     def check(self) -> None:
         """Reads the key and asks the API who it belongs to: a refused key stops the job before it starts."""
         import nomic.embed
-        from loguru import logger
-        from nomic.dataset import AtlasClass
 
-        _login(read_api_key(self.api_key_file))
-        logger.disable("nomic")  # the client logs a refused key its own way; the one line below says it
+        key = read_api_key(self.api_key_file)
         try:
-            client = nomic.embed.atlas_class = AtlasClass()
-        finally:
-            logger.enable("nomic")
+            _login(key)  # the process's one login: on DirectRunner the workers in this process reuse it
+        except Exception as e:  # noqa: BLE001 - the client raises bare Exceptions for 5xx
+            raise NomicAPIError(f"cannot reach the Nomic API ({type(e).__name__})") from None
+        client = nomic.embed.atlas_class
         try:
             response = requests.get(f"{client.atlas_api_path}/v1/user", headers=client.header, timeout=30)
         except requests.RequestException as e:
