@@ -48,7 +48,7 @@ def text_vector(text: str, dim: int) -> list[float]:
 class FakeNomicAPI:
     """Start with `start()`; point the client at `url` through ATLAS_API_PATH. Thread-safe counters and faults."""
 
-    def __init__(self, key: str = "nk-test-0123456789abcdef", dim: int = 64, latency_s: float = 0.0):
+    def __init__(self, key: str = "nk-test-0123456789abcdef", dim: int = 768, latency_s: float = 0.0):
         self.key, self.dim, self.latency_s = key, dim, latency_s
         self.requests: Counter = Counter()
         self.images_seen = 0

@@ -118,10 +118,15 @@ def main(argv=None) -> int:
     parser.add_argument("--job_images", type=int, default=3000,
                         help="images for the longest whole job, where process start weighs least")
     parser.add_argument("--loop_images", type=int, default=30, help="images for the (slow) seed-style loop")
+    parser.add_argument("--rss_images", type=int, nargs=2, default=[2000, 20000],
+                        help="the two bucket sizes whose peak RSS must match (small generated images)")
+    parser.add_argument("--only", choices=["rss"], help="run one part only (rss: the flat-memory check)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--workdir", default=str(REPO / "bench-output"))
     args = parser.parse_args(argv)
     work = Path(args.workdir)
+    if args.only == "rss":
+        return print_rss(flat_memory(work, args.rss_images, args.batch_size))
     big = make_images(work / f"images{args.images}", args.images)
     small = make_images(work / f"images{args.label_images}", args.label_images)
 
@@ -171,6 +176,27 @@ def main(argv=None) -> int:
           f"{previous:.2f} s, current {current:.2f} s ({current - previous:+.2f} s)")
     print(f"peak RSS, {args.label_images} vs {args.images} images (in-process, 12 labels): "
           f"{few_rss} vs {job_rss} MiB ({job_rss / few_rss:.2f}x for {args.images / args.label_images:.1f}x images)")
+    return print_rss(flat_memory(work, args.rss_images, args.batch_size))
+
+
+def flat_memory(work: Path, counts: list[int], batch_size: int) -> list[tuple[int, float, float, int]]:
+    """(images, seconds, images/s, peak RSS MiB) of the whole job on buckets of small images of each size."""
+    rows = []
+    for count in counts:
+        folder = make_images(work / f"thumbs{count}", count, seed=3, max_side=128)
+        rate, seconds, rss = whole_job(folder, "everyday", batch_size, work / "out")
+        rows.append((count, seconds, rate, rss))
+    return rows
+
+
+def print_rss(rows: list[tuple[int, float, float, int]]) -> int:
+    print("\n| whole job, in-process, 12 labels, images of at most 128 px | seconds | images/s | peak RSS MiB |")
+    print("| ---: | ---: | ---: | ---: |")
+    for count, seconds, rate, rss in rows:
+        print(f"| {count} | {seconds:.1f} | {rate:.1f} | {rss} |")
+    (small, *_, small_rss), (large, *_, large_rss) = rows[0], rows[-1]
+    print(f"peak RSS, {small} vs {large} images: {small_rss} vs {large_rss} MiB "
+          f"({large_rss / small_rss:.2f}x for {large / small:.0f}x images)")
     return 0
 
 

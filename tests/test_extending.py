@@ -54,6 +54,10 @@ class HistogramBackend(Backend):
     def model_id(self) -> str:
         return f"colour-histogram-{self.levels}"
 
+    @property
+    def embedding_dim(self) -> int:
+        return self.levels ** 3
+
     def _load(self) -> Embedder:
         return HistogramEmbedder(self.levels)
 

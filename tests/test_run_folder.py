@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.run import make_images
-from pipelines import classify_images
+from pipelines import classify_images, jobs
 from transforms.run_folder import PAUSE_BEFORE_COMMIT_ENV, SUCCESS, NoFinishedRun, read_manifest, read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_a_second_run_is_refused_unless_overwrite_and_then_leaves_only_the_new_r
 def test_the_manifest_keeps_no_secret_from_the_command_line():
     argv = ["--input", "x", "--s3_secret_access_key", "AKIA-SECRET", "--s3_session_token=tok-SECRET",
             "--nomic_api_key_file", "gs://keys/nomic"]
-    assert classify_images.redacted(argv) == ["--input", "x", "--s3_secret_access_key", "<redacted>",
+    assert jobs.redacted(argv) == ["--input", "x", "--s3_secret_access_key", "<redacted>",
                                               "--s3_session_token=<redacted>", "--nomic_api_key_file",
                                               "gs://keys/nomic"]
 

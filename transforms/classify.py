@@ -12,7 +12,7 @@ from transforms.embed import EmbedImages
 from transforms.label_sets import check_label_names, load_templates
 from transforms.rank import Decision, EmbedLabels, RankLabels
 from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
-from transforms.records import ERRORS, RESULTS
+from transforms.records import EMBEDDINGS, ERRORS, RESULTS, embedding_row
 
 
 def check_settings(top_k: int, batch_size: Optional[int], explain: int) -> None:
@@ -27,6 +27,7 @@ def check_settings(top_k: int, batch_size: Optional[int], explain: int) -> None:
 
 class ZeroShotClassify(beam.PTransform):
     """URIs or (uri, bytes) -> {'results': output rows, 'errors': error rows}; every input lands in exactly one.
+    With `keep_embeddings`, also 'embeddings': one EmbeddingRow per labeled image.
 
     Example:
         outputs = uris | ZeroShotClassify(["cat", "car"], get_backend("local"))
@@ -35,7 +36,8 @@ class ZeroShotClassify(beam.PTransform):
 
     def __init__(self, labels: Union[Sequence[str], Mapping[str, Sequence[str]]], backend: Backend,
                  templates: Optional[Sequence[str]] = None, top_k: int = 5, batch_size: Optional[int] = None,
-                 decision: Decision = Decision(), explain: int = 0, max_bytes: int = DEFAULT_MAX_BYTES,
+                 decision: Decision = Decision(), explain: int = 0, keep_embeddings: bool = False,
+                 max_bytes: int = DEFAULT_MAX_BYTES,
                  max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE):
         """`labels`: label names, or label -> phrases to embed for it; `templates`: prompts with one `{}`
         (default: the backend's own choice); `batch_size`: images per model call (default: the backend's);
@@ -52,6 +54,7 @@ class ZeroShotClassify(beam.PTransform):
         self.top_k = min(top_k, len(self.label_phrases))
         self.batch_size = batch_size or backend.default_batch_size
         self.explain = explain
+        self.keep_embeddings = keep_embeddings
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.max_side = max_side
@@ -72,4 +75,7 @@ class ZeroShotClassify(beam.PTransform):
                 total_inputs=beam.pvalue.AsSingleton(inputs | "CountInputs" >> beam.combiners.Count.Globally()))
         )
         errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()
-        return {RESULTS: results, ERRORS: errors}
+        if not self.keep_embeddings:
+            return {RESULTS: results, ERRORS: errors}
+        embeddings = vectors | "EmbeddingRows" >> beam.MapTuple(embedding_row, self.backend.model_id)
+        return {RESULTS: results, ERRORS: errors, EMBEDDINGS: embeddings}

@@ -119,22 +119,33 @@ class RankLabels(beam.DoFn):
 
     def process(self, batch: list[tuple[ImageInfo, Embedded]], labels: LabelMatrix, total_inputs: Optional[int] = None):
         with self.metrics.timed():
-            vectors = np.stack([embedded.vector for _, embedded in batch])
-            scores = vectors @ labels.vectors.T
-            probs = label_probabilities(scores, self.logit_scale, none_scores(vectors, labels, self.none_margin))
-            ranked = np.argsort(-scores, axis=1, kind="stable")
-        for (info, embedded), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):
-            order = self.decision.select(image_ranked, image_probs, self.top_k)
-            yield as_dict(ResultRow(
-                uri=info.uri,
-                labels=[labels.names[i] for i in order] if len(order) else [UNKNOWN],
-                scores=image_scores[order].tolist(),
-                probs=image_probs[order].tolist(),
-                model=self.model_id,
-                width=info.width,
-                height=info.height,
-                sha256=info.sha256,
-                evidence=[{"class": name, "prob": prob} for name, prob in embedded.evidence],
-            ))
+            rows = rank_rows(batch, labels, self.top_k, self.logit_scale, self.model_id, self.decision,
+                             self.none_margin)
+        yield from rows
         self.metrics.passed.inc(len(batch))
         self.progress.add(len(batch), total_inputs)
+
+
+def rank_rows(batch: Sequence[tuple[ImageInfo, Embedded]], labels: LabelMatrix, top_k: int, logit_scale: float,
+              model_id: str, decision: Decision = Decision(), none_margin: Optional[float] = None) -> list[dict]:
+    """One result row per image of the batch, its vectors ranked against the labels in one product: the ranking
+    of every job (classify, relabel) and of the library's `relabel`."""
+    vectors = np.stack([embedded.vector for _, embedded in batch])
+    scores = vectors @ labels.vectors.T
+    probs = label_probabilities(scores, logit_scale, none_scores(vectors, labels, none_margin))
+    ranked = np.argsort(-scores, axis=1, kind="stable")
+    rows = []
+    for (info, embedded), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):
+        order = decision.select(image_ranked, image_probs, top_k)
+        rows.append(as_dict(ResultRow(
+            uri=info.uri,
+            labels=[labels.names[i] for i in order] if len(order) else [UNKNOWN],
+            scores=image_scores[order].tolist(),
+            probs=image_probs[order].tolist(),
+            model=model_id,
+            width=info.width,
+            height=info.height,
+            sha256=info.sha256,
+            evidence=[{"class": name, "prob": prob} for name, prob in embedded.evidence],
+        )))
+    return rows

@@ -11,6 +11,8 @@ import pyarrow as pa
 # Tags of the two outputs of ZeroShotClassify; every stage's dead letters go to ERRORS.
 RESULTS = "results"
 ERRORS = "errors"
+EMBEDDINGS = "embeddings"  # the image vectors, kept with --embeddings
+EMBEDDING_DTYPES = ("float32", "float16")
 
 
 class ImageInfo(NamedTuple):
@@ -72,6 +74,19 @@ class ErrorRow:
     message: str = column(pa.string(), "what went wrong (at most 2,000 characters)")
 
 
+@dataclasses.dataclass(frozen=True)
+class EmbeddingRow:
+    """One image's vector, kept so that relabeling and search need no image model."""
+
+    uri: str = column(pa.string(), "the input file")
+    sha256: str = column(pa.string(), "of the file's bytes")
+    model: str = column(pa.string(), "backend model id; relabel and search refuse vectors of another model")
+    embedding: Any = column(pa.list_(pa.float32()), "the image's unit vector in the backend's space, as "
+                                                    "fixed_size_list<float32 or float16>[dimension]")
+    width: int = column(pa.int32(), "upright width of the original image")
+    height: int = column(pa.int32(), "upright height of the original image")
+
+
 def arrow_schema(row_type: type) -> pa.Schema:
     return pa.schema([(field.name, field.metadata["arrow"]) for field in dataclasses.fields(row_type)])
 
@@ -94,6 +109,19 @@ RESULTS_SCHEMA = arrow_schema(ResultRow)
 ERRORS_SCHEMA = arrow_schema(ErrorRow)
 
 
+def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
+    """The embeddings table's schema: a fixed-size list of `dim` floats of `dtype` (float32, or float16 at half the
+    bytes with cosines within about 1e-3)."""
+    schema = arrow_schema(EmbeddingRow)
+    vector_type = pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), dim)
+    return schema.set(schema.get_field_index("embedding"), pa.field("embedding", vector_type))
+
+
+def embedding_row(info: ImageInfo, embedded: Embedded, model_id: str) -> dict[str, Any]:
+    """The embeddings-table row of one embedded image (its vector stays a float32 array until it is written)."""
+    return as_dict(EmbeddingRow(info.uri, info.sha256, model_id, embedded.vector, info.width, info.height))
+
+
 def error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, str]:
     """A dead-letter row: where the input failed (read/decode/embed), the error's type name and its message."""
     return as_dict(ErrorRow(uri, stage, error_type, message[:2000]))
@@ -105,4 +133,5 @@ def exception_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    print(f"Results:\n\n{markdown_table(ResultRow)}\n\nErrors:\n\n{markdown_table(ErrorRow)}")
+    print(f"Results:\n\n{markdown_table(ResultRow)}\n\nErrors:\n\n{markdown_table(ErrorRow)}\n\n"
+          f"Embeddings:\n\n{markdown_table(EmbeddingRow)}")

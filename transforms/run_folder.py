@@ -26,7 +26,6 @@ from transforms.write import count_rows, read_rows
 
 SUCCESS = "_SUCCESS"
 RUN_PREFIX = "run-"
-TABLES = ("results", "errors")
 MANIFEST_VERSION = 1
 # Test hook: seconds the commit step waits after every shard is final and before `_SUCCESS` is written, so a test
 # can kill a job inside that window.
@@ -71,7 +70,7 @@ def run_files(output: str, table: str = "results") -> list[str]:
     manifest = read_manifest(output)
     if manifest is None:
         raise NoFinishedRun(f"{output!r} holds no finished run (no {SUCCESS} in it)")
-    return [_join(output, shard["path"]) for shard in manifest[table]]
+    return [_join(output, shard["path"]) for shard in manifest.get(table, [])]
 
 
 def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
@@ -130,9 +129,9 @@ def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
         raise RuntimeError(f"another job committed run {current['run_id'] if current else None} to {output!r} "
                            f"while this one ran; this run stays uncommitted in {manifest['run_id']}/")
     start = len(output.rstrip("/")) + 1
-    manifest = dict(manifest, finished=utc_now(), **{
-        table: [{"path": path[start:], "rows": count_rows(path)} for path in sorted(shards.get(table, []))]
-        for table in TABLES})
+    manifest = dict(manifest, finished=utc_now(), tables=list(shards), **{
+        table: [{"path": path[start:], "rows": count_rows(path)} for path in sorted(files)]
+        for table, files in shards.items()})
     _write_atomically(_join(output, SUCCESS), json.dumps(manifest, indent=2).encode("utf-8"))
     removed = remove_runs_before(output, manifest["run_id"])
     if removed:

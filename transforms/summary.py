@@ -6,6 +6,7 @@ from typing import Optional
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
+from transforms.dedupe import COPIES_METRIC
 from transforms.skip import CARRIED_METRIC
 from transforms.metrics import BACKEND_NAMESPACE, NAMESPACE, STAGES, errors_metric, msec_metric, ok_metric
 
@@ -33,6 +34,7 @@ def job_counts(result: PipelineResult) -> dict[str, int]:
     """Images labeled (the last stage's passes), rows kept from a previous run, and errors of every stage that can
     fail an image."""
     return {"labeled": _counter(result, ok_metric(STAGES[-1])), "kept": _counter(result, CARRIED_METRIC),
+            "copies": _counter(result, COPIES_METRIC),
             **{stage: _counter(result, errors_metric(stage)) for stage in ERROR_STAGES}}
 
 
@@ -62,6 +64,9 @@ def summary(result: PipelineResult, seconds: float) -> str:
         f"{counts['labeled'] / seconds:.2f} images/s",
         f"mean ms per call: {timings} (embed and rank per batch)",
     ]
+    if counts["copies"]:
+        lines.append(f"{counts['copies']} files had the same bytes as another file: read, decoded and embedded once, "
+                     "their rows copied")
     if counts["kept"]:
         lines.append(f"kept {counts['kept']} rows of the previous run (--skip_existing): unchanged files")
     if counters := backend_counters(result):

@@ -10,9 +10,12 @@ from typing import Any, Iterator
 
 import apache_beam as beam
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+
+from transforms.records import embeddings_schema
 
 FORMATS = ("parquet", "jsonl", "csv")
 
@@ -52,6 +55,27 @@ class WriteRows(beam.PTransform):
             header = _csv_line(names)
         return lines | beam.io.WriteToText(self.prefix, file_name_suffix=suffix, num_shards=self.num_shards,
                                            header=header)
+
+
+class WriteEmbeddings(beam.PTransform):
+    """Embedding rows -> Parquet shards PREFIX-SSSSS-of-NNNNN.parquet, vectors as fixed-size lists of `dtype`."""
+
+    def __init__(self, prefix: str, dim: int, dtype: str = "float32", num_shards: int = 0):
+        super().__init__()
+        self.prefix, self.dim, self.dtype, self.num_shards = prefix, dim, dtype, num_shards
+
+    def expand(self, rows):
+        return (rows
+                | "Cast" >> beam.Map(_cast_embedding, self.dim, np.dtype(self.dtype))
+                | beam.io.WriteToParquet(self.prefix, embeddings_schema(self.dim, self.dtype),
+                                         file_name_suffix=".parquet", num_shards=self.num_shards))
+
+
+def _cast_embedding(row: dict[str, Any], dim: int, dtype: np.dtype) -> dict[str, Any]:
+    vector = np.asarray(row["embedding"], dtype=dtype)
+    if vector.shape != (dim,):
+        raise ValueError(f"the backend gave {row['uri']!r} a vector of shape {vector.shape}, not ({dim},)")
+    return {**row, "embedding": vector}
 
 
 def probe_writable(folder: str) -> None:

@@ -121,6 +121,11 @@ class Backend(abc.ABC):
     def model_id(self) -> str:
         """What the output's `model` column says; known without loading anything."""
 
+    @property
+    @abc.abstractmethod
+    def embedding_dim(self) -> int:
+        """The length of its vectors, known without loading anything (the embeddings table's schema needs it)."""
+
     @abc.abstractmethod
     def _load(self) -> Embedder:
         """Builds the Embedder; called at most once per process and backend configuration."""

@@ -45,7 +45,6 @@ class ConSEEmbedder(Embedder):
     def __init__(self, settings: "LocalBackend"):
         self.settings = settings
         self.model_id = settings.model_id
-        self.classifier = _load_classifier(settings.runtime, settings.threads, settings.int8_calibration)
         self.text_model = _load_minilm()
         self.dim = self.text_model.get_embedding_dimension()
         self.class_names = load_label_set("imagenet")
@@ -55,6 +54,11 @@ class ConSEEmbedder(Embedder):
         self.class_vectors = _sentence_vectors(self.text_model, texts)
         self.center = self.class_vectors.mean(axis=0) if settings.centre else np.zeros(self.dim, np.float32)
         self.centred_class_vectors = l2_normalize(self.class_vectors - self.center)  # in the images' space
+
+    @functools.cached_property
+    def classifier(self) -> ImageClassifier:
+        """The image model, loaded on first use: relabeling stored image vectors needs only the text side."""
+        return _load_classifier(self.settings.runtime, self.settings.threads, self.settings.int8_calibration)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return l2_normalize(_sentence_vectors(self.text_model, tuple(texts)) - self.center)
@@ -190,6 +194,8 @@ class LocalBackend(Backend):
     int8_calibration: Optional[str] = option(None, "glob of images to calibrate --local_runtime onnx-int8 on "
                                                    "(a few hundred of your kind of images, not the ones you label)")
     default_templates = "photo"  # chosen with the settings above; 1/8 of the label cost of the `photos` ensemble
+
+    embedding_dim = 384  # all-MiniLM-L6-v2's sentence vectors, the space both sides live in
 
     @property
     def model_id(self) -> str:

@@ -210,6 +210,8 @@ class NomicBackend(Backend):
     default_batch_size = 256
     fatal_errors = (NomicKeyError,)
 
+    embedding_dim = 768  # Nomic Embed Text/Vision v1 and v1.5 at their full dimension, as the API returns them
+
     @property
     def model_id(self) -> str:
         return self.vision_model

@@ -1,0 +1,201 @@
+"""What every job that writes a run folder shares (classify_images, relabel, search): its options, the checks made
+before it starts, its manifest, and running it to a committed run."""
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.cli import ConfigError, failure_line
+from transforms.backends import BACKENDS, Backend
+from transforms.classify import check_settings
+from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
+from transforms.rank import Decision
+from transforms.run_folder import SUCCESS, new_run_id, read_manifest, utc_now
+from transforms.summary import summary
+from transforms.write import FORMATS, probe_writable
+
+# Values of flags with these words in their names never reach the manifest (e.g. Beam's --s3_secret_access_key).
+SECRET_FLAG = re.compile(r"secret|token|password|api_key(?!_file)|access_key", re.IGNORECASE)
+BEAM_EPILOG = "Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...)."
+
+
+def add_label_options(parser: argparse.ArgumentParser) -> None:
+    """--labels, --templates and the decision options: which labels an image gets."""
+    parser.add_argument("--labels", help="(required) a built-in label set "
+                                         f"({', '.join(builtin_label_sets())}) or a file/URL, one label per line")
+    parser.add_argument("--templates", help=f"prompt templates: a built-in name ({', '.join(builtin_templates())}) "
+                                           "or a file/URL, one template with {} per line "
+                                           "(default: the backend's choice)")
+    parser.add_argument("--top_k", type=int, default=5, help="labels reported per image (default 5)")
+    parser.add_argument("--min_prob", type=float, default=0.0,
+                        help="report 'unknown' when the best label's probability is below this")
+    parser.add_argument("--multi_label", action="store_true",
+                        help="report every label whose probability reaches --threshold, instead of the top_k")
+    parser.add_argument("--threshold", type=float, help="probability threshold for --multi_label")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """--output (the run folder), --overwrite, --format and --num_shards."""
+    parser.add_argument("--output", help="(required) folder of the run: its shards, and the "
+                                         f"{SUCCESS} manifest written once they are all final")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the finished run in --output; the old one stays readable until the new one "
+                             "has succeeded")
+    parser.add_argument("--format", default="parquet", choices=FORMATS,
+                        help="file format of the rows; CSV writes list columns as JSON (default parquet)")
+    parser.add_argument("--num_shards", type=int, default=0, help="output shards (default: runner decides)")
+
+
+def _all_option_classes(cls: type = PipelineOptions):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_option_classes(sub)
+
+
+def unknown_beam_args(beam_args: Sequence[str]) -> list[str]:
+    """Arguments that neither this job nor any Beam options class knows: Beam would silently drop them."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    for options_class in set(_all_option_classes()):
+        try:
+            options_class._add_argparse_args(parser)  # Beam's own hook for declaring options
+        except argparse.ArgumentError:
+            pass  # two options classes declaring one flag: the first declaration is enough here
+    _, unknown = parser.parse_known_args(list(beam_args))
+    return unknown
+
+
+def check_command_line(args: argparse.Namespace, beam_args: Sequence[str], parser: argparse.ArgumentParser,
+                       required: Sequence[str]) -> None:
+    """Unknown flags (with a did-you-mean), stray arguments (an unquoted glob) and missing required flags."""
+    unknown = unknown_beam_args(beam_args)
+    if flags := [arg for arg in unknown if arg.startswith("-")]:
+        close = difflib.get_close_matches(flags[0].split("=")[0], list(parser._option_string_actions), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown option(s): {' '.join(flags)}{hint} (see --help)")
+    if unknown:
+        raise ConfigError(f"unexpected argument(s): {' '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; "
+                          "a glob must be quoted (--input 'photos/*.jpg'), or the shell expands it into file names")
+    if missing := [f"--{name}" for name in required if getattr(args, name) is None]:
+        raise ConfigError(f"the following arguments are required: {', '.join(missing)}")
+
+
+def label_options(args: argparse.Namespace) -> tuple[dict[str, list[str]], Optional[list[str]], Decision]:
+    """The label set, the templates (None: the backend's) and the decision, checked; ConfigError otherwise."""
+    if args.multi_label != (args.threshold is not None):
+        raise ConfigError("--multi_label and --threshold go together")
+    try:
+        check_settings(args.top_k, None, 0)
+        decision = Decision(args.min_prob, args.threshold)
+    except ValueError as e:  # the library's own checks, worded by setting name; flags have the same names
+        raise ConfigError(f"--{e}") from None
+    try:
+        return (load_label_phrases(args.labels), load_templates(args.templates) if args.templates else None,
+                decision)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def checked_backend(args: argparse.Namespace) -> Backend:
+    """The backend the command line configures, after its own check (weights present, key accepted...)."""
+    backend = BACKENDS[args.backend].from_options(args)
+    try:
+        backend.check()
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"backend {args.backend!r} cannot run: {e}") from None
+    return backend
+
+
+def finished_run(folder: str, flag: str) -> Optional[dict[str, Any]]:
+    """The manifest of the finished run in `folder`, or None; an unreadable folder is a ConfigError."""
+    try:
+        return read_manifest(folder)
+    except Exception as e:  # noqa: BLE001 - an unreadable manifest or filesystem: one line, before the job
+        raise ConfigError(f"cannot read {flag} {folder!r}: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def run_to_replace(args: argparse.Namespace) -> Optional[str]:
+    """The id of the finished run in --output that this job will replace (--overwrite), or None if none is there."""
+    current = finished_run(args.output, "--output")
+    if current and not args.overwrite:
+        raise ConfigError(f"--output {args.output!r} holds a finished run ({current['run_id']}, finished "
+                          f"{current['finished']}); pass --overwrite to replace it once the new run has succeeded")
+    return current and current["run_id"]
+
+
+def probe_output(args: argparse.Namespace) -> None:
+    """Writes and deletes a probe file in --output: the last check, so a refused job leaves no folder behind."""
+    try:
+        probe_writable(args.output)
+    except Exception as e:  # noqa: BLE001 - a missing extra, a refused write, a file where a folder must be
+        raise ConfigError(f"cannot write --output {args.output!r}: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def result_settings(args: argparse.Namespace, labels: dict[str, list[str]], templates: Sequence[str],
+                    backend: Backend, decision: Decision, explain: int = 0) -> dict[str, Any]:
+    """Everything a result row depends on: two runs with equal settings give a file the same row."""
+    label_set = json.dumps({"labels": labels, "templates": list(templates)}, sort_keys=True).encode("utf-8")
+    return {"backend": args.backend, "model": backend.model_id,
+            "label_set_sha256": hashlib.sha256(label_set).hexdigest(), "top_k": args.top_k,
+            "min_prob": decision.min_prob, "multi_label_threshold": decision.multi_label_threshold,
+            "explain": explain, "backend_settings": backend.result_settings()}
+
+
+def redacted(argv: Sequence[str]) -> list[str]:
+    """The command line with the value of every secret-looking flag replaced, as the manifest records it."""
+    out, hide_next = [], False
+    for arg in argv:
+        flag, equals, _ = arg.partition("=")
+        secret = arg.startswith("-") and bool(SECRET_FLAG.search(flag))
+        out.append("<redacted>" if hide_next else f"{flag}=<redacted>" if secret and equals else arg)
+        hide_next = secret and not equals
+    return out
+
+
+def new_manifest(prog: str, argv: Sequence[str], args: argparse.Namespace, model: str,
+                 **facts: Any) -> dict[str, Any]:
+    """What `_SUCCESS` says about a run, less what only its end knows (finish time, shards and row counts)."""
+    return {"version": 1, "run_id": new_run_id(), "started": utc_now(), "command": [prog, *redacted(argv)],
+            "format": args.format, "model": model, **facts}
+
+
+def written(manifest: dict[str, Any], table: str) -> str:
+    """'N rows in FILE, FILE' for one table of a committed run."""
+    shards = manifest.get(table, [])
+    return f"{sum(s['rows'] for s in shards)} rows in {', '.join(s['path'] for s in shards) or '(no file)'}"
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("zero_shot").setLevel(logging.INFO)
+
+
+def run_job(output: str, beam_args: Sequence[str], manifest: dict[str, Any],
+            build: Callable[[beam.Pipeline], None]) -> int:
+    """Builds the pipeline with `build`, runs it, and prints the summary and what the committed run holds; a failed
+    job ends with one line naming the exception that ended it, and exit status 1."""
+    start = time.monotonic()
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    build(pipeline)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as e:  # noqa: BLE001 - a failed job ends with one line, the runner has logged the rest
+        print(f"error: the job failed: {failure_line(e)}", file=sys.stderr)
+        return 1
+    print(summary(result, time.monotonic() - start))
+    committed = read_manifest(output)
+    print(f"run {committed['run_id']} in {output} ({SUCCESS} written)\n"
+          + "\n".join(f"{table}: {written(committed, table)}" for table in committed["tables"]))
+    return 0
