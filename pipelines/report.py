@@ -146,6 +146,36 @@ def write_report(run: str, output: str, title: str = "Zero-shot labels", per_lab
         f.write(render(results, errors, thumbs, title, per_label))
 
 
+def render_search(hits: Sequence[dict], thumbs: dict[str, Optional[str]], title: str) -> str:
+    """A search run as a page: one contact sheet per query, rank 1 first, the cosine under each image."""
+    by_query: dict[str, list[dict]] = {}
+    for hit in sorted(hits, key=lambda hit: hit["rank"]):
+        by_query.setdefault(hit["query"], []).append(hit)
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<p>The number under each image is its cosine similarity to the query.</p>"]
+    for query, rows in by_query.items():
+        figures = "".join(_figure({"uri": row["uri"], "labels": [f"#{row['rank']}"], "probs": [row["score"]]}, thumbs)
+                          for row in rows)
+        parts.append(f'<section class="query" data-query="{html.escape(query)}"><h2>{html.escape(query)}</h2>'
+                     f'<div class="sheet">{figures}</div></section>')
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_search_report(run: str, output: str, title: str = "Images found by text") -> None:
+    """Reads the finished search run in folder `run`, fetches its images' thumbnails, writes the page to `output`."""
+    try:
+        hits = read_run(run)
+    except NoFinishedRun as e:
+        raise ConfigError(str(e)) from None
+    uris = sorted({hit["uri"] for hit in hits})
+    with ThreadPoolExecutor(READERS) as pool:
+        thumbs = dict(zip(uris, pool.map(thumbnail, uris)))
+    with fsspec.open(output, "w", encoding="utf-8") as f:
+        f.write(render_search(hits, thumbs, title))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = OneLineParser(prog="python -m pipelines.report", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--run", required=True, help="folder of a finished run (classify_images --output)")

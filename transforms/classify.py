@@ -77,5 +77,5 @@ class ZeroShotClassify(beam.PTransform):
         errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()
         if not self.keep_embeddings:
             return {RESULTS: results, ERRORS: errors}
-        embeddings = vectors | "EmbeddingRows" >> beam.MapTuple(embedding_row, self.backend.model_id)
+        embeddings = vectors | "EmbeddingRows" >> beam.Map(embedding_row, self.backend.model_id)
         return {RESULTS: results, ERRORS: errors, EMBEDDINGS: embeddings}

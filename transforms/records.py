@@ -87,6 +87,16 @@ class EmbeddingRow:
     height: int = column(pa.int32(), "upright height of the original image")
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchHit:
+    """One image found for a text query."""
+
+    query: str = column(pa.string(), "the text query")
+    rank: int = column(pa.int32(), "1 for the best image of the query")
+    uri: str = column(pa.string(), "the image file")
+    score: float = column(pa.float32(), "cosine similarity of the image and the query")
+
+
 def arrow_schema(row_type: type) -> pa.Schema:
     return pa.schema([(field.name, field.metadata["arrow"]) for field in dataclasses.fields(row_type)])
 
@@ -107,6 +117,7 @@ def markdown_table(row_type: type) -> str:
 
 RESULTS_SCHEMA = arrow_schema(ResultRow)
 ERRORS_SCHEMA = arrow_schema(ErrorRow)
+SEARCH_SCHEMA = arrow_schema(SearchHit)
 
 
 def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
@@ -117,8 +128,9 @@ def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
     return schema.set(schema.get_field_index("embedding"), pa.field("embedding", vector_type))
 
 
-def embedding_row(info: ImageInfo, embedded: Embedded, model_id: str) -> dict[str, Any]:
+def embedding_row(image: tuple[ImageInfo, Embedded], model_id: str) -> dict[str, Any]:
     """The embeddings-table row of one embedded image (its vector stays a float32 array until it is written)."""
+    info, embedded = image
     return as_dict(EmbeddingRow(info.uri, info.sha256, model_id, embedded.vector, info.width, info.height))
 
 
@@ -134,4 +146,4 @@ def exception_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
 
 if __name__ == "__main__":
     print(f"Results:\n\n{markdown_table(ResultRow)}\n\nErrors:\n\n{markdown_table(ErrorRow)}\n\n"
-          f"Embeddings:\n\n{markdown_table(EmbeddingRow)}")
+          f"Embeddings:\n\n{markdown_table(EmbeddingRow)}\n\nSearch hits:\n\n{markdown_table(SearchHit)}")

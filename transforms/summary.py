@@ -53,6 +53,8 @@ def summary(result: PipelineResult, seconds: float) -> str:
     except Exception as e:  # noqa: BLE001 - some runners do not report metrics; the job itself succeeded
         return f"finished in {seconds:.1f} s (this runner reports no metrics: {type(e).__name__})"
     errors = sum(counts[stage] for stage in ERROR_STAGES)
+    if not counts["labeled"] and not errors and not counts["kept"]:  # a job that labels nothing, e.g. a search
+        return f"finished in {seconds:.1f} s"
     by_stage = ", ".join(f"{stage} {counts[stage]}" for stage in ERROR_STAGES)
     mean_ms = {stage: _mean(result, msec_metric(stage)) for stage in STAGES}
     # RunInference times each model call itself, in microseconds, under the handler's namespace.

@@ -1,0 +1,157 @@
+"""Stored embeddings: image vectors kept by a run, relabeled or searched by text without reading an image or loading
+an image model. Each has a Beam transform for buckets and a library function for notebooks; both rank with the
+same code as classify (rank.rank_rows, and one top-k per query)."""
+from __future__ import annotations
+
+import heapq
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import apache_beam as beam
+import numpy as np
+
+from transforms.backends import Backend, get_backend, l2_normalize
+from transforms.label_sets import check_label_names, load_templates
+from transforms.rank import Decision, LabelMatrix, embed_label_set, rank_rows
+from transforms.records import EMBEDDINGS, Embedded, ImageInfo, SearchHit, as_dict
+from transforms.run_folder import read_manifest, run_files
+from transforms.write import read_rows
+
+DEFAULT_BATCH = 1024  # stored vectors per matrix product
+
+
+class EmbeddingsMismatch(ValueError):
+    """The stored vectors come from another model than the backend asked for: their cosines would mean nothing."""
+
+
+def embeddings_of(run: str, backend: Backend) -> list[str]:
+    """The embeddings shards of the finished run in folder `run`, checked against `backend`'s model."""
+    manifest = read_manifest(run)
+    if manifest is None:
+        raise EmbeddingsMismatch(f"{run!r} holds no finished run (no _SUCCESS)")
+    if not manifest.get(EMBEDDINGS):
+        raise EmbeddingsMismatch(f"run {manifest['run_id']} in {run!r} kept no embeddings "
+                                 "(classify_images --embeddings keeps them)")
+    if manifest["model"] != backend.model_id:
+        raise EmbeddingsMismatch(f"the embeddings in {run!r} were made by model {manifest['model']!r}; "
+                                 f"backend {backend.name!r} as configured is {backend.model_id!r}")
+    return run_files(run, EMBEDDINGS)
+
+
+def stored_vector(row: Mapping[str, Any]) -> tuple[ImageInfo, Embedded]:
+    """An embeddings row as the (ImageInfo, Embedded) pair the ranking takes; float16 vectors come back float32."""
+    vector = np.asarray(row["embedding"], dtype=np.float32)
+    return ImageInfo(row["uri"], row["sha256"], row["width"], row["height"]), Embedded(vector)
+
+
+class ReadEmbeddings(beam.PTransform):
+    """Embeddings shards -> (ImageInfo, Embedded) per stored image, shards spread over workers, rows streamed."""
+
+    def __init__(self, shards: Sequence[str]):
+        super().__init__()
+        self.shards = list(shards)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Shards" >> beam.Create(self.shards)
+                | "Spread" >> beam.Reshuffle()
+                | "Rows" >> beam.FlatMap(read_rows)
+                | "Vectors" >> beam.Map(stored_vector))
+
+
+# Text-to-image search.
+
+def embed_queries(queries: Sequence[str], backend: Backend) -> np.ndarray:
+    """One unit vector per query, as the backend embeds a text (no prompt template: a query is already a text)."""
+    return l2_normalize(backend.load().embed_texts(list(queries)))
+
+
+def top_hits(batch: Sequence[tuple[ImageInfo, Embedded]], query_vectors: np.ndarray,
+             top_k: int) -> Iterator[tuple[int, tuple[float, str]]]:
+    """(query index, (cosine, uri)) for the `top_k` best images of the batch per query: one matrix product and one
+    partial sort per batch, so only top_k candidates per query and batch leave it."""
+    vectors = np.stack([embedded.vector for _, embedded in batch])
+    scores = vectors @ query_vectors.T  # (images, queries)
+    k = min(top_k, len(batch))
+    best = np.argpartition(-scores, k - 1, axis=0)[:k]
+    for q in range(query_vectors.shape[0]):
+        for i in best[:, q]:
+            yield q, (float(scores[i, q]), batch[i][0].uri)
+
+
+def hit_rows(query_hits: tuple[int, Iterable[tuple[float, str]]], queries: Sequence[str]) -> Iterator[dict]:
+    """SearchHit rows of one query (its number and best (cosine, uri) pairs), rank 1 first."""
+    q, hits = query_hits
+    for rank, (score, uri) in enumerate(sorted(hits, key=lambda hit: (-hit[0], hit[1])), start=1):
+        yield as_dict(SearchHit(queries[q], rank, uri, score))
+
+
+def _best_first(hit: tuple[float, str]) -> tuple[float, tuple[int, ...]]:
+    # Top keeps the largest keys: the higher cosine, and among equal ones (copies of one image) the smaller uri.
+    return hit[0], tuple(-ord(c) for c in hit[1])
+
+
+class SearchImages(beam.PTransform):
+    """(ImageInfo, Embedded) of stored images -> SearchHit rows: the `top_k` images per query, by cosine.
+
+    The queries are embedded once (a side input); the stored vectors are scanned in batches, one matrix product
+    each; Beam's Top combiner keeps each query's best, combining partial results per worker, so no full sort and no
+    collection of all scores on one worker."""
+
+    def __init__(self, queries: Sequence[str], backend: Backend, top_k: int = 20, batch_size: int = DEFAULT_BATCH):
+        super().__init__()
+        self.queries, self.backend, self.top_k, self.batch_size = list(queries), backend, top_k, batch_size
+
+    def expand(self, vectors):
+        query_vectors = (vectors.pipeline
+                         | "Queries" >> beam.Create([self.queries])
+                         | "EmbedQueries" >> beam.Map(embed_queries, self.backend))
+        return (vectors
+                | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
+                | "BatchTop" >> beam.FlatMap(top_hits, beam.pvalue.AsSingleton(query_vectors), self.top_k)
+                | "Top" >> beam.combiners.Top.PerKey(self.top_k, key=_best_first)
+                | "Rows" >> beam.FlatMap(hit_rows, self.queries))
+
+
+# Library functions, for a few thousand stored images in a notebook.
+
+EmbeddingsSource = Union[str, Iterable[Mapping[str, Any]]]
+
+
+def _stored(embeddings: EmbeddingsSource, backend: Backend) -> list[tuple[ImageInfo, Embedded]]:
+    rows = ((row for path in embeddings_of(embeddings, backend) for row in read_rows(path))
+            if isinstance(embeddings, str) else embeddings)
+    return [stored_vector(row) for row in rows]
+
+
+def relabel(embeddings: EmbeddingsSource, labels: Union[Sequence[str], Mapping[str, Sequence[str]]],
+            backend: Union[str, Backend] = "local", templates: Optional[Sequence[str]] = None, top_k: int = 5,
+            decision: Decision = Decision()) -> list[dict]:
+    """Result rows (as classify_images writes them) for stored image vectors: a run folder kept with --embeddings,
+    or embeddings rows. Only the backend's text side is used."""
+    backend = get_backend(backend) if isinstance(backend, str) else backend
+    stored = _stored(embeddings, backend)
+    if not stored:
+        return []
+    phrases = dict(labels) if isinstance(labels, Mapping) else {label: [label] for label in labels}
+    check_label_names(list(phrases), "relabel's labels")
+    matrix: LabelMatrix = embed_label_set(phrases, list(templates or load_templates(backend.default_templates)),
+                                          backend.load())
+    return [row for start in range(0, len(stored), DEFAULT_BATCH)
+            for row in rank_rows(stored[start:start + DEFAULT_BATCH], matrix, min(top_k, len(phrases)),
+                                 backend.logit_scale, backend.model_id, decision, backend.none_margin)]
+
+
+def search_images(embeddings: EmbeddingsSource, queries: Sequence[str], backend: Union[str, Backend] = "local",
+                  top_k: int = 20) -> list[dict]:
+    """SearchHit rows: the `top_k` stored images per query, best first."""
+    backend = get_backend(backend) if isinstance(backend, str) else backend
+    stored = _stored(embeddings, backend)
+    if not stored:
+        return []
+    query_vectors = embed_queries(queries, backend)
+    best: dict[int, list[tuple[float, str]]] = {q: [] for q in range(len(queries))}
+    for start in range(0, len(stored), DEFAULT_BATCH):
+        for q, hit in top_hits(stored[start:start + DEFAULT_BATCH], query_vectors, top_k):
+            best[q].append(hit)
+    return [row for q, hits in best.items()
+            for row in hit_rows((q, heapq.nlargest(top_k, hits, key=_best_first)), queries)]
