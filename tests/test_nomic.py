@@ -50,7 +50,8 @@ def _rows(run, table="results"):
     return pq.read_table(run_files(str(run), table)).to_pylist()
 
 
-@pytest.mark.parametrize("runner_args", [[], ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]],
+@pytest.mark.parametrize("runner_args",
+                         [[], ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]],
                          ids=["in_process", "worker_processes"])
 def test_command_line_end_to_end(nomic_api, colour_photos, tmp_path, runner_args):
     """Worker processes have no login of their own: each one must authenticate itself in setup."""
@@ -68,7 +69,8 @@ def test_command_line_end_to_end(nomic_api, colour_photos, tmp_path, runner_args
     assert {name: row["labels"][0] for name, row in results.items()} == {c: c for c in COLOURS}
     assert {row["model"] for row in results.values()} == {"nomic-embed-vision-v1.5"}
     errors = {Path(row["uri"]).name: (row["stage"], row["error"]) for row in _rows(out, "errors")}
-    assert errors == {"magenta.jpg": ("embed", "ImageRejectedError"), "broken.jpg": ("decode", "UnidentifiedImageError")}
+    assert errors == {"magenta.jpg": ("embed", "ImageRejectedError"),
+                      "broken.jpg": ("decode", "UnidentifiedImageError")}
     assert nomic_api.task_types == {"search_query"}
     assert "backend: nomic_image_calls" in done.stdout and "nomic_text_usage_total_tokens" in done.stdout
     assert nomic_api.key not in done.stdout + done.stderr and _files_holding(tmp_path, nomic_api.key) == []
