@@ -28,6 +28,7 @@ test: install
 
 bench: install
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.reuse
 	$(PY) -m benchmarks.nomic_api
 
 # Two dev sources come from outside PyPI: Debian's openclipart-png (as root) and the npm package

@@ -39,9 +39,10 @@ class EmbedFailure(NamedTuple):
     message: str
 
 
-def column(arrow_type: pa.DataType, meaning: str) -> Any:
-    """An output column: a dataclass field with its Parquet type and the sentence the docs show."""
-    return dataclasses.field(metadata={"arrow": arrow_type, "meaning": meaning})
+def column(arrow_type: pa.DataType, meaning: str, shown_type: str = "") -> Any:
+    """An output column: a dataclass field with its Parquet type and the sentence the docs show (and the type they
+    show, where the schema settles it per run)."""
+    return dataclasses.field(metadata={"arrow": arrow_type, "meaning": meaning, "shown_type": shown_type})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +82,10 @@ class EmbeddingRow:
     uri: str = column(pa.string(), "the input file")
     sha256: str = column(pa.string(), "of the file's bytes")
     model: str = column(pa.string(), "backend model id; relabel and search refuse vectors of another model")
-    embedding: Any = column(pa.list_(pa.float32()), "the image's unit vector in the backend's space, as "
-                                                    "fixed_size_list<float32 or float16>[dimension]")
+    embedding: Any = column(pa.list_(pa.float32()), "the image's unit vector in the backend's space (dimension: "
+                                                    "local 384, nomic 768); float32, or float16 with "
+                                                    "--embeddings_dtype float16",
+                            shown_type="fixed_size_list<float or halffloat>[dimension]")
     width: int = column(pa.int32(), "upright width of the original image")
     height: int = column(pa.int32(), "upright height of the original image")
 
@@ -110,7 +113,7 @@ def markdown_table(row_type: type) -> str:
     """The column table of the README, from the definition itself."""
     lines = ["| column | type | meaning |", "| --- | --- | --- |"]
     for field in dataclasses.fields(row_type):
-        arrow_type = str(field.metadata["arrow"]).replace("item: ", "")
+        arrow_type = field.metadata["shown_type"] or str(field.metadata["arrow"]).replace("item: ", "")
         lines.append(f"| {field.name} | {arrow_type} | {field.metadata['meaning']} |")
     return "\n".join(lines)
 
