@@ -134,7 +134,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
         decision=plan.decision, explain=args.explain, keep_embeddings=args.embeddings)
     rows = {}
     for table, labeled in outputs.items():
-        parts = [labeled | f"Copy{table.title()}" >> CopyRows(distinct[COPIES])]
+        parts = [labeled | f"Copy{table.title()}" >> CopyRows(distinct[COPIES], table)]
         parts += [kept[table]] if table in kept else []
         parts += [hashed[ERRORS]] if table == ERRORS else []
         rows[table] = parts | f"All{table.title()}" >> beam.Flatten()

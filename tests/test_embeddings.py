@@ -102,7 +102,8 @@ def test_identical_files_are_embedded_once_and_every_uri_gets_its_rows(photos, t
     assert classify_images.main(["--input", f"{inputs}/*.jpg", "--labels", "general", "--output",
                                  str(tmp_path / "out"), "--embeddings"]) == 0
     assert len(embedded) == 7  # the model saw 7 images for 9 files
-    assert "2 files had the same bytes as another file" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "labeled 9 images, 0 errors" in printed and "2 files had the same bytes as another file" in printed
     results = _by_uri(read_run(str(tmp_path / "out")))
     vectors = _by_uri(read_run(str(tmp_path / "out"), "embeddings"))
     assert results.keys() == vectors.keys() == {str(p) for p in inputs.iterdir()}

@@ -15,12 +15,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from pipelines import classify_images
+from pipelines import classify_images, relabel, search
 from tests.conftest import colour_photo
 from transforms.backends.nomic import MAX_IMAGES_PER_REQUEST, NomicBackend, NomicKeyError, read_api_key
 from transforms.classify import ZeroShotClassify
 from transforms.nearest import get_nearest_texts
-from transforms.run_folder import PAUSE_BEFORE_COMMIT_ENV, run_files
+from transforms.run_folder import PAUSE_BEFORE_COMMIT_ENV, read_run, run_files
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -218,3 +218,22 @@ def test_get_nearest_texts_on_the_nomic_backend(nomic_api):
     image = Image.new("RGB", (40, 40), (20, 30, 220))
     ranked = get_nearest_texts(image, ["a red car", "a blue sky", "green grass"], backend="nomic")
     assert ranked[0][0] == "a blue sky" and ranked[0][1] > 0.99 > ranked[1][1]
+
+
+def test_relabel_and_search_on_nomic_send_text_requests_only(nomic_api, colour_photos, tmp_path):
+    labels = tmp_path / "colours.txt"
+    labels.write_text("\n".join(COLOURS) + "\n")
+    kept = tmp_path / "kept"
+    assert classify_images.main(["--backend", "nomic", "--input", f"{colour_photos}/*.jpg", "--labels", str(labels),
+                                 "--output", str(kept), "--embeddings", "--top_k", "1"]) == 0
+    image_requests = nomic_api.requests["/v1/embedding/image"]
+    things = tmp_path / "things.txt"
+    things.write_text("".join(f"a {colour} thing\n" for colour in COLOURS))
+    assert relabel.main(["--backend", "nomic", "--embeddings", str(kept), "--labels", str(things), "--top_k", "1",
+                         "--output", str(tmp_path / "relabeled")]) == 0
+    assert search.main(["--backend", "nomic", "--embeddings", str(kept), "--query", "something blue", "--top_k", "1",
+                        "--output", str(tmp_path / "found")]) == 0
+    assert nomic_api.requests["/v1/embedding/image"] == image_requests
+    relabeled = {Path(row["uri"]).stem: row["labels"] for row in read_run(str(tmp_path / "relabeled"))}
+    assert relabeled == {colour: [f"a {colour} thing"] for colour in COLOURS}
+    assert [Path(hit["uri"]).stem for hit in read_run(str(tmp_path / "found"))] == ["blue"]

@@ -8,9 +8,9 @@ from typing import Iterable
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.metrics import NAMESPACE
+from transforms.metrics import NAMESPACE, errors_metric
 from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
-from transforms.records import ERRORS
+from transforms.records import ERRORS, RESULTS
 
 COPIES_METRIC = "duplicates_not_embedded"
 COPIES = "copies"
@@ -58,23 +58,33 @@ class OnePerContent(beam.PTransform):
                 | "FirstOfEach" >> beam.ParDo(_FirstOfEach()).with_outputs(COPIES, main="main"))
 
 
-def _with_copies(element: tuple[str, dict[str, Iterable]]):
+def copied_metric(counted: str) -> str:
+    """The counter of rows copied to duplicate files, per result (`results`) or per failed stage (`decode_errors`):
+    the end-of-job totals then count files, as the rows do."""
+    return f"copied_{counted}"
+
+
+def _with_copies(element: tuple[str, dict[str, Iterable]], table: str):
     _, found = element
     copies = list(found["copies"])
     for row in found["rows"]:
         yield row
+        if copies and table in (RESULTS, ERRORS):
+            counted = RESULTS if table == RESULTS else errors_metric(row["stage"])
+            Metrics.counter(NAMESPACE, copied_metric(counted)).inc(len(copies))
         for other in copies:
             yield {**row, "uri": other}
 
 
 class CopyRows(beam.PTransform):
-    """Rows (dicts with a `uri`) -> the same rows plus, for each copy (uri, other uri), the row again for `other`."""
+    """Rows of one table (dicts with a `uri`) -> the same rows plus, for each copy (uri, other uri), the row again
+    for `other`."""
 
-    def __init__(self, copies):
+    def __init__(self, copies, table: str):
         super().__init__()
-        self.copies = copies
+        self.copies, self.table = copies, table
 
     def expand(self, rows):
         return ({"rows": rows | "ByUri" >> beam.Map(lambda row: (row["uri"], row)), "copies": self.copies}
                 | "Join" >> beam.CoGroupByKey()
-                | "Copy" >> beam.FlatMap(_with_copies))
+                | "Copy" >> beam.FlatMap(_with_copies, self.table))

@@ -6,7 +6,8 @@ from typing import Optional
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from transforms.dedupe import COPIES_METRIC
+from transforms.dedupe import COPIES_METRIC, copied_metric
+from transforms.records import RESULTS
 from transforms.skip import CARRIED_METRIC
 from transforms.metrics import BACKEND_NAMESPACE, NAMESPACE, STAGES, errors_metric, msec_metric, ok_metric
 
@@ -31,11 +32,12 @@ def _mean(result: PipelineResult, name: str) -> Optional[float]:
 
 
 def job_counts(result: PipelineResult) -> dict[str, int]:
-    """Images labeled (the last stage's passes), rows kept from a previous run, and errors of every stage that can
-    fail an image."""
-    return {"labeled": _counter(result, ok_metric(STAGES[-1])), "kept": _counter(result, CARRIED_METRIC),
-            "copies": _counter(result, COPIES_METRIC),
-            **{stage: _counter(result, errors_metric(stage)) for stage in ERROR_STAGES}}
+    """Files labeled (the last stage's passes, and their copies), rows kept from a previous run, files with the
+    bytes of another, and errors of every stage that can fail an image (copies included): one count per row."""
+    return {"labeled": _counter(result, ok_metric(STAGES[-1])) + _counter(result, copied_metric(RESULTS)),
+            "kept": _counter(result, CARRIED_METRIC), "copies": _counter(result, COPIES_METRIC),
+            **{stage: _counter(result, errors_metric(stage)) + _counter(result, copied_metric(errors_metric(stage)))
+               for stage in ERROR_STAGES}}
 
 
 def backend_counters(result: PipelineResult) -> dict[str, int]:
