@@ -101,14 +101,12 @@ def remove_runs_before(output: str, run_id: str) -> list[str]:
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    # Written beside and renamed: a reader never sees half a manifest (rename replaces atomically on POSIX; an
-    # object store's copy appears whole).
+    # Written beside, then renamed over the old one: a reader sees the old manifest or the new one, never half of
+    # one and never none (a local rename replaces atomically; an object store's copy replaces the object whole).
     staging = f"{path}.{uuid.uuid4().hex}.tmp"
     handle = FileSystems.create(staging)
     handle.write(data)
     handle.close()
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
     FileSystems.rename([staging], [path])
 
 
@@ -133,6 +131,8 @@ def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
         table: [{"path": path[start:], "rows": count_rows(path)} for path in sorted(files)]
         for table, files in shards.items()})
     _write_atomically(_join(output, SUCCESS), json.dumps(manifest, indent=2).encode("utf-8"))
+    if stale := [m.path for m in FileSystems.match([_join(output, f"{SUCCESS}.*.tmp")])[0].metadata_list]:
+        FileSystems.delete(stale)  # a manifest half-written by a commit that was killed
     removed = remove_runs_before(output, manifest["run_id"])
     if removed:
         _LOG.info("removed older run folders under %s: %s", output, ", ".join(removed))
