@@ -17,8 +17,8 @@ import apache_beam as beam  # noqa: E402
 
 from pipelines.cli import ConfigError, OneLineParser, add_backend_argument, add_backend_settings  # noqa: E402
 from pipelines.jobs import (BEAM_EPILOG, add_label_options, add_run_options, check_command_line,  # noqa: E402
-                            checked_backend, finished_run, label_options, new_manifest, probe_output,
-                            result_settings, run_job, run_to_replace, setup_logging)
+                            checked_backend, finished_run, label_options, new_manifest, parse, probe_output,
+                            report_labels, result_settings, run_job, run_to_replace)
 from transforms.backends import Backend  # noqa: E402
 from transforms.classify import ZeroShotClassify, check_settings  # noqa: E402
 from transforms.dedupe import COPIES, CopyRows, HashFiles, OnePerContent  # noqa: E402
@@ -153,10 +153,8 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    setup_logging()
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
+    argv, args, beam_args = parse(parser, argv)
     try:
         plan = validate(args, beam_args, parser)
     except ConfigError as e:
@@ -165,13 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     manifest = new_manifest(PROG, argv, args, plan.backend.model_id, input=args.input, labels=args.labels,
                             embeddings_dtype=args.embeddings_dtype if args.embeddings else None,
                             settings=plan.settings, skip_existing=plan.previous and plan.previous["run_id"])
-    status = run_job(args.output, beam_args, manifest, lambda pipeline: build_pipeline(pipeline, args, plan, manifest))
-    if status == 0 and args.report:
-        from pipelines.report import write_report  # only runs that ask for a report import its renderer
-
-        write_report(args.output, args.report, title=f"labels: {args.labels}")
-        print(f"report: {args.report}")
-    return status
+    return report_labels(run_job(args.output, beam_args, manifest,
+                                 lambda pipeline: build_pipeline(pipeline, args, plan, manifest)), args)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ from typing import Any, Callable, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.cli import ConfigError, failure_line
+from pipelines.cli import ConfigError, add_backend_argument, add_backend_settings, failure_line
 from transforms.backends import BACKENDS, Backend
 from transforms.classify import check_settings
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
 from transforms.rank import Decision
 from transforms.run_folder import SUCCESS, new_run_id, read_manifest, utc_now
+from transforms.stored import DEFAULT_BATCH, EmbeddingsMismatch, embeddings_of
 from transforms.summary import summary
 from transforms.write import FORMATS, probe_writable
 
@@ -54,6 +55,45 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="parquet", choices=FORMATS,
                         help="file format of the rows; CSV writes list columns as JSON (default parquet)")
     parser.add_argument("--num_shards", type=int, default=0, help="output shards (default: runner decides)")
+
+
+def add_stored_options(parser: argparse.ArgumentParser, what: str, report: str) -> None:
+    """What the jobs over stored vectors (relabel, search) add: --embeddings, --report, --batch_size, the backend."""
+    parser.add_argument("--embeddings", help="(required) folder of a finished classify_images run kept with "
+                                             "--embeddings")
+    parser.add_argument("--report", metavar="PATH", help=f"also write {report} to PATH")
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH,
+                        help=f"stored vectors {what} per matrix product (default {DEFAULT_BATCH})")
+    add_backend_argument(parser)
+    add_backend_settings(parser)
+
+
+def stored_shards(args: argparse.Namespace, backend: Backend) -> list[str]:
+    """The embeddings shards of --embeddings, made by the model `backend` is; ConfigError otherwise."""
+    try:
+        return embeddings_of(args.embeddings, backend)
+    except EmbeddingsMismatch as e:
+        raise ConfigError(f"--embeddings: {e}") from None
+
+
+def parse(parser: argparse.ArgumentParser,
+          argv: Optional[Sequence[str]]) -> tuple[list[str], argparse.Namespace, list[str]]:
+    """(the command line, this job's flags, the rest for Beam), with logging set up for a job."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("zero_shot").setLevel(logging.INFO)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, beam_args = parser.parse_known_args(argv)
+    return argv, args, beam_args
+
+
+def report_labels(status: int, args: argparse.Namespace) -> int:
+    """After a labeling job that succeeded, the HTML report it was asked for (--report); the job's status."""
+    if status == 0 and args.report:
+        from pipelines.report import write_report  # only runs that ask for a report import its renderer
+
+        write_report(args.output, args.report, title=f"labels: {args.labels}")
+        print(f"report: {args.report}")
+    return status
 
 
 def _all_option_classes(cls: type = PipelineOptions):
@@ -174,11 +214,6 @@ def written(manifest: dict[str, Any], table: str) -> str:
     """'N rows in FILE, FILE' for one table of a committed run."""
     shards = manifest.get(table, [])
     return f"{sum(s['rows'] for s in shards)} rows in {', '.join(s['path'] for s in shards) or '(no file)'}"
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("zero_shot").setLevel(logging.INFO)
 
 
 def run_job(output: str, beam_args: Sequence[str], manifest: dict[str, Any],

@@ -16,13 +16,13 @@ logging.getLogger().addHandler(logging.NullHandler())
 
 import apache_beam as beam  # noqa: E402
 
-from pipelines.cli import ConfigError, OneLineParser, add_backend_argument, add_backend_settings  # noqa: E402
-from pipelines.jobs import (BEAM_EPILOG, add_run_options, check_command_line, checked_backend,  # noqa: E402
-                            new_manifest, probe_output, run_job, run_to_replace, setup_logging)
+from pipelines.cli import ConfigError, OneLineParser  # noqa: E402
+from pipelines.jobs import (BEAM_EPILOG, add_run_options, add_stored_options, check_command_line,  # noqa: E402
+                            checked_backend, new_manifest, parse, probe_output, run_job, run_to_replace,
+                            stored_shards)
 from transforms.records import RESULTS, SEARCH_SCHEMA  # noqa: E402
 from transforms.run_folder import CommitRun, read_manifest, table_prefix  # noqa: E402
-from transforms.stored import (DEFAULT_BATCH, EmbeddingsMismatch, ReadEmbeddings, SearchImages,  # noqa: E402
-                               embeddings_of)
+from transforms.stored import ReadEmbeddings, SearchImages  # noqa: E402
 from transforms.write import WriteRows  # noqa: E402
 
 PROG = "python -m pipelines.search"
@@ -30,24 +30,16 @@ PROG = "python -m pipelines.search"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0], epilog=BEAM_EPILOG, allow_abbrev=False)
-    parser.add_argument("--embeddings", help="(required) folder of a finished classify_images run kept with "
-                                             "--embeddings")
     parser.add_argument("--query", action="append", help="(required) a text to find images for; repeat for more")
     parser.add_argument("--top_k", type=int, default=20, help="images kept per query (default 20)")
     add_run_options(parser)
-    parser.add_argument("--report", metavar="PATH", help="also write an HTML page of each query's images to PATH")
-    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH,
-                        help=f"stored vectors scored per matrix product (default {DEFAULT_BATCH})")
-    add_backend_argument(parser)
-    add_backend_settings(parser)
+    add_stored_options(parser, "scored", "an HTML page of each query's images")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    setup_logging()
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
+    argv, args, beam_args = parse(parser, argv)
     try:
         check_command_line(args, beam_args, parser, required=("embeddings", "query", "output"))
         if blank := [query for query in args.query if not query.strip()]:
@@ -57,10 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.top_k < 1:
             raise ConfigError(f"--top_k must be at least 1, got {args.top_k}")
         backend = checked_backend(args)
-        try:
-            shards = embeddings_of(args.embeddings, backend)
-        except EmbeddingsMismatch as e:
-            raise ConfigError(f"--embeddings: {e}") from None
+        shards = stored_shards(args, backend)
         replaces = run_to_replace(args)
         probe_output(args)
     except ConfigError as e:
