@@ -16,7 +16,8 @@ import pytest
 
 from benchmarks.run import make_images
 from pipelines import classify_images, jobs
-from transforms.run_folder import PAUSE_BEFORE_COMMIT_ENV, SUCCESS, NoFinishedRun, read_manifest, read_run
+from transforms.run_folder import (PAUSE_BEFORE_COMMIT_ENV, SUCCESS, NoFinishedRun, read_manifest, read_run,
+                                   remove_runs_before)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,15 +151,24 @@ def _finished(job: subprocess.Popen) -> int:
     return status
 
 
-def _kill_when(job: subprocess.Popen, ready, timeout_s: float = 300) -> None:
-    """SIGKILLs the job (its whole process group) as soon as `ready()` holds; fails if the job ended first."""
+def _wait_for(job: subprocess.Popen, ready, timeout_s: float = 300) -> None:
+    """Returns as soon as `ready()` holds; fails if the job ended first."""
     deadline = time.monotonic() + timeout_s
     while not ready():
-        if job.poll() is not None:
-            job.log.seek(0)
-            pytest.fail(f"the job ended before it could be killed: {job.log.read()[-2000:]}")
+        _still_running(job)
         assert time.monotonic() < deadline, "the moment to kill never came"
         time.sleep(0.05)
+
+
+def _still_running(job: subprocess.Popen) -> None:
+    if job.poll() is not None:
+        job.log.seek(0)
+        pytest.fail(f"the job ended before it could be killed: {job.log.read()[-2000:]}")
+
+
+def _kill_when(job: subprocess.Popen, ready) -> None:
+    """SIGKILLs the job (its whole process group) as soon as `ready()` holds."""
+    _wait_for(job, ready)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(timeout=60)
 
@@ -178,19 +188,22 @@ def _assert_nothing_to_read(out: Path) -> None:
 
 
 def test_a_job_killed_mid_labeling_leaves_nothing_to_read_and_a_rerun_leaves_one_run(tmp_path):
-    images = make_images(tmp_path / "images", 600, max_side=96)
+    images = make_images(tmp_path / "images", 1000, max_side=96)
     out = tmp_path / "out"
     job = _start(images, out, "--batch_size", "8")
-    # The sinks' temporary folder exists from the first bundle on; labeling 600 images takes several seconds more.
-    _kill_when(job, lambda: any(out.glob("run-*/beam-temp-*/*")))
-    assert job.returncode == -signal.SIGKILL
+    # The sinks' temporary folders appear as the job starts executing; embedding 1,000 images then takes 15 s or
+    # more here, so two seconds later the job is labeling, and no shard is final yet.
+    _wait_for(job, lambda: any(out.glob("run-*/beam-temp-*")))
+    time.sleep(2)
+    _kill_when(job, lambda: True)
+    assert not any(out.glob("run-*/results-*"))
     _assert_nothing_to_read(out)
     _finished(_start(images, out, "--overwrite"))
     manifest = read_manifest(str(out))
     assert _run_folders(out) == [manifest["run_id"]]  # the killed run's folder is gone
     rows = read_run(str(out))
-    assert len(rows) == len({row["uri"] for row in rows}) == 600
-    assert readme_readers(out) == {"pandas": 600, "pyarrow": 600, "duckdb": 600}
+    assert len(rows) == len({row["uri"] for row in rows}) == 1000
+    assert readme_readers(out) == {"pandas": 1000, "pyarrow": 1000, "duckdb": 1000}
 
 
 def test_a_job_killed_in_the_finalize_window_commits_nothing_and_keeps_the_previous_run(tmp_path, photos):
@@ -221,3 +234,13 @@ def test_leftover_temp_folders_are_invisible_to_the_readers(tmp_path, photos):
     assert readme_readers(out) == {"pandas": 7, "pyarrow": 7, "duckdb": 7}
     assert pq.read_table(stale).num_rows == 7
     assert json.loads((out / SUCCESS).read_text())["run_id"] == run_id
+
+
+def test_a_commit_removes_the_replaced_and_older_runs_but_never_a_later_one(tmp_path):
+    """Run ids sort by start time; the run being replaced goes even when another launcher's clock put it later."""
+    for run_id in ("run-1-killed", "run-3-replaced", "run-4-still-running"):
+        (tmp_path / run_id).mkdir()
+        (tmp_path / run_id / "results-00000-of-00001.parquet").write_bytes(b"x")
+    assert remove_runs_before(str(tmp_path), "run-2-new", replaced="run-3-replaced") == ["run-1-killed",
+                                                                                       "run-3-replaced"]
+    assert _run_folders(tmp_path) == ["run-4-still-running"]

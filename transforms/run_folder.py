@@ -1,8 +1,8 @@
 """Run folder: each job writes into its own folder under the output, and a `_SUCCESS` manifest written last names it.
 
     OUTPUT/_SUCCESS                                    JSON: run id, times, command, model, label set, shards
-    OUTPUT/run-20261125T160102Z-3f9a1c/results-00000-of-00002.parquet
-    OUTPUT/run-20261125T160102Z-3f9a1c/errors-00000-of-00001.parquet
+    OUTPUT/run-20261125T160102.481516Z-3f9a1c/results-00000-of-00002.parquet
+    OUTPUT/run-20261125T160102.481516Z-3f9a1c/errors-00000-of-00001.parquet
 
 A reader goes through `_SUCCESS`, so it reads exactly one finished run or nothing: shards of a killed run, Beam's
 `beam-temp-*` folders and the previous run (until the new one is committed) sit in folders no manifest names.
@@ -43,8 +43,8 @@ def utc_now() -> str:
 
 
 def new_run_id() -> str:
-    """run-<UTC time>-<random>: sorts by start time, unique across concurrent launchers."""
-    return f"{RUN_PREFIX}{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    """run-<UTC time to the microsecond>-<random>: sorts by start time, unique across concurrent launchers."""
+    return f"{RUN_PREFIX}{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:6]}"
 
 
 def _join(output: str, *names: str) -> str:
@@ -84,16 +84,21 @@ def _run_folders(output: str) -> dict[str, list[str]]:
     for metadata in FileSystems.match([_join(output, f"{RUN_PREFIX}*", "**")])[0].metadata_list:
         run_id = metadata.path[len(output.rstrip("/")) + 1:].split("/")[0]
         found.setdefault(run_id, []).append(metadata.path)
+    if "://" not in output and os.path.isdir(output):  # a local folder can outlive its files (a killed run's temp)
+        for name in os.listdir(output):
+            if name.startswith(RUN_PREFIX):
+                found.setdefault(name, [])
     return found
 
 
-def remove_runs_before(output: str, run_id: str) -> list[str]:
-    """Deletes the folders of runs that started before `run_id` (the replaced run, killed runs); never a later one,
-    which may be a job still running. Returns the run ids removed."""
+def remove_runs_before(output: str, run_id: str, replaced: Optional[str]) -> list[str]:
+    """Deletes the folder of the `replaced` run and of runs that started before `run_id` (killed runs); never a
+    later one, which may be a job still running. Returns the run ids removed."""
     removed = []
     for old, files in sorted(_run_folders(output).items()):
-        if old < run_id:
-            FileSystems.delete(files)
+        if old < run_id or old == replaced:
+            if files:
+                FileSystems.delete(files)
             if FileSystems.exists(_join(output, old)):  # a local folder outlives its files
                 FileSystems.delete([_join(output, old)])
             removed.append(old)
@@ -133,7 +138,7 @@ def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
     _write_atomically(_join(output, SUCCESS), json.dumps(manifest, indent=2).encode("utf-8"))
     if stale := [m.path for m in FileSystems.match([_join(output, f"{SUCCESS}.*.tmp")])[0].metadata_list]:
         FileSystems.delete(stale)  # a manifest half-written by a commit that was killed
-    removed = remove_runs_before(output, manifest["run_id"])
+    removed = remove_runs_before(output, manifest["run_id"], replaces)
     if removed:
         _LOG.info("removed older run folders under %s: %s", output, ", ".join(removed))
     return manifest
