@@ -191,11 +191,14 @@ def test_a_job_killed_mid_labeling_leaves_nothing_to_read_and_a_rerun_leaves_one
     images = make_images(tmp_path / "images", 1000, max_side=96)
     out = tmp_path / "out"
     job = _start(images, out, "--batch_size", "8")
-    # The sinks' temporary folders appear as the job starts executing; embedding 1,000 images then takes 15 s or
-    # more here, so two seconds later the job is labeling, and no shard is final yet.
-    _wait_for(job, lambda: any(out.glob("run-*/beam-temp-*")))
-    time.sleep(2)
-    _kill_when(job, lambda: True)
+
+    def embedding() -> bool:  # the progress line the embed stage logs every 5 s
+        job.log.seek(0)
+        return bool(re.search(r"embedded \d+ images", job.log.read()))
+
+    _kill_when(job, embedding)
+    job.log.seek(0)
+    assert int(re.search(r"embedded (\d+) images", job.log.read())[1]) < 1000
     assert not any(out.glob("run-*/results-*"))
     _assert_nothing_to_read(out)
     _finished(_start(images, out, "--overwrite"))

@@ -5,15 +5,17 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from transforms.backends import Backend
-from transforms.metrics import StageMetrics
+from transforms.metrics import ProgressLog, StageMetrics
 from transforms.records import ERRORS, EmbedFailure, error_row
 
 
 class _SplitEmbedded(beam.DoFn):
-    """Drops the echoed input image; images the handler reported as failed go to `errors`."""
+    """Drops the echoed input image; images the handler reported as failed go to `errors`. Logs progress: the model
+    is the slow part, and a runner may rank only once every image is embedded (the DirectRunner does)."""
 
     def setup(self):
         self.metrics = StageMetrics("embed")
+        self.progress = ProgressLog(verb="embedded")
 
     def process(self, keyed_result):
         info, result = keyed_result
@@ -22,6 +24,7 @@ class _SplitEmbedded(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(info.uri, "embed", *result.inference))
             return
         self.metrics.passed.inc()
+        self.progress.add(1)
         yield info, result.inference
 
 

@@ -46,11 +46,13 @@ class StageMetrics:
 
 
 class ProgressLog:
-    """Logs how many images this worker has labeled, of how many inputs the job has, its rate and the time left
-    at that rate, at most every `every_s` seconds (on a one-worker local run: the whole job's progress)."""
+    """Logs how many images this worker has labeled (or embedded: `verb`), of how many inputs the job has, its rate
+    and the time left at that rate, at most every `every_s` seconds (on a one-worker local run: the whole job's
+    progress)."""
 
-    def __init__(self, every_s: float = 5.0):
+    def __init__(self, every_s: float = 5.0, verb: str = "labeled"):
         self.every_s = every_s
+        self.verb = verb
         self.count = 0
         self.start = self.last = time.monotonic()
 
@@ -62,10 +64,10 @@ class ProgressLog:
             rate = self.count / (now - self.start)
             if total:
                 left = max(total - self.count, 0) / rate if rate else float("inf")
-                LOG.info("labeled %d of %d inputs (%.1f images/s on this worker, about %s left)", self.count, total,
-                         rate, _duration(left))
+                LOG.info("%s %d of %d inputs (%.1f images/s on this worker, about %s left)", self.verb, self.count,
+                         total, rate, _duration(left))
             else:
-                LOG.info("labeled %d images (%.1f images/s on this worker)", self.count, rate)
+                LOG.info("%s %d images (%.1f images/s on this worker)", self.verb, self.count, rate)
 
 
 def _duration(seconds: float) -> str:
