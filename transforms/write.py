@@ -92,10 +92,12 @@ def probe_writable(folder: str) -> None:
 
 
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
-    """The rows of one shard as dicts, whatever its format (CSV cells holding JSON lists are parsed back)."""
+    """The rows of one shard as dicts, whatever its format (CSV cells holding JSON lists are parsed back), streamed:
+    a Parquet shard is read one record batch at a time, so a shard of a million embeddings never sits in memory."""
     with fsspec.open(path, "rb") as f:
         if path.endswith(".parquet"):
-            yield from pq.read_table(f).to_pylist()
+            for batch in pq.ParquetFile(f).iter_batches():
+                yield from batch.to_pylist()
         elif path.endswith(".jsonl"):
             for line in io.TextIOWrapper(f, encoding="utf-8"):
                 if line.strip():
