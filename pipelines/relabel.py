@@ -20,7 +20,7 @@ from pipelines.jobs import (BEAM_EPILOG, add_label_options, add_run_options, add
                             check_command_line, checked_backend, label_options, new_manifest, parse, probe_output,
                             report_labels, result_settings, run_job, run_to_replace, stored_shards)
 from transforms.label_sets import load_templates  # noqa: E402
-from transforms.rank import EmbedLabels, RankLabels  # noqa: E402
+from transforms.rank import EmbedLabels, RankVectors  # noqa: E402
 from transforms.records import RESULTS, RESULTS_SCHEMA  # noqa: E402
 from transforms.run_folder import CommitRun, read_manifest, table_prefix  # noqa: E402
 from transforms.stored import ReadEmbeddings  # noqa: E402
@@ -59,10 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         label_matrix = pipeline | "EmbedLabels" >> EmbedLabels(labels, templates, backend)
         results = (pipeline
                    | "ReadEmbeddings" >> ReadEmbeddings(shards)
-                   | "Batch" >> beam.BatchElements(min_batch_size=args.batch_size, max_batch_size=args.batch_size)
-                   | "Rank" >> beam.ParDo(RankLabels(min(args.top_k, len(labels)), backend.logit_scale,
-                                                     backend.model_id, decision, backend.none_margin),
-                                          labels=beam.pvalue.AsSingleton(label_matrix)))
+                   | "Rank" >> RankVectors(label_matrix, backend, args.top_k, decision, args.batch_size))
         written = {RESULTS: results | "WriteResults" >> WriteRows(
             table_prefix(args.output, manifest["run_id"], RESULTS), RESULTS_SCHEMA, args.format, args.num_shards)}
         written | "Commit" >> CommitRun(args.output, manifest, replaces)

@@ -10,7 +10,7 @@ from transforms.backends import Backend
 from transforms.decode import DEFAULT_MAX_SIDE, DecodeImages
 from transforms.embed import EmbedImages
 from transforms.label_sets import check_label_names, load_templates
-from transforms.rank import Decision, EmbedLabels, RankLabels
+from transforms.rank import Decision, EmbedLabels, RankVectors
 from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
 from transforms.records import EMBEDDINGS, ERRORS, RESULTS, embedding_row
 
@@ -65,15 +65,9 @@ class ZeroShotClassify(beam.PTransform):
         decoded = read.files | "Decode" >> beam.ParDo(
             DecodeImages(self.max_pixels, self.max_side)).with_outputs(ERRORS, main="images")
         vectors, embed_errors = decoded.images | "Embed" >> EmbedImages(self.backend, self.batch_size, self.explain)
-        results = (
-            vectors
-            | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
-            | "Rank" >> beam.ParDo(
-                RankLabels(self.top_k, self.backend.logit_scale, self.backend.model_id, self.decision,
-                           self.backend.none_margin),
-                labels=beam.pvalue.AsSingleton(label_matrix),
-                total_inputs=beam.pvalue.AsSingleton(inputs | "CountInputs" >> beam.combiners.Count.Globally()))
-        )
+        results = vectors | "Rank" >> RankVectors(
+            label_matrix, self.backend, self.top_k, self.decision, self.batch_size,
+            total_inputs=inputs | "CountInputs" >> beam.combiners.Count.Globally())
         errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()
         if not self.keep_embeddings:
             return {RESULTS: results, ERRORS: errors}

@@ -126,6 +126,27 @@ class RankLabels(beam.DoFn):
         self.progress.add(len(batch), total_inputs)
 
 
+class RankVectors(beam.PTransform):
+    """(ImageInfo, Embedded) -> result rows: the vectors in batches of `batch_size`, each batch ranked against the
+    label matrix (a one-element PCollection, read as a side input) in one product. `total_inputs`, a one-element
+    count of the job's inputs, puts the total in the progress lines. Classify and relabel both rank here."""
+
+    def __init__(self, label_matrix, backend: Backend, top_k: int, decision: Decision, batch_size: int,
+                 total_inputs=None):
+        super().__init__()
+        self.label_matrix, self.backend, self.top_k = label_matrix, backend, top_k
+        self.decision, self.batch_size, self.total_inputs = decision, batch_size, total_inputs
+
+    def expand(self, vectors):
+        side_inputs = {"labels": beam.pvalue.AsSingleton(self.label_matrix)}
+        if self.total_inputs is not None:
+            side_inputs["total_inputs"] = beam.pvalue.AsSingleton(self.total_inputs)
+        return (vectors
+                | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
+                | "Rank" >> beam.ParDo(RankLabels(self.top_k, self.backend.logit_scale, self.backend.model_id,
+                                                  self.decision, self.backend.none_margin), **side_inputs))
+
+
 def rank_rows(batch: Sequence[tuple[ImageInfo, Embedded]], labels: LabelMatrix, top_k: int, logit_scale: float,
               model_id: str, decision: Decision = Decision(), none_margin: Optional[float] = None) -> list[dict]:
     """One result row per image of the batch, its vectors ranked against the labels in one product: the ranking

@@ -137,7 +137,7 @@ def relabel(embeddings: EmbeddingsSource, labels: Union[Sequence[str], Mapping[s
     matrix: LabelMatrix = embed_label_set(phrases, list(templates or load_templates(backend.default_templates)),
                                           backend.load())
     return [row for start in range(0, len(stored), DEFAULT_BATCH)
-            for row in rank_rows(stored[start:start + DEFAULT_BATCH], matrix, min(top_k, len(phrases)),
+            for row in rank_rows(stored[start:start + DEFAULT_BATCH], matrix, top_k,
                                  backend.logit_scale, backend.model_id, decision, backend.none_margin)]
 
 
