@@ -40,4 +40,10 @@ def failure_line(error: BaseException) -> str:
     if raised:
         name, message = raised[-1]
         return f"{name}: {message}"
+    return one_line(error)
+
+
+def one_line(error: BaseException) -> str:
+    """'ExceptionType: the first line of its message', for errors whose detail (a traceback, a filesystem's
+    several-line advice) would break the one line a user reads."""
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

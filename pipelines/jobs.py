@@ -15,12 +15,12 @@ from typing import Any, Callable, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.cli import ConfigError, add_backend_argument, add_backend_settings, failure_line
+from pipelines.cli import ConfigError, add_backend_argument, add_backend_settings, failure_line, one_line
 from transforms.backends import BACKENDS, Backend
 from transforms.classify import check_settings
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
 from transforms.rank import Decision
-from transforms.run_folder import SUCCESS, new_run_id, read_manifest, utc_now
+from transforms.run_folder import MANIFEST_VERSION, SUCCESS, new_run_id, read_manifest, utc_now
 from transforms.stored import DEFAULT_BATCH, EmbeddingsMismatch, embeddings_of
 from transforms.summary import summary
 from transforms.write import FORMATS, probe_writable
@@ -68,8 +68,8 @@ def add_stored_options(parser: argparse.ArgumentParser, what: str, report: str) 
     add_backend_settings(parser)
 
 
-def stored_shards(args: argparse.Namespace, backend: Backend) -> list[str]:
-    """The embeddings shards of --embeddings, made by the model `backend` is; ConfigError otherwise."""
+def stored_shards(args: argparse.Namespace, backend: Backend) -> tuple[str, list[str]]:
+    """(run id, embeddings shards) of --embeddings, made by the model `backend` is; ConfigError otherwise."""
     try:
         return embeddings_of(args.embeddings, backend)
     except EmbeddingsMismatch as e:
@@ -160,8 +160,7 @@ def finished_run(folder: str, flag: str) -> Optional[dict[str, Any]]:
     try:
         return read_manifest(folder)
     except Exception as e:  # noqa: BLE001 - an unreadable manifest or filesystem: one line, before the job
-        raise ConfigError(f"cannot read {flag} {folder!r}: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ConfigError(f"cannot read {flag} {folder!r}: {one_line(e)}") from None
 
 
 def run_to_replace(args: argparse.Namespace) -> Optional[str]:
@@ -178,8 +177,7 @@ def probe_output(args: argparse.Namespace) -> None:
     try:
         probe_writable(args.output)
     except Exception as e:  # noqa: BLE001 - a missing extra, a refused write, a file where a folder must be
-        raise ConfigError(f"cannot write --output {args.output!r}: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ConfigError(f"cannot write --output {args.output!r}: {one_line(e)}") from None
 
 
 def result_settings(args: argparse.Namespace, labels: dict[str, list[str]], templates: Sequence[str],
@@ -206,8 +204,8 @@ def redacted(argv: Sequence[str]) -> list[str]:
 def new_manifest(prog: str, argv: Sequence[str], args: argparse.Namespace, model: str,
                  **facts: Any) -> dict[str, Any]:
     """What `_SUCCESS` says about a run, less what only its end knows (finish time, shards and row counts)."""
-    return {"version": 1, "run_id": new_run_id(), "started": utc_now(), "command": [prog, *redacted(argv)],
-            "format": args.format, "model": model, **facts}
+    return {"version": MANIFEST_VERSION, "run_id": new_run_id(), "started": utc_now(),
+            "command": [prog, *redacted(argv)], "format": args.format, "model": model, **facts}
 
 
 def written(manifest: dict[str, Any], table: str) -> str:

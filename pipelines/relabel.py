@@ -22,7 +22,7 @@ from pipelines.jobs import (BEAM_EPILOG, add_label_options, add_run_options, add
 from transforms.label_sets import load_templates  # noqa: E402
 from transforms.rank import EmbedLabels, RankVectors  # noqa: E402
 from transforms.records import RESULTS, RESULTS_SCHEMA  # noqa: E402
-from transforms.run_folder import CommitRun, read_manifest, table_prefix  # noqa: E402
+from transforms.run_folder import CommitRun, table_prefix  # noqa: E402
 from transforms.stored import ReadEmbeddings  # noqa: E402
 from transforms.write import WriteRows  # noqa: E402
 
@@ -44,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_command_line(args, beam_args, parser, required=("embeddings", "labels", "output"))
         labels, templates, decision = label_options(args)
         backend = checked_backend(args)
-        shards = stored_shards(args, backend)
+        stored_run, shards = stored_shards(args, backend)
         templates = templates or load_templates(backend.default_templates)
         replaces = run_to_replace(args)
         probe_output(args)
@@ -52,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     manifest = new_manifest(PROG, argv, args, backend.model_id, labels=args.labels,
-                            embeddings=read_manifest(args.embeddings)["run_id"],
+                            embeddings=stored_run,
                             settings=result_settings(args, labels, templates, backend, decision))
 
     def build(pipeline: beam.Pipeline) -> None:

@@ -21,7 +21,7 @@ from pipelines.jobs import (BEAM_EPILOG, add_run_options, add_stored_options, ch
                             checked_backend, new_manifest, parse, probe_output, run_job, run_to_replace,
                             stored_shards)
 from transforms.records import RESULTS, SEARCH_SCHEMA  # noqa: E402
-from transforms.run_folder import CommitRun, read_manifest, table_prefix  # noqa: E402
+from transforms.run_folder import CommitRun, table_prefix  # noqa: E402
 from transforms.stored import ReadEmbeddings, SearchImages  # noqa: E402
 from transforms.write import WriteRows  # noqa: E402
 
@@ -49,14 +49,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.top_k < 1:
             raise ConfigError(f"--top_k must be at least 1, got {args.top_k}")
         backend = checked_backend(args)
-        shards = stored_shards(args, backend)
+        stored_run, shards = stored_shards(args, backend)
         replaces = run_to_replace(args)
         probe_output(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     manifest = new_manifest(PROG, argv, args, backend.model_id, queries=args.query, top_k=args.top_k,
-                            embeddings=read_manifest(args.embeddings)["run_id"])
+                            embeddings=stored_run)
 
     def build(pipeline: beam.Pipeline) -> None:
         hits = (pipeline

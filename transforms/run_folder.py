@@ -66,10 +66,16 @@ def read_manifest(output: str) -> Optional[dict[str, Any]]:
 
 
 def run_files(output: str, table: str = "results") -> list[str]:
-    """The shard files of the finished run under `output` (`table`: results or errors), as the manifest lists them."""
+    """The shard files of the finished run under `output` (`table`: results, errors or embeddings), as its manifest
+    lists them."""
     manifest = read_manifest(output)
     if manifest is None:
         raise NoFinishedRun(f"{output!r} holds no finished run (no {SUCCESS} in it)")
+    return manifest_files(output, manifest, table)
+
+
+def manifest_files(output: str, manifest: dict[str, Any], table: str) -> list[str]:
+    """The shard files of one table that `manifest`, read from folder `output`, lists (none: an empty list)."""
     return [_join(output, shard["path"]) for shard in manifest.get(table, [])]
 
 
@@ -79,7 +85,8 @@ def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
 
 
 def _run_folders(output: str) -> dict[str, list[str]]:
-    """run id -> the files under OUTPUT/run-*/ (object stores have no empty folders, so files are what exist)."""
+    """run id -> the files under OUTPUT/run-*/: on object stores the files are all there is; a local folder may also
+    hold run folders with no file left in them."""
     found: dict[str, list[str]] = {}
     for metadata in FileSystems.match([_join(output, f"{RUN_PREFIX}*", "**")])[0].metadata_list:
         run_id = metadata.path[len(output.rstrip("/")) + 1:].split("/")[0]

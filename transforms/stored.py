@@ -13,7 +13,7 @@ from transforms.backends import Backend, get_backend, l2_normalize
 from transforms.label_sets import check_label_names, load_templates
 from transforms.rank import Decision, LabelMatrix, embed_label_set, rank_rows
 from transforms.records import EMBEDDINGS, Embedded, ImageInfo, SearchHit, as_dict
-from transforms.run_folder import read_manifest, run_files
+from transforms.run_folder import SUCCESS, manifest_files, read_manifest
 from transforms.write import read_rows
 
 DEFAULT_BATCH = 1024  # stored vectors per matrix product
@@ -23,18 +23,18 @@ class EmbeddingsMismatch(ValueError):
     """The stored vectors come from another model than the backend asked for: their cosines would mean nothing."""
 
 
-def embeddings_of(run: str, backend: Backend) -> list[str]:
-    """The embeddings shards of the finished run in folder `run`, checked against `backend`'s model."""
+def embeddings_of(run: str, backend: Backend) -> tuple[str, list[str]]:
+    """(run id, embeddings shards) of the finished run in folder `run`, checked against `backend`'s model."""
     manifest = read_manifest(run)
     if manifest is None:
-        raise EmbeddingsMismatch(f"{run!r} holds no finished run (no _SUCCESS)")
+        raise EmbeddingsMismatch(f"{run!r} holds no finished run (no {SUCCESS})")
     if not manifest.get(EMBEDDINGS):
         raise EmbeddingsMismatch(f"run {manifest['run_id']} in {run!r} kept no embeddings "
                                  "(classify_images --embeddings keeps them)")
     if manifest["model"] != backend.model_id:
         raise EmbeddingsMismatch(f"the embeddings in {run!r} were made by model {manifest['model']!r}; "
                                  f"backend {backend.name!r} as configured is {backend.model_id!r}")
-    return run_files(run, EMBEDDINGS)
+    return manifest["run_id"], manifest_files(run, manifest, EMBEDDINGS)
 
 
 def stored_vector(row: Mapping[str, Any]) -> tuple[ImageInfo, Embedded]:
@@ -118,7 +118,7 @@ EmbeddingsSource = Union[str, Iterable[Mapping[str, Any]]]
 
 
 def _stored(embeddings: EmbeddingsSource, backend: Backend) -> list[tuple[ImageInfo, Embedded]]:
-    rows = ((row for path in embeddings_of(embeddings, backend) for row in read_rows(path))
+    rows = ((row for path in embeddings_of(embeddings, backend)[1] for row in read_rows(path))
             if isinstance(embeddings, str) else embeddings)
     return [stored_vector(row) for row in rows]
 
