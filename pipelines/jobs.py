@@ -20,13 +20,19 @@ from transforms.backends import BACKENDS, Backend
 from transforms.classify import check_settings
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
 from transforms.rank import Decision
-from transforms.run_folder import MANIFEST_VERSION, SUCCESS, new_run_id, read_manifest, utc_now
+from transforms.run_folder import MANIFEST_VERSION, SUCCESS, RunFolderError, new_run_id, read_manifest, utc_now
 from transforms.stored import DEFAULT_BATCH, EmbeddingsMismatch, embeddings_of
 from transforms.summary import summary
 from transforms.write import FORMATS, probe_writable
 
-# Values of flags with these words in their names never reach the manifest (e.g. Beam's --s3_secret_access_key).
-SECRET_FLAG = re.compile(r"secret|token|password|api_key(?!_file)|access_key", re.IGNORECASE)
+# Values of flags with these words in their names never reach the manifest: Beam's --s3_access_key_id,
+# --s3_secret_access_key, --s3_session_token and --azure_connection_string, and any flag named like them.
+SECRET_FLAG = re.compile(r"secret|token|passw|credential|connection_string|access_key|_key$", re.IGNORECASE)
+# Secrets inside any other value: the password of a URL (https://user:PASS@host) and signature, token or key
+# parameters of a URL or a connection string (?X-Amz-Signature=..., ;AccountKey=...).
+_URL_PASSWORD = re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+(?=@)", re.IGNORECASE)
+_SECRET_PARAMETER = re.compile(r"(?P<keep>(?:^|[?&;])[\w.-]*(?:sig|signature|token|secret|passw|pwd|key|credential)"
+                               r"[\w.-]*=)[^&;\s]+", re.IGNORECASE)
 BEAM_EPILOG = "Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...)."
 
 
@@ -72,7 +78,7 @@ def stored_shards(args: argparse.Namespace, backend: Backend) -> tuple[str, list
     """(run id, embeddings shards) of --embeddings, made by the model `backend` is; ConfigError otherwise."""
     try:
         return embeddings_of(args.embeddings, backend)
-    except EmbeddingsMismatch as e:
+    except (EmbeddingsMismatch, RunFolderError) as e:
         raise ConfigError(f"--embeddings: {e}") from None
 
 
@@ -190,13 +196,25 @@ def result_settings(args: argparse.Namespace, labels: dict[str, list[str]], temp
             "explain": explain, "backend_settings": backend.result_settings()}
 
 
+def scrubbed(value: str) -> str:
+    """`value` with the secrets a URL or connection string may carry replaced by <redacted>."""
+    value = _URL_PASSWORD.sub(r"\g<keep><redacted>", value)
+    return _SECRET_PARAMETER.sub(r"\g<keep><redacted>", value)
+
+
 def redacted(argv: Sequence[str]) -> list[str]:
-    """The command line with the value of every secret-looking flag replaced, as the manifest records it."""
+    """The command line with the value of every secret-looking flag replaced, and secrets inside other values
+    scrubbed, as the manifest records it."""
     out, hide_next = [], False
     for arg in argv:
-        flag, equals, _ = arg.partition("=")
-        secret = arg.startswith("-") and bool(SECRET_FLAG.search(flag))
-        out.append("<redacted>" if hide_next else f"{flag}=<redacted>" if secret and equals else arg)
+        flag, equals, value = arg.partition("=")
+        secret = arg.startswith("-") and bool(SECRET_FLAG.search(flag.lstrip("-")))
+        if hide_next:
+            out.append("<redacted>")
+        elif arg.startswith("-") and equals:
+            out.append(f"{flag}=<redacted>" if secret else f"{flag}={scrubbed(value)}")
+        else:
+            out.append(scrubbed(arg))
         hide_next = secret and not equals
     return out
 
@@ -205,13 +223,27 @@ def new_manifest(prog: str, argv: Sequence[str], args: argparse.Namespace, model
                  **facts: Any) -> dict[str, Any]:
     """What `_SUCCESS` says about a run, less what only its end knows (finish time, shards and row counts)."""
     return {"version": MANIFEST_VERSION, "run_id": new_run_id(), "started": utc_now(),
-            "command": [prog, *redacted(argv)], "format": args.format, "model": model, **facts}
+            "command": [prog, *redacted(argv)], "format": args.format, "model": model,
+            **{name: scrubbed(value) if isinstance(value, str) else value for name, value in facts.items()}}
 
 
 def written(manifest: dict[str, Any], table: str) -> str:
     """'N rows in FILE, FILE' for one table of a committed run."""
     shards = manifest.get(table, [])
     return f"{sum(s['rows'] for s in shards)} rows in {', '.join(s['path'] for s in shards) or '(no file)'}"
+
+
+def _why_it_failed(output: str, manifest: dict[str, Any], error: Exception) -> str:
+    """The failure's one line; when another job committed into `output` meanwhile (and may have removed this run's
+    folder as it did, which is what then failed), that is said instead."""
+    try:
+        committed = read_manifest(output)
+    except Exception:  # noqa: BLE001 - the failure itself is what to report
+        committed = None
+    if committed and committed["run_id"] != manifest["run_id"] and committed["finished"] >= manifest["started"]:
+        return (f"ConcurrentRunError: another job committed run {committed['run_id']} to {output!r} while this one "
+                f"ran; this run's rows were not committed")
+    return failure_line(error)
 
 
 def run_job(output: str, beam_args: Sequence[str], manifest: dict[str, Any],
@@ -225,10 +257,13 @@ def run_job(output: str, beam_args: Sequence[str], manifest: dict[str, Any],
         result = pipeline.run()
         result.wait_until_finish()
     except Exception as e:  # noqa: BLE001 - a failed job ends with one line, the runner has logged the rest
-        print(f"error: the job failed: {failure_line(e)}", file=sys.stderr)
+        print(f"error: the job failed: {_why_it_failed(output, manifest, e)}", file=sys.stderr)
         return 1
     print(summary(result, time.monotonic() - start))
     committed = read_manifest(output)
+    if committed is None or committed["run_id"] != manifest["run_id"]:  # a runner that lost the commit's failure
+        print(f"error: the job ended but did not commit its run {manifest['run_id']} to {output!r}", file=sys.stderr)
+        return 1
     print(f"run {committed['run_id']} in {output} ({SUCCESS} written)\n"
           + "\n".join(f"{table}: {written(committed, table)}" for table in committed["tables"]))
     return 0

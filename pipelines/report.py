@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipelines.cli import ConfigError, OneLineParser
 from transforms.decode import decode_image
-from transforms.run_folder import NoFinishedRun, read_run
+from transforms.run_folder import RunFolderError, read_run
 
 THUMB_SIDE = 256
 PER_LABEL = 24  # thumbnails per label section; the rest are counted
@@ -136,7 +136,7 @@ def write_report(run: str, output: str, title: str = "Zero-shot labels", per_lab
     """Reads the finished run in folder `run`, fetches the thumbnails it shows, writes the page to `output`."""
     try:
         results, errors = read_run(run, "results"), read_run(run, "errors")
-    except NoFinishedRun as e:
+    except RunFolderError as e:
         raise ConfigError(str(e)) from None
     shown = {row["uri"] for rows in _by_label(results).values() for row in rows[:per_label]}
     shown |= {row["uri"] for row in _least_sure(results, LEAST_SURE)}
@@ -167,7 +167,7 @@ def write_search_report(run: str, output: str, title: str = "Images found by tex
     """Reads the finished search run in folder `run`, fetches its images' thumbnails, writes the page to `output`."""
     try:
         hits = read_run(run)
-    except NoFinishedRun as e:
+    except RunFolderError as e:
         raise ConfigError(str(e)) from None
     uris = sorted({hit["uri"] for hit in hits})
     with ThreadPoolExecutor(READERS) as pool:

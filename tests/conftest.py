@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -11,6 +12,13 @@ import pytest
 from PIL import Image
 
 from pipelines.samples import write_sample_photos
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def commit_gate(gate: Path) -> dict[str, str]:
+    """Environment for a job subprocess whose commit step waits until the file `gate` exists (tests/inject)."""
+    return {"PYTHONPATH": f"{REPO / 'tests' / 'inject'}{os.pathsep}{REPO}", "ZERO_SHOT_TEST_COMMIT_GATE": str(gate)}
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ import pytest
 
 from benchmarks.run import make_images
 from pipelines import classify_images, jobs
-from transforms.run_folder import (PAUSE_BEFORE_COMMIT_ENV, SUCCESS, NoFinishedRun, read_manifest, read_run,
+from tests.conftest import commit_gate
+from transforms.run_folder import (SUCCESS, NoFinishedRun, read_manifest, read_run,
                                    remove_runs_before)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,7 +212,7 @@ def test_a_job_killed_mid_labeling_leaves_nothing_to_read_and_a_rerun_leaves_one
 
 def test_a_job_killed_in_the_finalize_window_commits_nothing_and_keeps_the_previous_run(tmp_path, photos):
     out = tmp_path / "out"
-    pause = {PAUSE_BEFORE_COMMIT_ENV: "120"}
+    pause = commit_gate(tmp_path / "never")
     first = _start(photos, out, **pause)
     _kill_when(first, lambda: _new_run_final(out))  # every shard final, `_SUCCESS` not yet written
     _assert_nothing_to_read(out)

@@ -28,30 +28,28 @@ class _SplitEmbedded(beam.DoFn):
         yield info, result.inference
 
 
-class _FailedBatchToErrors(beam.DoFn):
-    """A failed batch becomes one `embed` error row per image in it, so no input is lost.
+class ModelError(RuntimeError):
+    """The model failed on a whole batch: not one image's fault (a per-image refusal comes back as an EmbedFailure),
+    so every batch would fail alike and the job stops instead of committing a run of error rows."""
 
-    Errors the backend declares fatal (a refused API key) are raised again: every batch would fail the same way.
-    """
 
-    def __init__(self, fatal_errors: tuple[type[Exception], ...]):
-        self.fatal_errors = fatal_errors
-
-    def setup(self):
-        self.metrics = StageMetrics("embed")
+class _FailTheJob(beam.DoFn):
+    """A batch the model could not embed (an API down past its retries, a call that timed out, a malformed reply)
+    ends the job with one line naming the cause; its images are never split up and sent again one by one."""
 
     def process(self, failed):
-        batch, (exc_type, exc_repr, _traceback) = failed
-        if issubclass(exc_type, self.fatal_errors):
-            raise exc_type(exc_repr)
-        for info, _image in batch:
-            self.metrics.failed.inc()
-            yield error_row(info.uri, "embed", exc_type.__name__, exc_repr)
+        batch, (exc_type, exc_repr, formatted) = failed
+        # The traceback's last line is "package.module.SomeError: message"; keep "SomeError: message".
+        last_line = "".join(formatted).strip().splitlines()[-1] if formatted else exc_repr
+        cause = f"{exc_type.__name__}: {last_line.partition(f'{exc_type.__name__}: ')[2] or exc_repr}"
+        raise ModelError(f"{cause} (a batch of {len(batch)} images; no image was at fault, so the job stops)")
+        yield  # a generator, as Beam expects of process()
 
 
 class EmbedImages(beam.PTransform):
-    """(ImageInfo, image) -> (ImageInfo, Embedded), plus error rows for batches the model could not embed.
-    `evidence_size` > 0 asks the backend for that many pieces of evidence per image (--explain)."""
+    """(ImageInfo, image) -> (ImageInfo, Embedded), plus error rows for the images the model refused one by one.
+    A batch that fails as a whole fails the job (ModelError). `evidence_size` > 0 asks the backend for that many
+    pieces of evidence per image (--explain)."""
 
     def __init__(self, backend: Backend, batch_size: int, evidence_size: int = 0):
         super().__init__()
@@ -64,6 +62,7 @@ class EmbedImages(beam.PTransform):
         embedded, failed = images | "RunInference" >> RunInference(handler).with_exception_handling(
             timeout=self.backend.call_timeout_s)
         split = embedded | "Vectors" >> beam.ParDo(_SplitEmbedded()).with_outputs(ERRORS, main="vectors")
-        failed_batches = failed.failed_inferences | "FailedBatches" >> beam.ParDo(
-            _FailedBatchToErrors(self.backend.fatal_errors))
-        return split.vectors, (split[ERRORS], failed_batches) | "EmbedErrors" >> beam.Flatten()
+        # Only the timeout needs Beam's exception handling (it stops a hung call); every failure it catches ends the
+        # job, with the model's own exception as the last line.
+        _ = failed.failed_inferences | "FailedBatches" >> beam.ParDo(_FailTheJob())
+        return split.vectors, split[ERRORS]

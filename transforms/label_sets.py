@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections import Counter
 from importlib import resources
 from typing import Sequence
@@ -36,8 +37,10 @@ def builtin_templates() -> list[str]:
 
 
 def parse_label_lines(text: str) -> list[str]:
-    """One entry per line; whole-line `#` comments and blank lines are skipped, surrounding spaces stripped."""
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    """One entry per line (LF, CRLF or CR); whole-line `#` comments and blank lines are skipped, surrounding spaces
+    and byte order marks (a Windows editor's, or a concatenated file's) stripped."""
+    lines = (line.replace("\ufeff", "").strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def _read_lines(name_or_path: str, folder, kind: str) -> list[str]:
@@ -46,7 +49,7 @@ def _read_lines(name_or_path: str, folder, kind: str) -> list[str]:
         if builtin.is_file():
             text = builtin.read_text(encoding="utf-8")
         else:
-            with fsspec.open(name_or_path, "rt", encoding="utf-8") as f:
+            with fsspec.open(name_or_path, "rt", encoding="utf-8", newline="") as f:
                 text = f.read()
     except (OSError, UnicodeDecodeError, ValueError, ImportError) as e:  # ImportError: the URL's driver is missing
         detail = f"{type(e).__name__}: {e}" if isinstance(e, ImportError) else type(e).__name__
@@ -78,7 +81,10 @@ def load_label_phrases(name_or_path: str) -> dict[str, list[str]]:
 
 
 def check_label_names(labels: Sequence[str], source: str) -> None:
-    """Raises LabelSetError for a repeated label (case-insensitive) or one named `unknown`."""
+    """Raises LabelSetError for a repeated label (case-insensitive), one named `unknown`, or one with nothing but
+    punctuation (a stray `-` or `...` line): no model reads meaning into it. Symbols such as emoji are labels."""
+    if blank := [label for label in labels if all(unicodedata.category(c)[0] in "PZC" for c in label)]:
+        raise LabelSetError(f"{source} has a label {blank[0]!r} with nothing but punctuation; remove that line")
     if reserved := [label for label in labels if label.casefold() == UNKNOWN]:
         raise LabelSetError(f"{source} has a label {reserved[0]!r}: that is what --min_prob and --multi_label "
                             "report for an image no label fits; rename it (e.g. 'other')")

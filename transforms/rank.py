@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -13,6 +14,8 @@ from transforms.backends.base import softmax
 from transforms.label_sets import UNKNOWN
 from transforms.metrics import NAMESPACE, ProgressLog, StageMetrics
 from transforms.records import Embedded, ImageInfo, ResultRow, as_dict
+
+_LOG = logging.getLogger("zero_shot")
 
 
 class LabelMatrix(NamedTuple):
@@ -37,12 +40,23 @@ def embed_label_set(label_phrases: Mapping[str, Sequence[str]], templates: Seque
     """The zero-shot classifier: each label's vector is the normalized mean of its phrases' vectors, every phrase
     embedded in all templates. All phrases of all labels go to the embedder in one call."""
     phrases = [list(label_phrases[label]) for label in label_phrases]
+    warn_unreadable(label_phrases, embedder)
     vectors = embedder.embed_phrases([phrase for group in phrases for phrase in group], templates)
     owner = np.repeat(np.arange(len(phrases)), [len(group) for group in phrases])
     sums = np.zeros((len(phrases), vectors.shape[1]), dtype=np.float32)
     np.add.at(sums, owner, vectors)
     label_vectors = l2_normalize(sums)  # direction of the sum = direction of the mean
     return LabelMatrix(list(label_phrases), label_vectors, embedder.background(phrases, label_vectors))
+
+
+def warn_unreadable(label_phrases: Mapping[str, Sequence[str]], embedder: Embedder) -> None:
+    """Logs a warning naming each label whose phrases hold words the text model cannot read: it would score like
+    every other label made of such words (MiniLM reads 猫 and 🍕 as the same unknown token)."""
+    for label, phrases in label_phrases.items():
+        if words := [word for phrase in phrases for word in embedder.unreadable_words(phrase)]:
+            _LOG.warning("label %r: the text model of %s cannot read %s (unknown tokens to it); such labels score "
+                         "alike whatever they mean: use words it knows, or another backend", label,
+                         embedder.model_id, ", ".join(repr(word) for word in dict.fromkeys(words)))
 
 
 class EmbedLabels(beam.PTransform):

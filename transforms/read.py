@@ -1,7 +1,9 @@
 """Reader: expands an input pattern into file URIs inside the pipeline, spreads them out, reads bytes via fsspec."""
 from __future__ import annotations
 
+import os
 import re
+import stat
 from typing import Iterator, Optional, Union
 
 import apache_beam as beam
@@ -9,7 +11,7 @@ import fsspec
 from fsspec.utils import glob_translate
 
 from transforms.metrics import StageMetrics
-from transforms.records import ERRORS, exception_row
+from transforms.records import ERRORS, ListingFailure, error_row, exception_row
 
 DEFAULT_MAX_BYTES = 64 << 20
 
@@ -27,37 +29,79 @@ def _to_uri(fs: fsspec.AbstractFileSystem, pattern: str, path: str) -> str:
     return fs.unstrip_protocol(path) if "://" in pattern else path
 
 
-def expand_pattern(pattern: str) -> Iterator[str]:
-    """Every file a pattern names: glob matches, all files below a directory, or the one file; sorted."""
+def _printable(path: str) -> str:
+    """A local path whose name is not UTF-8 (undecodable bytes kept as surrogates), with those bytes as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _walk(fs: fsspec.AbstractFileSystem, folder: str, maxdepth: Optional[int],
+          unlisted: list[OSError]) -> Iterator[str]:
+    """Every non-folder below `folder`, in sorted order, lazily; folders that cannot be listed go to `unlisted`.
+    (fsspec's own walk drops them silently below the top folder, whatever `on_error` says.)"""
+    try:
+        entries = sorted(fs.ls(folder, detail=True), key=lambda info: info["name"])
+    except OSError as e:
+        e.filename = e.filename or folder
+        unlisted.append(e)
+        return
+    for info in entries:
+        name = info["name"].rstrip("/")
+        if info["type"] != "directory":
+            # A symlink (fsspec types a dangling or looping one "other") reaches the reader: a bad one becomes a
+            # `read` error row, never vanishes.
+            yield name
+        elif name != folder.rstrip("/") and not info.get("islink") and (maxdepth is None or maxdepth > 1):
+            yield from _walk(fs, name, None if maxdepth is None else maxdepth - 1, unlisted)
+
+
+def _candidates(pattern: str, unlisted: list[OSError]) -> Iterator[tuple[fsspec.AbstractFileSystem, str]]:
+    """Every file a pattern names, lazily: glob matches, all files below a directory, or the one file."""
     fs, path = fsspec.core.url_to_fs(pattern)
     if _has_glob(path):
-        # Everything but folders: fsspec types a symlink "other", and a dangling or looping one must reach the
-        # reader and become a `read` error row, as it does for a directory input, never vanish.
-        files = sorted(p for p, info in fs.glob(path, detail=True).items() if info["type"] != "directory")
+        parts = path.split("/")
+        literal = parts[: next(i for i, p in enumerate(parts) if _has_glob(p))]
+        root = "/".join(literal) or ("/" if path.startswith("/") else "")
+        maxdepth = None if "**" in path else len(parts) - len(literal)
+        matches = re.compile(glob_translate(path)).match
+        yield from ((fs, file) for file in _walk(fs, root, maxdepth, unlisted) if matches(file))
     elif fs.isdir(path):
-        files = sorted(fs.find(path))
-    else:
-        files = [path] if fs.isfile(path) else []
-    for file in files:
+        yield from ((fs, file) for file in _walk(fs, path, None, unlisted))
+    elif fs.isfile(path):
+        yield fs, path
+
+
+def _printable(path: str) -> str:
+    """A local path whose name is not UTF-8 (undecodable bytes kept as surrogates), with those bytes as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def expand_pattern(pattern: str) -> Iterator[Union[str, ListingFailure]]:
+    """Every file a pattern names, sorted. A folder that cannot be listed, or a file whose name is not UTF-8,
+    comes as a ListingFailure: it must reach the errors output, never vanish from the run."""
+    unlisted: list[OSError] = []
+    for fs, file in sorted(_candidates(pattern, unlisted), key=lambda found: found[1]):
+        if not _is_utf8(file):
+            yield ListingFailure(_to_uri(fs, pattern, _printable(file)), "FileNameError",
+                                 "the file name is not valid UTF-8 (shown with its bytes as \\xNN); rename it")
+            continue
         yield _to_uri(fs, pattern, file)
+    for error in unlisted:
+        fs = fsspec.core.url_to_fs(pattern)[0]
+        yield ListingFailure(_to_uri(fs, pattern, _printable(str(error.filename))), type(error).__name__,
+                             f"cannot list this folder, so the files in it are not labeled: {error.strerror or error}")
 
 
 def first_match(pattern: str) -> Optional[str]:
     """One file the pattern names, or None; walks lazily so a check on a huge bucket stops at the first hit."""
-    fs, path = fsspec.core.url_to_fs(pattern)
-    if not _has_glob(path):
-        return next(expand_pattern(pattern), None)
-    parts = path.split("/")
-    literal = [p for p in parts[: next(i for i, p in enumerate(parts) if _has_glob(p))]]
-    root = "/".join(literal) or ("/" if path.startswith("/") else "")
-    maxdepth = None if "**" in path else len(parts) - len(literal)
-    matches = re.compile(glob_translate(path)).match
-    for dirpath, _, files in fs.walk(root, maxdepth=maxdepth):
-        for name in sorted(files):
-            candidate = f"{dirpath.rstrip('/')}/{name}"
-            if matches(candidate):
-                return _to_uri(fs, pattern, candidate)
-    return None
+    return next((_to_uri(fs, pattern, file) for fs, file in _candidates(pattern, []) if _is_utf8(file)), None)
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class MatchFiles(beam.PTransform):
@@ -76,8 +120,23 @@ class MatchFiles(beam.PTransform):
         )
 
 
+class NotAFileError(OSError):
+    """The path names a FIFO, a socket or a device, not a file with bytes to read."""
+
+
+def _check_regular_file(uri: str) -> None:
+    """Raises NotAFileError for a local path that is not a regular file (after following links)."""
+    if "://" in uri and not uri.startswith("file://"):
+        return  # object stores hold only objects
+    mode = os.stat(uri.removeprefix("file://")).st_mode
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise NotAFileError(f"{kind}, not a regular file: only files are read")
+
+
 class ReadFiles(beam.DoFn):
-    """URI -> (URI, bytes) read through fsspec; (URI, bytes) pairs pass through; failures go to `errors`."""
+    """URI -> (URI, bytes) read through fsspec; (URI, bytes) pairs pass through; failures go to `errors`, and so
+    does a ListingFailure. Only regular files are read: a FIFO would block the worker forever, a device never end."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
         self.max_bytes = max_bytes
@@ -86,11 +145,16 @@ class ReadFiles(beam.DoFn):
         self.metrics = StageMetrics("read")
 
     def process(self, element: Union[str, tuple[str, bytes]]):
+        if isinstance(element, ListingFailure):
+            self.metrics.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(element.uri, "read", element.error, element.message))
+            return
         if isinstance(element, tuple):
             yield element
             return
         uri = element
         try:
+            _check_regular_file(uri)
             with self.metrics.timed(), fsspec.open(uri, "rb") as f:
                 data = f.read(self.max_bytes + 1)
             if len(data) > self.max_bytes:

@@ -39,6 +39,15 @@ class EmbedFailure(NamedTuple):
     message: str
 
 
+class ListingFailure(NamedTuple):
+    """What the listing yields in place of a URI for an input it cannot hand on to be read (a folder it may not
+    list, a file name that is not UTF-8): the reader turns it into that input's `read` error row."""
+
+    uri: str
+    error: str
+    message: str
+
+
 def column(arrow_type: pa.DataType, meaning: str, shown_type: str = "") -> Any:
     """An output column: a dataclass field with its Parquet type and the sentence the docs show (and the type they
     show, where the schema settles it per run)."""
@@ -118,6 +127,7 @@ def markdown_table(row_type: type) -> str:
     return "\n".join(lines)
 
 
+ROW_TYPES = (ResultRow, ErrorRow, EmbeddingRow, SearchHit)
 RESULTS_SCHEMA = arrow_schema(ResultRow)
 ERRORS_SCHEMA = arrow_schema(ErrorRow)
 SEARCH_SCHEMA = arrow_schema(SearchHit)

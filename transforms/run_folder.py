@@ -7,7 +7,10 @@
 A reader goes through `_SUCCESS`, so it reads exactly one finished run or nothing: shards of a killed run, Beam's
 `beam-temp-*` folders and the previous run (until the new one is committed) sit in folders no manifest names.
 Committing is one write of `_SUCCESS`, so `--overwrite` switches readers from the old run to the new one at once and
-only then deletes the old folder. Everything goes through Beam's FileSystems, the layer the sinks write with.
+only then deletes the old folder. Each manifest has a generation; a commit first claims the next one by creating
+OUTPUT/_COMMIT-<generation> exclusively, so of two jobs that finish at once into one folder exactly one commits and
+the other fails. Shards and the manifest go through Beam's FileSystems, the layer the sinks write with; the claim
+through fsspec, whose "xb" mode creates a file only if none is there.
 """
 from __future__ import annotations
 
@@ -15,27 +18,46 @@ import datetime
 import json
 import logging
 import os
-import time
 import uuid
+from collections import Counter
 from typing import Any, Optional
 
 import apache_beam as beam
+import fsspec
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.records import ERRORS, RESULTS
 from transforms.write import count_rows, read_rows
 
 SUCCESS = "_SUCCESS"
 RUN_PREFIX = "run-"
-MANIFEST_VERSION = 1
-# Test hook: seconds the commit step waits after every shard is final and before `_SUCCESS` is written, so a test
-# can kill a job inside that window.
-PAUSE_BEFORE_COMMIT_ENV = "ZERO_SHOT_TEST_PAUSE_BEFORE_COMMIT"
+CLAIM_PREFIX = "_COMMIT-"
+MANIFEST_VERSION = 2  # 2: a generation per commit, and the error fraction
+# Error rows read to name the commonest causes when a run has too many.
+_CAUSES_SAMPLE = 10_000
 
 _LOG = logging.getLogger("zero_shot")
 
 
-class NoFinishedRun(ValueError):
+class RunFolderError(ValueError):
+    """A run folder that cannot be read as one finished run; the message says why in one line."""
+
+
+class NoFinishedRun(RunFolderError):
     """The folder holds no `_SUCCESS`: no run finished there, or one is still being written."""
+
+
+class DamagedRun(RunFolderError):
+    """`_SUCCESS` is there but cannot be trusted: not a manifest, or it names a shard that is missing, outside its
+    run folder, or holds another number of rows."""
+
+
+class ConcurrentRunError(RuntimeError):
+    """Another job committed, or is committing, a run into the same folder: this one's rows stay uncommitted."""
+
+
+class TooManyErrorsError(RuntimeError):
+    """More of the inputs failed than --max_error_fraction allows: the run is not committed."""
 
 
 def utc_now() -> str:
@@ -56,22 +78,41 @@ def table_prefix(output: str, run_id: str, table: str) -> str:
     return _join(output, run_id, table)
 
 
+def _damaged(output: str, why: str) -> DamagedRun:
+    return DamagedRun(f"{_join(output, SUCCESS)} is damaged ({why}); delete it and the {CLAIM_PREFIX}* files "
+                      "beside it to start over (the next run that finishes there cleans up the run folders)")
+
+
 def read_manifest(output: str) -> Optional[dict[str, Any]]:
-    """The finished run's manifest under `output`, or None if there is none."""
+    """The finished run's manifest under `output`, or None if there is none; DamagedRun if it is not a whole one."""
     path = _join(output, SUCCESS)
     if not FileSystems.exists(path):
         return None
     with FileSystems.open(path, compression_type="uncompressed") as f:
-        return json.loads(f.read().decode("utf-8"))
+        data = f.read()
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+        run_id, tables = manifest["run_id"], manifest["tables"]
+        shards = [shard["path"] for table in tables for shard in manifest[table]]
+        if not all(isinstance(shard["rows"], int) for table in tables for shard in manifest[table]):
+            raise TypeError("a shard's row count is not a number")
+    except (ValueError, KeyError, TypeError) as e:
+        raise _damaged(output, f"not a manifest: {type(e).__name__}") from None
+    if foreign := [path for path in shards if not path.startswith(f"{run_id}/") or ".." in path.split("/")]:
+        raise _damaged(output, f"it names {foreign[0]!r}, outside its run folder {run_id}/")
+    return manifest
 
 
 def run_files(output: str, table: str = "results") -> list[str]:
     """The shard files of the finished run under `output` (`table`: results, errors or embeddings), as its manifest
-    lists them."""
+    lists them; DamagedRun if one of them is missing."""
     manifest = read_manifest(output)
     if manifest is None:
         raise NoFinishedRun(f"{output!r} holds no finished run (no {SUCCESS} in it)")
-    return manifest_files(output, manifest, table)
+    files = manifest_files(output, manifest, table)
+    if missing := [path for path in files if not FileSystems.exists(path)]:
+        raise _damaged(output, f"its shard {missing[0]!r} is missing")
+    return files
 
 
 def manifest_files(output: str, manifest: dict[str, Any], table: str) -> list[str]:
@@ -80,8 +121,17 @@ def manifest_files(output: str, manifest: dict[str, Any], table: str) -> list[st
 
 
 def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
-    """Every row of one table of the finished run under `output`, whatever its format."""
-    return [row for path in run_files(output, table) for row in read_rows(path)]
+    """Every row of one table of the finished run under `output`, whatever its format; DamagedRun if a shard holds
+    another number of rows than the manifest says."""
+    manifest = read_manifest(output)
+    rows: list[dict[str, Any]] = []
+    for path, shard in zip(run_files(output, table), manifest.get(table, [])):
+        before = len(rows)
+        rows.extend(read_rows(path))
+        if len(rows) - before != shard["rows"]:
+            raise _damaged(output, f"its shard {path!r} holds {len(rows) - before} rows, the manifest says "
+                                   f"{shard['rows']}")
+    return rows
 
 
 def _run_folders(output: str) -> dict[str, list[str]]:
@@ -122,29 +172,71 @@ def _write_atomically(path: str, data: bytes) -> None:
     FileSystems.rename([staging], [path])
 
 
+def _claim(output: str, generation: int, run_id: str) -> None:
+    """Creates OUTPUT/_COMMIT-<generation> holding `run_id`, only if no such file exists: the one step two
+    committing jobs cannot both pass."""
+    path = _join(output, f"{CLAIM_PREFIX}{generation:08d}")
+    try:
+        with fsspec.open(path, "xb") as f:
+            f.write(run_id.encode("utf-8"))
+    except FileExistsError:
+        with fsspec.open(path, "rb") as f:
+            holder = f.read().decode("utf-8")
+        if holder != run_id:  # else: this run's own commit, retried after it claimed
+            raise ConcurrentRunError(
+                f"another job (run {holder}) is committing to {output!r}, or was killed while it did: this run "
+                f"stays uncommitted in {run_id}/. If no job is running there, delete {path} and run again") from None
+
+
+def check_error_fraction(output: str, manifest: dict[str, Any], rows: dict[str, int]) -> None:
+    """Raises TooManyErrorsError when the error rows exceed the manifest's `max_error_fraction` of all inputs,
+    naming the commonest causes."""
+    limit = manifest.get("max_error_fraction")
+    errors, inputs = rows.get(ERRORS, 0), rows.get(ERRORS, 0) + rows.get(RESULTS, 0)
+    if limit is None or not inputs or errors / inputs <= limit:
+        return
+    causes: Counter = Counter()
+    for path in manifest_files(output, manifest, ERRORS):
+        for row in read_rows(path):
+            causes[f"{row['stage']} {row['error']}"] += 1
+            if sum(causes.values()) >= _CAUSES_SAMPLE:
+                break
+    commonest = ", ".join(f"{cause} ({count})" for cause, count in causes.most_common(3))
+    raise TooManyErrorsError(f"{errors} of {inputs} inputs failed ({errors / inputs:.1%}), more than "
+                             f"--max_error_fraction {limit:g}; commonest: {commonest}. The run stays uncommitted "
+                             f"in {manifest['run_id']}/ (its errors table says why)")
+
+
 def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
            shards: dict[str, list[str]]) -> dict[str, Any]:
     """Writes `_SUCCESS` for the run whose final shards are `shards` (table -> files), then removes older runs.
 
     `replaces`: the run id that held the folder when the job started (None: none did); any other committed run
     means a second job wrote here meanwhile, and this one fails rather than hide it."""
-    pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)
-    if pause:
-        _LOG.warning("test hook: waiting %.0f s before committing %s", pause, manifest["run_id"])
-        time.sleep(pause)
     current = read_manifest(output)
     if current and current["run_id"] == manifest["run_id"]:
         return current  # a retried commit: the first attempt got through
     if (current and current["run_id"]) != replaces:
-        raise RuntimeError(f"another job committed run {current['run_id'] if current else None} to {output!r} "
-                           f"while this one ran; this run stays uncommitted in {manifest['run_id']}/")
+        raise ConcurrentRunError(f"another job committed run {current['run_id'] if current else None} to "
+                                 f"{output!r} while this one ran; this run stays uncommitted in "
+                                 f"{manifest['run_id']}/")
     start = len(output.rstrip("/")) + 1
-    manifest = dict(manifest, finished=utc_now(), tables=list(shards), **{
-        table: [{"path": path[start:], "rows": count_rows(path)} for path in sorted(files)]
-        for table, files in shards.items()})
+    tables = {table: [{"path": path[start:], "rows": count_rows(path)} for path in sorted(files)]
+              for table, files in shards.items()}
+    rows = {table: sum(shard["rows"] for shard in listed) for table, listed in tables.items()}
+    manifest = dict(manifest, tables=list(shards), **tables)
+    check_error_fraction(output, manifest, rows)
+    if ERRORS in rows:
+        manifest["error_fraction"] = rows[ERRORS] / max(1, rows[ERRORS] + rows.get(RESULTS, 0))
+    manifest["generation"] = (current or {}).get("generation", 0) + 1
+    _claim(output, manifest["generation"], manifest["run_id"])
+    manifest["finished"] = utc_now()
     _write_atomically(_join(output, SUCCESS), json.dumps(manifest, indent=2).encode("utf-8"))
-    if stale := [m.path for m in FileSystems.match([_join(output, f"{SUCCESS}.*.tmp")])[0].metadata_list]:
-        FileSystems.delete(stale)  # a manifest half-written by a commit that was killed
+    stale = [m.path for m in FileSystems.match([_join(output, f"{SUCCESS}.*.tmp")])[0].metadata_list]
+    stale += [m.path for m in FileSystems.match([_join(output, f"{CLAIM_PREFIX}*")])[0].metadata_list
+              if m.path < _join(output, f"{CLAIM_PREFIX}{manifest['generation']:08d}")]
+    if stale:
+        FileSystems.delete(stale)  # a manifest half-written by a commit that was killed; claims of earlier commits
     removed = remove_runs_before(output, manifest["run_id"], replaces)
     if removed:
         _LOG.info("removed older run folders under %s: %s", output, ", ".join(removed))

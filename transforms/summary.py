@@ -63,8 +63,10 @@ def summary(result: PipelineResult, seconds: float) -> str:
     embed_us = _mean(result, "inference_batch_latency_micro_secs")
     mean_ms["embed"] = embed_us / 1000 if embed_us is not None else None
     timings = ", ".join(f"{stage} {mean_ms[stage]:.1f}" for stage in STAGES if mean_ms[stage] is not None)
+    inputs = counts["labeled"] + counts["kept"] + errors
     lines = [
-        f"labeled {counts['labeled']} images, {errors} errors ({by_stage}) in {seconds:.1f} s: "
+        f"labeled {counts['labeled']} images, {errors} errors ({errors / inputs:.1%} of inputs; {by_stage}) in "
+        f"{seconds:.1f} s: "
         f"{counts['labeled'] / seconds:.2f} images/s",
         f"mean ms per call: {timings} (embed and rank per batch)",
     ]

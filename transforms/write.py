@@ -3,10 +3,11 @@ The schemas come from the row definitions in records.py; every format has the sa
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import apache_beam as beam
 import fsspec
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records import embeddings_schema
+from transforms.records import ROW_TYPES, embeddings_schema
 
 FORMATS = ("parquet", "jsonl", "csv")
 
@@ -25,11 +26,31 @@ def _json_line(row: dict[str, Any], names: list[str]) -> str:
 
 
 def _csv_line(values: list[Any]) -> str:
-    """One CSV record; lists and structs as JSON, so a cell never needs a second parser to split."""
+    """One CSV record, quoted as RFC 4180 needs (a cell holding a comma, a quote or a line break is quoted); lists
+    and structs as JSON, so a cell never needs a second parser to split. The line break ends the record in the sink.
+    """
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(
+    # The csv module quotes a cell holding a character of the line terminator: "\r\n" makes it quote both breaks.
+    csv.writer(buffer, lineterminator="\r\n").writerow(
         [json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for v in values])
-    return buffer.getvalue()
+    return buffer.getvalue()[:-2]
+
+
+def _csv_parser(arrow_type: pa.DataType) -> Callable[[str], Any]:
+    """How a CSV cell of a column of `arrow_type` becomes the value Parquet would give: lists and structs were
+    written as JSON, numbers as text; strings stay as they are, whatever they start with."""
+    if pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type) or pa.types.is_struct(arrow_type):
+        return json.loads
+    if pa.types.is_integer(arrow_type):
+        return int
+    if pa.types.is_floating(arrow_type):
+        return float
+    return str
+
+
+# Column name -> cell parser, from every row definition (a name means one type in every table).
+_CSV_PARSERS = {field.name: _csv_parser(field.metadata["arrow"])
+                for row_type in ROW_TYPES for field in dataclasses.fields(row_type)}
 
 
 class WriteRows(beam.PTransform):
@@ -104,7 +125,7 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
         else:
             for row in csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline="")):
-                yield {k: json.loads(v) if v[:1] in "[{" else v for k, v in row.items()}
+                yield {name: _CSV_PARSERS.get(name, str)(cell) for name, cell in row.items()}
 
 
 def count_rows(path: str) -> int:

@@ -75,6 +75,15 @@ class Embedder(abc.ABC):
         "none of these" looks like for this label set. None where the backend knows no such concepts."""
         return None
 
+    def unreadable_words(self, text: str) -> list[str]:
+        """The words of `text` the text model cannot read (its tokenizer makes them unknown tokens): labels made of
+        such words all get the same vector. A backend that cannot tell returns []."""
+        return []
+
+    def prepare_images(self) -> None:
+        """Loads whatever embed_images needs beyond the text side, so that a model that cannot load fails the job
+        when a worker starts, not as one error row per image. Relabeling and search never call it."""
+
     def embed_images_explained(self, images: Sequence[Image.Image],
                                evidence_size: int) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
         """embed_images, plus per image up to `evidence_size` (name, weight) pairs that built its vector;
@@ -107,9 +116,7 @@ class Backend(abc.ABC):
     # With a background (Embedder.background), a "none of these" competitor takes part in that softmax, scoring
     # an image's best background cosine less this margin; None leaves it out.
     none_margin: ClassVar[Optional[float]] = None
-    # Errors that must stop the job instead of sending a batch to the errors output (e.g. a refused API key).
-    fatal_errors: ClassVar[tuple[type[Exception], ...]] = ()
-    # Seconds one model call may take before its batch goes to the errors output; None waits forever.
+    # Seconds one model call may take before the job fails (a hung connection); None waits forever.
     call_timeout_s: ClassVar[Optional[int]] = None
     # Images per model call when the user does not choose.
     default_batch_size: ClassVar[int] = 32
@@ -190,7 +197,9 @@ class EmbedderModelHandler(ImageBatchHandling, ModelHandler[Image.Image, Predict
         self._evidence_size = evidence_size
 
     def load_model(self) -> Embedder:
-        return self._backend.load()
+        embedder = self._backend.load()
+        embedder.prepare_images()
+        return embedder
 
     def run_inference(self, batch: Sequence[Image.Image], model: Embedder,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:

@@ -60,8 +60,15 @@ class ConSEEmbedder(Embedder):
         """The image model, loaded on first use: relabeling stored image vectors needs only the text side."""
         return _load_classifier(self.settings.runtime, self.settings.threads, self.settings.int8_calibration)
 
+    def prepare_images(self) -> None:
+        self.classifier  # noqa: B018 - loads (and for ONNX exports) the image model now
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return l2_normalize(_sentence_vectors(self.text_model, tuple(texts)) - self.center)
+
+    def unreadable_words(self, text: str) -> list[str]:
+        tokenizer = self.text_model.tokenizer  # MiniLM's WordPiece: 猫 and 🍕 both become [UNK]
+        return [word for word in text.split() if set(tokenizer.tokenize(word)) == {tokenizer.unk_token}]
 
     def embed_phrases(self, phrases: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         vectors = super().embed_phrases(phrases, templates)
@@ -209,9 +216,10 @@ class LocalBackend(Backend):
         for relative_path, sha256 in MINILM_FILES:
             packaged_file(MINILM_PACKAGE, relative_path, sha256)
         if self.runtime.startswith("onnx"):
-            import onnxruntime  # noqa: F401 - a missing runtime stops the job here, not on every worker
+            # A missing runtime, or the exporter's onnx module, stops the job here, not on every worker.
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
         if self.runtime == "onnx-int8":
-            import onnx  # noqa: F401 - the quantizer needs it
             if not self.int8_calibration:
                 raise ValueError("--local_runtime onnx-int8 needs --local_int8_calibration: images to calibrate on")
         if self.threads < 0:

@@ -33,6 +33,10 @@ class NomicAPIError(RuntimeError):
     """Any other failed call: 429 or 5xx after the client's own backoff, connection errors, malformed responses."""
 
 
+class NomicUnavailableError(NomicAPIError):
+    """HTTP 429 or 5xx still, after the nomic client's own backoff (5 tries over about 30 s)."""
+
+
 class EmbeddingCountError(NomicAPIError):
     """The response holds a different number of embeddings than inputs: never guess how they align."""
 
@@ -106,6 +110,9 @@ def _translate(error: Exception) -> Exception:
         return NomicKeyError(f"the Nomic API refused the API key (HTTP {status})")
     if status in (400, 413, 415, 422):
         return ImageRejectedError(f"the Nomic API rejected the request (HTTP {status}): {body}")
+    if status == 429 or (status or 0) >= 500:
+        return NomicUnavailableError(f"the Nomic API is unavailable (HTTP {status}, after the client's retries): "
+                                     f"{body}")
     if status is not None:
         return NomicAPIError(f"the Nomic API failed (HTTP {status}): {body}")
     return NomicAPIError(f"the Nomic API call failed: {type(error).__name__}: {str(error)[:300]}")
@@ -158,7 +165,9 @@ class NomicEmbedder(Embedder):
 
 
 def _retriable(error: Exception) -> bool:
-    return not isinstance(error, (NomicKeyError, ImageRejectedError, EmbeddingCountError))
+    # Connection errors only: the client already backed off from 429 and 5xx, and trying its whole backoff again
+    # would keep a job against an API that is down for minutes before it fails.
+    return isinstance(error, NomicAPIError) and not isinstance(error, (NomicUnavailableError, EmbeddingCountError))
 
 
 class NomicModelHandler(ImageBatchHandling, RemoteModelHandler[Image.Image, PredictionResult, NomicEmbedder]):
@@ -204,11 +213,10 @@ class NomicBackend(Backend):
     task_type: str = option("search_query", "task type of the label texts",
                             choices=["search_query", "search_document", "classification", "clustering"])
     retries: int = 3
-    call_timeout_s: int = 300  # a hung connection sends its batch to the errors output instead of stalling
+    call_timeout_s: int = 300  # a hung connection fails the job instead of stalling it
     name = "nomic"
     logit_scale = 100.0  # CLIP's convention; not calibrated here (the hosted API cannot be reached offline)
     default_batch_size = 256
-    fatal_errors = (NomicKeyError,)
 
     embedding_dim = 768  # Nomic Embed Text/Vision v1 and v1.5 at their full dimension, as the API returns them
 
