@@ -46,14 +46,15 @@ def test_a_finished_run_is_its_folder_and_a_manifest_written_last(tmp_path, phot
     out = tmp_path / "out"
     assert _classify(photos, out, "--top_k", "2") == 0
     manifest = read_manifest(str(out))
-    assert {p.name for p in out.iterdir()} == {SUCCESS, manifest["run_id"]}
+    claim = "_COMMIT-00000001"  # the first commit's claim of generation 1
+    assert {p.name for p in out.iterdir()} == {SUCCESS, claim, manifest["run_id"]} and manifest["generation"] == 1
     assert manifest["finished"] >= manifest["started"] and manifest["format"] == "parquet"
     assert manifest["model"].startswith("conse-") and len(manifest["settings"]["label_set_sha256"]) == 64
     assert manifest["command"][:3] == ["python -m pipelines.classify_images", "--input", f"{photos}/*.jpg"]
     assert [shard["rows"] for shard in manifest["results"]] == [7]
     assert sum(shard["rows"] for shard in manifest["errors"]) == 0
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == sorted([SUCCESS] + [s["path"] for s in manifest["results"] + manifest["errors"]])
+    assert files == sorted([SUCCESS, claim] + [s["path"] for s in manifest["results"] + manifest["errors"]])
     assert len(read_run(str(out))) == 7 and read_run(str(out), "errors") == []
 
 

@@ -174,18 +174,29 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 def _claim(output: str, generation: int, run_id: str) -> None:
     """Creates OUTPUT/_COMMIT-<generation> holding `run_id`, only if no such file exists: the one step two
-    committing jobs cannot both pass."""
+    committing jobs cannot both pass. Where fsspec has no exclusive create for the store (no driver installed, or
+    none for "xb"), Beam's FileSystems write it after a look: best effort, as a store without it allows."""
     path = _join(output, f"{CLAIM_PREFIX}{generation:08d}")
     try:
         with fsspec.open(path, "xb") as f:
             f.write(run_id.encode("utf-8"))
+        return
     except FileExistsError:
-        with fsspec.open(path, "rb") as f:
-            holder = f.read().decode("utf-8")
-        if holder != run_id:  # else: this run's own commit, retried after it claimed
-            raise ConcurrentRunError(
-                f"another job (run {holder}) is committing to {output!r}, or was killed while it did: this run "
-                f"stays uncommitted in {run_id}/. If no job is running there, delete {path} and run again") from None
+        pass
+    except (ImportError, NotImplementedError, ValueError) as e:
+        if not FileSystems.exists(path):
+            _LOG.warning("no exclusive create on %s (%s): claiming commit %d without it", output,
+                         type(e).__name__, generation)
+            handle = FileSystems.create(path)
+            handle.write(run_id.encode("utf-8"))
+            handle.close()
+            return
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        holder = f.read().decode("utf-8")
+    if holder != run_id:  # else: this run's own commit, retried after it claimed
+        raise ConcurrentRunError(
+            f"another job (run {holder}) is committing to {output!r}, or was killed while it did: this run "
+            f"stays uncommitted in {run_id}/. If no job is running there, delete {path} and run again")
 
 
 def check_error_fraction(output: str, manifest: dict[str, Any], rows: dict[str, int]) -> None:
