@@ -95,7 +95,7 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str], parser: argpars
         raise ConfigError(f"cannot list --input {args.input!r}: {type(e).__name__}: {e}") from None
     if match is None:
         raise ConfigError(f"--input {args.input!r} matches no file")
-    backend = checked_backend(args)
+    backend = checked_backend(args, beam_args)
     templates = templates or load_templates(backend.default_templates)
     settings = result_settings(args, labels, templates, backend, decision, args.explain)
     replaces = run_to_replace(args)

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.cli import ConfigError, add_backend_argument, add_backend_settings, failure_line, one_line
 from transforms.backends import BACKENDS, Backend
@@ -151,11 +151,13 @@ def label_options(args: argparse.Namespace) -> tuple[dict[str, list[str]], Optio
         raise ConfigError(str(e)) from None
 
 
-def checked_backend(args: argparse.Namespace) -> Backend:
-    """The backend the command line configures, after its own check (weights present, key accepted...)."""
-    backend = BACKENDS[args.backend].from_options(args)
+def checked_backend(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> Backend:
+    """The backend the command line configures, after its own check (weights present, key accepted...); with the
+    DirectRunner the workers are this machine, so its hardware is checked too (a GPU for --hf_device cuda)."""
+    runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
     try:
-        backend.check()
+        backend = BACKENDS[args.backend].from_options(args)
+        backend.check(workers_here=runner in (None, "DirectRunner", "direct", "SwitchingDirectRunner"))
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"backend {args.backend!r} cannot run: {e}") from None
     return backend

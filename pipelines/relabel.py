@@ -43,7 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         check_command_line(args, beam_args, parser, required=("embeddings", "labels", "output"))
         labels, templates, decision = label_options(args)
-        backend = checked_backend(args)
+        backend = checked_backend(args, beam_args)
         stored_run, shards = stored_shards(args, backend)
         templates = templates or load_templates(backend.default_templates)
         replaces = run_to_replace(args)

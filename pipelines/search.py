@@ -48,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ConfigError("a --query is given twice")
         if args.top_k < 1:
             raise ConfigError(f"--top_k must be at least 1, got {args.top_k}")
-        backend = checked_backend(args)
+        backend = checked_backend(args, beam_args)
         stored_run, shards = stored_shards(args, backend)
         replaces = run_to_replace(args)
         probe_output(args)

@@ -51,7 +51,7 @@ def test_weight_files_are_checked_before_use():
 
 
 def test_unknown_backend_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown backend 'clip'; choose one of: local"):
+    with pytest.raises(ValueError, match="unknown backend 'clip'; choose one of: hf, local, nomic"):
         get_backend("clip")
 
 

@@ -63,7 +63,7 @@ class ZeroShotClassify(beam.PTransform):
         label_matrix = inputs.pipeline | "EmbedLabels" >> EmbedLabels(self.label_phrases, self.templates, self.backend)
         read = inputs | "Read" >> beam.ParDo(ReadFiles(self.max_bytes)).with_outputs(ERRORS, main="files")
         decoded = read.files | "Decode" >> beam.ParDo(
-            DecodeImages(self.max_pixels, self.max_side)).with_outputs(ERRORS, main="images")
+            DecodeImages(self.max_pixels, self.max_side, self.backend.image_side)).with_outputs(ERRORS, main="images")
         vectors, embed_errors = decoded.images | "Embed" >> EmbedImages(self.backend, self.batch_size, self.explain)
         results = vectors | "Rank" >> RankVectors(
             label_matrix, self.backend, self.top_k, self.decision, self.batch_size,

@@ -14,9 +14,10 @@ from transforms.records import ERRORS, ImageInfo, exception_row
 # Longer side of the decoded image. Models look at the central ~224 px square, so 512 keeps full detail for
 # them while bounding memory: at most 512 x 512 x 3 bytes travel per image, whatever the file's size.
 DEFAULT_MAX_SIDE = 512
-# The shorter side the models read (EfficientNet-Lite0 resizes to 256 and crops 224; Nomic Embed Vision reads 224).
-# A JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale that still covers this in both directions.
-MODEL_SIDE = 256
+# The shorter side a model reads when its backend does not say (Backend.image_side: EfficientNet-Lite0 resizes to
+# 256 and crops 224). A JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale that still covers it in both
+# directions, and no image is shrunk below it: a 384 px model is never fed an upscaled 256 px image.
+DEFAULT_MODEL_SIDE = 256
 # Longer side / shorter side kept around the center. A 4000x3 strip would otherwise become ~300,000 px wide
 # when a model scales its shorter side up; what lies beyond this ratio is outside any center crop anyway.
 MAX_ASPECT = 2.0
@@ -58,8 +59,10 @@ def bound_size(image: Image.Image, max_side: int = DEFAULT_MAX_SIDE) -> Image.Im
     return image
 
 
-def decode_image(data: bytes, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE) -> tuple[Image.Image, int, int]:
-    """(bounded RGB image, upright width, upright height) of the file's first frame; raises on any bad input."""
+def decode_image(data: bytes, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE,
+                 model_side: int = DEFAULT_MODEL_SIDE) -> tuple[Image.Image, int, int]:
+    """(bounded RGB image, upright width, upright height) of the file's first frame; raises on any bad input.
+    The longer side is at most `max_side`, or what keeps the shorter one at `model_side` where that is more."""
     try:
         opened = Image.open(io.BytesIO(data))  # Pillow itself refuses > 2x MAX_IMAGE_PIXELS here
     except UnidentifiedImageError:
@@ -74,19 +77,22 @@ def decode_image(data: bytes, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE)
         image.seek(0)
         # JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers what the model reads: a 1000 x 750
         # photo is decoded as 500 x 375, a quarter of the pixels, and needs no second resize to fit max_side.
-        side = min(max_side, MODEL_SIDE)
+        longest = max(max_side, int(MAX_ASPECT * model_side))
+        side = min(longest, model_side)
         image.draft(None, (side, side))
         image.load()
         upright = ImageOps.exif_transpose(image)
-        return bound_size(to_rgb(upright), max_side), width, height
+        return bound_size(to_rgb(upright), longest), width, height
 
 
 class DecodeImages(beam.DoFn):
     """(uri, bytes) -> (ImageInfo, RGB image); anything Pillow cannot decode fully goes to `errors`."""
 
-    def __init__(self, max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE):
+    def __init__(self, max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
+                 model_side: int = DEFAULT_MODEL_SIDE):
         self.max_pixels = max_pixels
         self.max_side = max_side
+        self.model_side = model_side
 
     def setup(self):
         # A truncated file must fail, never come out padded with grey, whatever another library set.
@@ -99,7 +105,7 @@ class DecodeImages(beam.DoFn):
             with self.metrics.timed():
                 if not data:
                     raise ValueError("file is empty")
-                image, width, height = decode_image(data, self.max_pixels, self.max_side)
+                image, width, height = decode_image(data, self.max_pixels, self.max_side, self.model_side)
         except Exception as e:  # noqa: BLE001 - one bad image must never fail the job
             self.metrics.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, exception_row(uri, "decode", e))

@@ -26,6 +26,10 @@ class LabelMatrix(NamedTuple):
     names: list[str]
     vectors: np.ndarray
     background: Optional[np.ndarray] = None
+    # What the model learned, where it did (Embedder.logit_scale / logit_bias): they replace the backend's scale,
+    # and a bias makes each label's probability a sigmoid of its own logit (SigLIP) instead of a softmax.
+    logit_scale: Optional[float] = None
+    logit_bias: Optional[float] = None
 
 
 def build_label_matrix(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
@@ -46,7 +50,8 @@ def embed_label_set(label_phrases: Mapping[str, Sequence[str]], templates: Seque
     sums = np.zeros((len(phrases), vectors.shape[1]), dtype=np.float32)
     np.add.at(sums, owner, vectors)
     label_vectors = l2_normalize(sums)  # direction of the sum = direction of the mean
-    return LabelMatrix(list(label_phrases), label_vectors, embedder.background(phrases, label_vectors))
+    return LabelMatrix(list(label_phrases), label_vectors, embedder.background(phrases, label_vectors),
+                       embedder.logit_scale, embedder.logit_bias)
 
 
 def warn_unreadable(label_phrases: Mapping[str, Sequence[str]], embedder: Embedder) -> None:
@@ -167,7 +172,12 @@ def rank_rows(batch: Sequence[tuple[ImageInfo, Embedded]], labels: LabelMatrix, 
     of every job (classify, relabel) and of the library's `relabel`."""
     vectors = np.stack([embedded.vector for _, embedded in batch])
     scores = vectors @ labels.vectors.T
-    probs = label_probabilities(scores, logit_scale, none_scores(vectors, labels, none_margin))
+    if labels.logit_bias is not None:  # SigLIP: each label scored on its own, as the model was trained
+        logits = (labels.logit_scale or logit_scale) * scores.astype(np.float64) + labels.logit_bias
+        probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    else:
+        probs = label_probabilities(scores, labels.logit_scale or logit_scale,
+                                    none_scores(vectors, labels, none_margin))
     ranked = np.argsort(-scores, axis=1, kind="stable")
     rows = []
     for (info, embedded), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):

@@ -1,11 +1,13 @@
-"""Embedding backends, chosen by name: `local` (embedded, offline) and `nomic` (hosted Nomic Embed API)."""
+"""Embedding backends, chosen by name: `local` (embedded, offline), `nomic` (hosted Nomic Embed API) and `hf`
+(open-weights models through transformers). No backend module imports its model libraries until a model loads."""
 from __future__ import annotations
 
 from transforms.backends.base import Backend, Embedder, l2_normalize
+from transforms.backends.hf import HFBackend
 from transforms.backends.local import LocalBackend
 from transforms.backends.nomic import NomicBackend
 
-BACKENDS: dict[str, type[Backend]] = {backend.name: backend for backend in (LocalBackend, NomicBackend)}
+BACKENDS: dict[str, type[Backend]] = {backend.name: backend for backend in (LocalBackend, NomicBackend, HFBackend)}
 
 
 def get_backend(name: str, **options) -> Backend:

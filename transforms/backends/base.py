@@ -55,6 +55,10 @@ class Embedder(abc.ABC):
 
     model_id: str
     dim: int
+    # Set where the model learned them (CLIP's logit scale, SigLIP's scale and bias): they replace the Backend's
+    # logit_scale, and a bias makes label probabilities independent sigmoids (transforms/rank.py).
+    logit_scale: Optional[float] = None
+    logit_bias: Optional[float] = None
 
     @abc.abstractmethod
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -120,6 +124,11 @@ class Backend(abc.ABC):
     call_timeout_s: ClassVar[Optional[int]] = None
     # Images per model call when the user does not choose.
     default_batch_size: ClassVar[int] = 32
+    # The shorter side, in pixels, the image model reads: the decoder never makes an image smaller than this.
+    image_side: ClassVar[int] = 256
+    # One copy of the model per machine, shared by its SDK processes (a GPU's memory holds one), instead of one per
+    # process.
+    share_model_across_processes: ClassVar[bool] = False
     # Prompt templates (labels/templates/NAME.txt) used when the user does not choose.
     default_templates: ClassVar[str] = "photo"
 
@@ -142,8 +151,9 @@ class Backend(abc.ABC):
         process, with the loaded Embedder. Remote backends return a RemoteModelHandler."""
         return EmbedderModelHandler(self, batch_size, evidence_size)
 
-    def check(self) -> None:
-        """Raises a readable error if this backend cannot run (missing weights, key...) before a job starts."""
+    def check(self, workers_here: bool = True) -> None:
+        """Raises a readable error if this backend cannot run (missing weights, key...) before a job starts.
+        `workers_here`: the job runs on this machine (DirectRunner), so its hardware can be checked too."""
 
     @classmethod
     def _options(cls) -> list[dataclasses.Field]:
@@ -195,6 +205,9 @@ class EmbedderModelHandler(ImageBatchHandling, ModelHandler[Image.Image, Predict
         self._backend = backend
         self._batch_size = batch_size
         self._evidence_size = evidence_size
+
+    def share_model_across_processes(self) -> bool:
+        return self._backend.share_model_across_processes
 
     def load_model(self) -> Embedder:
         embedder = self._backend.load()

@@ -14,7 +14,6 @@ import torch
 
 from transforms.backends import efficientnet_lite
 
-RUNTIMES = ("onnx", "torch", "onnx-int8")
 INPUT, OUTPUT = "pixels", "logits"
 
 

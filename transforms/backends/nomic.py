@@ -224,7 +224,7 @@ class NomicBackend(Backend):
     def model_id(self) -> str:
         return self.vision_model
 
-    def check(self) -> None:
+    def check(self, workers_here: bool = True) -> None:
         """Reads the key and asks the API who it belongs to: a refused key stops the job before it starts."""
         import nomic.embed
 

@@ -1,0 +1,171 @@
+"""The `hf` backend on tiny CLIP and SigLIP models that the tests build and save (no hub here): the command line labels
+photos with them, keeps the vectors transformers itself computes, relabels and searches them; SigLIP's probabilities
+are its own sigmoids; a split image + sentence-transformers text tower works; bad models stop the job before it
+starts."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines import classify_images, relabel, search
+from tests.tiny_models import SIDE, tiny_clip, tiny_siglip, tiny_split_towers
+from transforms.backends import l2_normalize
+from transforms.backends.hf import HFBackend
+from transforms.decode import decode_image
+from transforms.run_folder import read_run
+
+LABELS = ["a cat", "a cup of coffee", "a rocket in space", "a flower"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    image, text = tiny_split_towers(folder / "split")
+    return {"clip": tiny_clip(folder / "clip"), "siglip": tiny_siglip(folder / "siglip"), "image": image,
+            "text": text}
+
+
+@pytest.fixture(scope="module")
+def small_photos(tmp_path_factory, photos):
+    """The sample photos at the tiny models' own size, as PNG: what the processor gets is what the file holds."""
+    folder = tmp_path_factory.mktemp("small")
+    for path in photos.iterdir():
+        Image.open(path).convert("RGB").resize((SIDE, SIDE)).save(folder / f"{path.stem}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def labels_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("labels") / "labels.txt"
+    path.write_text("\n".join(LABELS) + "\n")
+    return path
+
+
+def _classify(model_flags, inputs, labels, out, *flags):
+    return classify_images.main(["--backend", "hf", *model_flags, "--input", f"{inputs}/*.png", "--labels",
+                                 str(labels), "--templates", "plain", "--output", str(out), *flags])
+
+
+def _by_name(rows):
+    return {row["uri"].rsplit("/", 1)[-1]: row for row in rows}
+
+
+def test_a_clip_folder_labels_keeps_transformers_own_vectors_and_relabels(models, small_photos, labels_file, tmp_path):
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    out = tmp_path / "out"
+    assert _classify(["--hf_model", str(models["clip"])], small_photos, labels_file, out, "--embeddings",
+                     "--top_k", "4") == 0
+    kept = _by_name(read_run(str(out), "embeddings"))
+    assert len(kept) == 7 and {row["model"] for row in kept.values()} == {HFBackend(model=str(models["clip"])).model_id}
+    model = CLIPModel.from_pretrained(models["clip"]).eval()
+    processor = AutoImageProcessor.from_pretrained(models["clip"])
+    for name, row in kept.items():
+        pixels = processor(images=[Image.open(small_photos / name).convert("RGB")], return_tensors="pt")
+        with torch.inference_mode():
+            own = model.get_image_features(**pixels).pooler_output.numpy()
+        assert np.abs(np.asarray(row["embedding"]) - l2_normalize(own)[0]).max() <= 1e-4, name
+    # The rows rank those vectors against the labels embedded by the model's own text tower (template `plain`).
+    tokens = AutoTokenizer.from_pretrained(models["clip"])(LABELS, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        label_vectors = l2_normalize(model.get_text_features(**tokens).pooler_output.numpy())
+    for name, row in _by_name(read_run(str(out))).items():
+        cosines = dict(zip(LABELS, label_vectors @ np.asarray(kept[name]["embedding"])))
+        assert row["scores"] == pytest.approx([cosines[label] for label in row["labels"]], abs=1e-5)
+        logits = model.logit_scale.exp().item() * np.array([cosines[label] for label in LABELS])
+        expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert row["probs"] == pytest.approx([expected[LABELS.index(label)] for label in row["labels"]], abs=1e-5)
+    # Relabel with another set gives what a fresh classify gives, and search finds images by text.
+    others = tmp_path / "others.txt"
+    others.write_text("a dog\na red car\nan astronaut\n")
+    assert relabel.main(["--backend", "hf", "--hf_model", str(models["clip"]), "--embeddings", str(out),
+                         "--labels", str(others), "--templates", "plain", "--output", str(tmp_path / "relabeled"),
+                         "--top_k", "3"]) == 0
+    assert _classify(["--hf_model", str(models["clip"])], small_photos, others, tmp_path / "fresh", "--top_k", "3") == 0
+    relabeled, fresh = _by_name(read_run(str(tmp_path / "relabeled"))), _by_name(read_run(str(tmp_path / "fresh")))
+    for name, row in fresh.items():
+        assert relabeled[name]["labels"] == row["labels"]
+        assert relabeled[name]["probs"] == pytest.approx(row["probs"], abs=1e-5)
+    assert search.main(["--backend", "hf", "--hf_model", str(models["clip"]), "--embeddings", str(out),
+                        "--query", "a cat", "--top_k", "2", "--output", str(tmp_path / "found")]) == 0
+    assert len(read_run(str(tmp_path / "found"))) == 2
+
+
+def test_siglip_probabilities_are_its_own_sigmoids(models, small_photos, labels_file, tmp_path):
+    out = tmp_path / "out"
+    assert _classify(["--hf_model", str(models["siglip"])], small_photos, labels_file, out, "--top_k", "4") == 0
+    backend = HFBackend(model=str(models["siglip"]))
+    embedder = backend.load()
+    assert (embedder.logit_scale, embedder.logit_bias) == (pytest.approx(np.exp(2.0)), pytest.approx(-1.5))
+    label_vectors = embedder.embed_texts(LABELS)
+    for name, row in _by_name(read_run(str(out))).items():
+        image = embedder.embed_images([Image.open(small_photos / name).convert("RGB")])[0]
+        cosines = dict(zip(LABELS, label_vectors @ image))
+        expected = [1 / (1 + np.exp(-(np.exp(2.0) * cosines[label] - 1.5))) for label in row["labels"]]
+        assert row["probs"] == pytest.approx(expected, abs=1e-5)
+        assert row["scores"] == pytest.approx([cosines[label] for label in row["labels"]], abs=1e-5)
+
+
+def test_a_split_image_and_sentence_transformers_text_tower(models, small_photos, labels_file, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "out"
+    assert _classify(["--hf_model", str(models["image"]), "--hf_text_model", str(models["text"])], small_photos,
+                     labels_file, out, "--top_k", "4", "--embeddings") == 0
+    text_vectors = l2_normalize(SentenceTransformer(str(models["text"]), device="cpu").encode(LABELS))
+    kept = _by_name(read_run(str(out), "embeddings"))
+    for name, row in _by_name(read_run(str(out))).items():
+        cosines = dict(zip(LABELS, text_vectors @ np.asarray(kept[name]["embedding"])))
+        assert row["scores"] == pytest.approx([cosines[label] for label in row["labels"]], abs=1e-5)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--hf_model", "{clip}", "--hf_device", "cuda"], "--hf_device cuda, but torch sees no CUDA device here"),
+    (["--hf_model", "openai/clip-vit-base-patch32"], "cannot get 'openai/clip-vit-base-patch32' from the Hugging "
+                                                     "Face hub or its local cache"),
+    (["--hf_model", "{labels}"], "is not a folder"),
+    (["--hf_model", "{empty}"], "is not a transformers model (no readable config.json"),
+    (["--hf_model", "{image}"], "is an image model only (clip_vision_model): give its text tower with --hf_text_model"),
+    ([], "--backend hf needs --hf_model"),
+])
+def test_a_model_that_cannot_run_stops_the_job_before_it_starts(models, labels_file, small_photos, tmp_path, capsys,
+                                                                flags, says):
+    if "cuda" in flags and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    (tmp_path / "empty").mkdir()
+    paths = {"clip": models["clip"], "image": models["image"], "labels": labels_file, "empty": tmp_path / "empty"}
+    flags = [flag.format(**paths) for flag in flags]
+    assert _classify(flags, small_photos, labels_file, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: backend 'hf' cannot run: ") and says in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_weights_are_another_model_and_their_vectors_are_refused(models, small_photos, labels_file, tmp_path,
+                                                                       capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "out"
+    assert _classify(["--hf_model", str(models["clip"])], small_photos, labels_file, out, "--embeddings") == 0
+    retrained = tmp_path / "retrained"
+    shutil.copytree(models["clip"], retrained)
+    weights = load_file(retrained / "model.safetensors")
+    weights["logit_scale"] = weights["logit_scale"] + 0.5
+    save_file(weights, retrained / "model.safetensors", metadata={"format": "pt"})
+    assert relabel.main(["--backend", "hf", "--hf_model", str(retrained), "--embeddings", str(out), "--labels",
+                         str(labels_file), "--output", str(tmp_path / "relabeled")]) == 2
+    assert "were made by model 'hf:" in capsys.readouterr().err
+
+
+def test_the_decoder_keeps_the_side_a_384_px_model_reads():
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 1000), (10, 120, 200)).save(buffer, "JPEG")
+    default, _, _ = decode_image(buffer.getvalue(), 10**9)
+    large, _, _ = decode_image(buffer.getvalue(), 10**9, model_side=384)
+    assert min(default.size) == 256 and min(large.size) == 384 and max(large.size) == 768

@@ -1,0 +1,258 @@
+"""The `hf` backend: open-weights aligned models through transformers, on CPU or GPU: CLIP-family models (CLIP,
+SigLIP, SigLIP 2: `get_image_features` / `get_text_features`), or an image tower with a separate sentence-transformers
+text tower that shares its space (Nomic Embed Vision + Nomic Embed Text). The model's own processor and tokenizer
+decide image size, crop, normalization and text padding."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from transforms.backends.base import Backend, Embedder, l2_normalize, option
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float16", "bfloat16")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# Nomic's guidance for text-to-image retrieval: the text tower reads queries with this prefix.
+NOMIC_TEXT_PREFIX = "search_query: "
+
+
+class ModelFolderError(ValueError):
+    """The model cannot be found or read: not a folder holding a model, not in the hub cache and no hub reachable."""
+
+
+def _is_remote(name: str) -> bool:
+    return "://" in name and not name.startswith("file://")
+
+
+@functools.cache
+def model_folder(name: str, revision: Optional[str] = None) -> str:
+    """A local folder holding the model `name`: the folder itself, a copy of a gs:// or s3:// folder (made once per
+    process, and shared by the processes of a worker through the temp folder), or a hub snapshot."""
+    if _is_remote(name):
+        import fsspec
+
+        target = Path(tempfile.gettempdir()) / "zero-shot-models" / hashlib.sha256(name.encode()).hexdigest()[:16]
+        if not (target / "config.json").is_file() and not (target / "modules.json").is_file():
+            staging = target.with_name(f"{target.name}.{uuid.uuid4().hex}")
+            fs, path = fsspec.core.url_to_fs(name)
+            if not fs.isdir(path):
+                raise ModelFolderError(f"{name!r} is not a folder")
+            fs.get(path.rstrip("/") + "/", str(staging), recursive=True)
+            try:
+                staging.rename(target)  # whole or not at all; another process may have won
+            except OSError:
+                pass
+        return str(target)
+    local = name.removeprefix("file://")
+    if os.path.isdir(local):
+        return local
+    if os.path.exists(local) or local.startswith((".", "/")):
+        raise ModelFolderError(f"{name!r} is not a folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, revision=revision)
+    except Exception as e:  # noqa: BLE001 - no network, unknown repo, gated model: one line, before the job
+        raise ModelFolderError(f"cannot get {name!r} from the Hugging Face hub or its local cache "
+                               f"({type(e).__name__}); give a local folder or a gs:// or s3:// copy of it") from None
+
+
+@functools.cache
+def weights_digest(folder: str) -> str:
+    """sha256 over the model's weight files (names and bytes): `model` in rows names these weights exactly."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise ModelFolderError(f"{folder!r} holds no weights ({', '.join(WEIGHT_SUFFIXES)} files)")
+    for path in files:
+        digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _config(folder: str) -> dict[str, Any]:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelFolderError(f"{folder!r} is not a transformers model (no readable config.json: "
+                               f"{type(e).__name__})") from None
+
+
+def _image_side(folder: str) -> int:
+    """The shorter side the model's image processor reads (its resize target, or its crop if larger)."""
+    try:
+        processor = json.loads((Path(folder) / "preprocessor_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelFolderError(f"{folder!r} has no readable preprocessor_config.json ({type(e).__name__})") from None
+    sides = []
+    for key in ("size", "crop_size"):
+        value = processor.get(key)
+        sides += [value] if isinstance(value, int) else list((value or {}).values())
+    return max((side for side in sides if isinstance(side, int)), default=224)
+
+
+class HFEmbedder(Embedder):
+    """A transformers model in this process: images through its image processor and image features, texts through
+    its tokenizer and text features, or through a separate sentence-transformers text tower."""
+
+    def __init__(self, settings: "HFBackend"):
+        import torch
+        import transformers
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+        transformers.utils.logging.disable_progress_bar()  # a bar per worker for loading local weights is noise
+
+        self.torch = torch
+        self.model_id = settings.model_id
+        self.dim = settings.embedding_dim
+        self.device = settings.resolved_device
+        self.dtype = getattr(torch, settings.dtype)
+        folder = model_folder(settings.model, settings.revision)
+        trust = settings.trust_remote_code
+        # The class the folder names (CLIPVisionModelWithProjection keeps its projection; AutoModel would drop it),
+        # else whatever AutoModel maps its config to (remote code included, when trusted).
+        named = (_config(folder).get("architectures") or [None])[0]
+        model_class = getattr(transformers, named, None) if named else None
+        self.model = (model_class or AutoModel).from_pretrained(folder, trust_remote_code=trust, dtype=self.dtype)
+        self.model.to(self.device)
+        self.model.eval()
+        self.image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust)
+        self.siglip = _config(folder).get("model_type", "").startswith("siglip")
+        self.text_prefix = settings.text_prefix
+        if settings.text_model:
+            from sentence_transformers import SentenceTransformer
+
+            self.text_tower = SentenceTransformer(model_folder(settings.text_model, settings.revision),
+                                                  device=self.device, trust_remote_code=trust)
+        else:
+            self.text_tower = None
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+        if hasattr(self.model, "logit_scale") and not settings.text_model:
+            self.logit_scale = float(self.model.logit_scale.detach().exp())
+        if hasattr(self.model, "logit_bias") and not settings.text_model:
+            self.logit_bias = float(self.model.logit_bias.detach())
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [self.text_prefix + text for text in texts]
+        if self.text_tower is not None:
+            return l2_normalize(self.text_tower.encode(texts, convert_to_numpy=True))
+        # SigLIP was trained on texts padded to the tokenizer's maximum length; CLIP pools at the end token.
+        inputs = self.tokenizer(texts, padding="max_length" if self.siglip else True, truncation=True,
+                                return_tensors="pt").to(self.device)
+        with self.torch.inference_mode():
+            return l2_normalize(_features(self.model.get_text_features(**inputs)).float().cpu().numpy())
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        pixels = pixels.to(self.device, self.dtype)
+        with self.torch.inference_mode():
+            if hasattr(self.model, "get_image_features"):
+                vectors = _features(self.model.get_image_features(pixel_values=pixels))
+            else:  # an image tower alone: its projected embeddings, or its CLS token (Nomic Embed Vision)
+                output = self.model(pixel_values=pixels)
+                vectors = getattr(output, "image_embeds", None)
+                vectors = output.last_hidden_state[:, 0] if vectors is None else vectors
+        return l2_normalize(vectors.float().cpu().numpy())
+
+
+def _features(output):
+    """transformers 5 returns image and text features as the pooled output of a ModelOutput; 4 as a tensor."""
+    return getattr(output, "pooler_output", output)
+
+
+@dataclasses.dataclass(frozen=True)
+class HFBackend(Backend):
+    """Open-weights aligned models (CLIP, SigLIP, Nomic Embed) through transformers, on CPU or GPU."""
+
+    model: Optional[str] = option(None, "(required) the model: a Hugging Face hub id, a local folder, or a gs:// or "
+                                        "s3:// folder (copied once per worker)")
+    text_model: Optional[str] = option(None, "a separate sentence-transformers text tower sharing the image "
+                                             "model's space (nomic-ai/nomic-embed-text-v1.5 for Nomic Embed Vision)")
+    revision: Optional[str] = option(None, "hub revision (a branch, tag or commit) of --hf_model and --hf_text_model")
+    trust_remote_code: bool = option(False, "run the model's own Python code from its folder (Nomic Embed needs "
+                                            "it): only for models you trust")
+    device: str = option("auto", "where the model runs (auto: cuda when a GPU is there)", choices=list(DEVICES),
+                         affects_results=False)
+    dtype: str = option("float32", "weights and activations (float16 or bfloat16 halve memory on GPUs)",
+                        choices=list(DTYPES))
+    text_prefix: Optional[str] = option(None, "put before every label text (default: 'search_query: ' for Nomic "
+                                              "text towers, else none)")
+    name = "hf"
+    logit_scale = 100.0  # CLIP's convention, for models that learned none (a separate text tower)
+    default_templates = "photo"
+
+    def __post_init__(self):
+        if self.text_prefix is None:  # the dataclass is frozen: settle the default once, visibly in settings
+            nomic = "nomic" in (self.text_model or "").lower()
+            object.__setattr__(self, "text_prefix", NOMIC_TEXT_PREFIX if nomic else "")
+
+    @property
+    def folder(self) -> str:
+        if not self.model:
+            raise ModelFolderError("--backend hf needs --hf_model: a hub id, a local folder or a gs:// or s3:// one")
+        return model_folder(self.model, self.revision)
+
+    @property
+    def model_id(self) -> str:
+        model_id = f"hf:{self.model}@{weights_digest(self.folder)[:16]}"
+        if self.text_model:
+            model_id += f"+{self.text_model}@{weights_digest(model_folder(self.text_model, self.revision))[:16]}"
+        return model_id + ("" if self.dtype == "float32" else f"-{self.dtype}")
+
+    @property
+    def embedding_dim(self) -> int:
+        config = _config(self.folder)
+        vision = config.get("vision_config", config)
+        return int(config.get("projection_dim") or vision.get("projection_dim") or vision.get("hidden_size")
+                   or config.get("n_embd"))
+
+    @property
+    def image_side(self) -> int:
+        return _image_side(self.folder)
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def default_batch_size(self) -> int:
+        return 256 if self.resolved_device == "cuda" else 16
+
+    @property
+    def share_model_across_processes(self) -> bool:
+        # On a GPU worker one copy of the weights serves every SDK process (Beam's multi_process_shared).
+        return self.resolved_device == "cuda"
+
+    def check(self, workers_here: bool = True) -> None:
+        config = _config(self.folder)
+        weights_digest(self.folder)
+        if "text_config" not in config and not self.text_model:
+            raise ModelFolderError(f"{self.model!r} is an image model only ({config.get('model_type')}): give its "
+                                   "text tower with --hf_text_model")
+        if self.text_model:
+            weights_digest(model_folder(self.text_model, self.revision))
+        _image_side(self.folder)
+        if self.device == "cuda" and workers_here:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("--hf_device cuda, but torch sees no CUDA device here")
+
+    def _load(self) -> Embedder:
+        return HFEmbedder(self)
