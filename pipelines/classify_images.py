@@ -21,14 +21,14 @@ from pipelines.jobs import (BEAM_EPILOG, add_label_options, add_run_options, che
                             report_labels, result_settings, run_job, run_to_replace)
 from transforms.backends import Backend  # noqa: E402
 from transforms.classify import ZeroShotClassify, check_settings  # noqa: E402
-from transforms.dedupe import COPIES, CopyRows, HashFiles, OnePerContent  # noqa: E402
+from transforms.dedupe import COPIES, ContentKeys, CopyRows, OnePerContent  # noqa: E402
 from transforms.label_sets import load_templates  # noqa: E402
 from transforms.rank import Decision  # noqa: E402
 from transforms.read import MatchFiles, first_match  # noqa: E402
 from transforms.records import (EMBEDDING_DTYPES, EMBEDDINGS, ERRORS, ERRORS_SCHEMA, RESULTS,  # noqa: E402
                                 RESULTS_SCHEMA)
 from transforms.run_folder import SUCCESS, CommitRun, run_files, table_prefix  # noqa: E402
-from transforms.skip import TO_LABEL, SkipExisting  # noqa: E402
+from transforms.skip import CARRIED_METRIC, TO_LABEL, SkipExisting  # noqa: E402
 from transforms.write import WriteEmbeddings, WriteRows  # noqa: E402
 
 PROG = "python -m pipelines.classify_images"
@@ -127,24 +127,28 @@ def check_reusable(previous: dict[str, Any], settings: dict[str, Any], file_form
 
 
 def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan, manifest: dict[str, Any]) -> None:
-    """Match -> hash -> [keep the rows of unchanged files] -> one file per content -> classify -> copy rows to
-    duplicate files -> write results, errors [and embeddings] -> commit."""
-    hashed = pipeline | "Match" >> MatchFiles(args.input) | "HashFiles" >> HashFiles()
-    to_label, kept = hashed["hashes"], {}
+    """List (with the store's checksums) -> one file per content -> [keep the rows of unchanged files] -> classify
+    -> copy rows to duplicate files -> write results, errors [and embeddings] -> commit. An object in a bucket is
+    fetched once: to compare it with the previous run and to label it, from the same bytes."""
+    keyed = pipeline | "Match" >> MatchFiles(args.input, checksums=True) | "ContentKeys" >> ContentKeys()
+    distinct = keyed["keys"] | "OnePerContent" >> OnePerContent()
+    to_label, kept, errors = distinct.main, {}, [keyed[ERRORS]]
     if plan.previous:
         carried = [RESULTS, EMBEDDINGS] if args.embeddings else [RESULTS]
         split = to_label | "SkipExisting" >> SkipExisting(
             {table: run_files(args.skip_existing, table) for table in carried})
         to_label, kept = split[TO_LABEL], {table: split[table] for table in carried}
-    distinct = to_label | "OnePerContent" >> OnePerContent()
-    outputs = distinct.main | "Classify" >> ZeroShotClassify(
+        kept[ERRORS] = split[ERRORS]  # a file that could not be read to compare: copied to its duplicates too
+    outputs = to_label | "Classify" >> ZeroShotClassify(
         plan.labels, plan.backend, plan.templates, top_k=args.top_k, batch_size=args.batch_size,
         decision=plan.decision, explain=args.explain, keep_embeddings=args.embeddings)
     rows = {}
     for table, labeled in outputs.items():
         parts = [labeled | f"Copy{table.title()}" >> CopyRows(distinct[COPIES], table)]
-        parts += [kept[table]] if table in kept else []
-        parts += [hashed[ERRORS]] if table == ERRORS else []
+        if table in kept:  # rows kept from the previous run: their copies count as kept too
+            parts.append(kept[table] | f"CopyKept{table.title()}" >> CopyRows(distinct[COPIES], table,
+                                                                             counted_as=CARRIED_METRIC))
+        parts += errors if table == ERRORS else []
         rows[table] = parts | f"All{table.title()}" >> beam.Flatten()
     run_id = manifest["run_id"]
     written = {

@@ -21,6 +21,7 @@ from transforms.classify import check_settings
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
 from transforms.rank import Decision
 from transforms.run_folder import MANIFEST_VERSION, SUCCESS, RunFolderError, new_run_id, read_manifest, utc_now
+from transforms.stores import use_job_options
 from transforms.stored import DEFAULT_BATCH, EmbeddingsMismatch, embeddings_of
 from transforms.summary import summary
 from transforms.write import FORMATS, probe_writable
@@ -89,6 +90,7 @@ def parse(parser: argparse.ArgumentParser,
     logging.getLogger("zero_shot").setLevel(logging.INFO)
     argv = list(sys.argv[1:] if argv is None else argv)
     args, beam_args = parser.parse_known_args(argv)
+    use_job_options(PipelineOptions(beam_args))  # the checks before the job reach the stores the job will
     return argv, args, beam_args
 
 

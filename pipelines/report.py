@@ -22,9 +22,13 @@ from typing import Optional, Sequence
 import fsspec
 from PIL import Image
 
+from apache_beam.options.pipeline_options import PipelineOptions
+
 from pipelines.cli import ConfigError, OneLineParser
+from pipelines.jobs import unknown_beam_args
 from transforms.decode import decode_image
 from transforms.run_folder import RunFolderError, read_run
+from transforms.stores import use_job_options
 
 THUMB_SIDE = 256
 PER_LABEL = 24  # thumbnails per label section; the rest are counted
@@ -182,7 +186,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", required=True, help="the HTML file to write (any fsspec URL)")
     parser.add_argument("--title", default="Zero-shot labels", help="the page's title")
     parser.add_argument("--per_label", type=int, default=PER_LABEL, help=f"thumbnails per label (default {PER_LABEL})")
-    args = parser.parse_args(argv)
+    args, store_args = parser.parse_known_args(argv)
+    if unknown := unknown_beam_args(store_args):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    use_job_options(PipelineOptions(store_args))  # Beam's store options, e.g. --s3_endpoint_url, reach the run
     try:
         write_report(args.run, args.output, args.title, args.per_label)
     except ConfigError as e:

@@ -22,7 +22,7 @@ from tests.conftest import REPO, commit_gate
 from transforms import run_folder
 from transforms.backends import local
 from transforms.records import ERRORS_SCHEMA, RESULTS_SCHEMA, SEARCH_SCHEMA, embeddings_schema
-from transforms.run_folder import SUCCESS, ConcurrentRunError, commit, read_manifest, read_run
+from transforms.run_folder import SUCCESS, commit, read_manifest, read_run
 from transforms.write import FORMATS, WriteRows, count_rows, read_rows
 
 HOSTILE_NAMES = ["new\nline.jpg", "carriage\rreturn.jpg", 'quote",comma.jpg', "[Errno 2] looks like a list.jpg",
@@ -204,19 +204,18 @@ def test_fifos_undecodable_names_and_unreadable_folders_are_error_rows(tmp_path,
 # --- One run per folder, for real -------------------------------------------------------------------------------
 
 def test_of_two_commits_racing_into_one_folder_exactly_one_wins(tmp_path, monkeypatch):
-    """Both jobs read "no run here" before either writes: the claim of the next generation lets only one through."""
+    """Both jobs read "no run here" and counted their rows before either claims: the exclusive claim of the next
+    generation lets exactly one through."""
     out = tmp_path / "out"
     out.mkdir()
-    both_read = threading.Barrier(2)
-    read = run_folder.read_manifest
+    both_ready = threading.Barrier(2)
+    claim = run_folder._claim
 
-    def read_then_wait(output):
-        manifest = read(output)
-        if threading.current_thread().name.startswith("job"):
-            both_read.wait(timeout=30)
-        return manifest
+    def wait_then_claim(*args):
+        both_ready.wait(timeout=30)
+        return claim(*args)
 
-    monkeypatch.setattr(run_folder, "read_manifest", read_then_wait)
+    monkeypatch.setattr(run_folder, "_claim", wait_then_claim)
     outcomes = {}
 
     def job(run_id):
@@ -226,8 +225,8 @@ def test_of_two_commits_racing_into_one_folder_exactly_one_wins(tmp_path, monkey
         try:
             commit(str(out), {"run_id": run_id, "version": 2}, None, {"results": [str(shard)]})
             outcomes[run_id] = "committed"
-        except ConcurrentRunError as e:
-            outcomes[run_id] = str(e)
+        except Exception as e:  # noqa: BLE001 - the assertions below say which kind is right
+            outcomes[run_id] = f"{type(e).__name__}: {e}"
 
     threads = [threading.Thread(target=job, args=(f"run-{n}",), name=f"job-{n}") for n in (1, 2)]
     for thread in threads:
@@ -237,8 +236,9 @@ def test_of_two_commits_racing_into_one_folder_exactly_one_wins(tmp_path, monkey
     winner = [run_id for run_id, outcome in outcomes.items() if outcome == "committed"]
     assert len(winner) == 1, outcomes
     (loser,) = set(outcomes) - set(winner)
-    assert f"is committing to {str(out)!r}" in outcomes[loser] and f"stays uncommitted in {loser}/" in outcomes[loser]
-    assert read(str(out))["run_id"] == winner[0] and read_run(str(out)) == [{"uri": "x"}]
+    assert outcomes[loser].startswith(f"ConcurrentRunError: another job (run {winner[0]}) is committing to ")
+    assert f"stays uncommitted in {loser}/" in outcomes[loser]
+    assert read_manifest(str(out))["run_id"] == winner[0] and read_run(str(out)) == [{"uri": "x"}]
 
 
 def test_a_job_that_another_committed_under_fails_and_never_reports_its_rows(tmp_path, photos):

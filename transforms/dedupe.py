@@ -1,5 +1,5 @@
-"""Content dedupe: every file is hashed once; files with the same bytes are decoded and embedded once, and every uri
-still gets its own rows."""
+"""Content dedupe: files with the same bytes are read, decoded and embedded once, and every uri still gets its own
+rows. What "the same bytes" means comes from the store's listing where it can (its MD5), so an object is fetched once."""
 from __future__ import annotations
 
 import hashlib
@@ -10,28 +10,53 @@ from apache_beam.metrics import Metrics
 
 from transforms.metrics import NAMESPACE, errors_metric
 from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
-from transforms.records import ERRORS, RESULTS
+from transforms.records import ERRORS, RESULTS, ListingFailure
 
 COPIES_METRIC = "duplicates_not_embedded"
 COPIES = "copies"
+_TO_HASH = "to_hash"
 
 
-def _sha256(element: tuple[str, bytes]) -> tuple[str, str]:
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _sha256_key(element: tuple[str, bytes]) -> tuple[str, str]:
     uri, data = element
-    return uri, hashlib.sha256(data).hexdigest()
+    return uri, f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-class HashFiles(beam.PTransform):
-    """URIs -> {'hashes': (uri, sha256 of its bytes), 'errors': read errors}. Only hashes leave this step: the bytes
-    are read again by the files that go on to be decoded, so no shuffle ever carries an image."""
+def _listed_key(listed):
+    """(uri, listing checksum) -> (uri, content key) where the listing settles it; local files (and listing
+    failures, which the reader turns into error rows) go to be hashed."""
+    if isinstance(listed, ListingFailure):
+        yield beam.pvalue.TaggedOutput(_TO_HASH, listed)
+        return
+    uri, checksum = listed
+    if checksum:
+        yield uri, checksum
+    elif _is_local(uri):
+        yield beam.pvalue.TaggedOutput(_TO_HASH, uri)
+    else:  # a multipart or composite object lists no MD5: its own key, so it is still fetched once
+        yield uri, f"uri:{uri}"
+
+
+class ContentKeys(beam.PTransform):
+    """(uri, listing checksum or None), as MatchFiles(checksums=True) lists them -> {'keys': (uri, content key),
+    'errors': read errors}. The key is the store's MD5 where the listing gives one (no request), the sha256 of a
+    local file's bytes (a read from disk), or, for an object whose listing has no MD5, its uri (never deduplicated).
+    Only keys leave this step: no shuffle carries an image, and no object is fetched to be hashed."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
         super().__init__()
         self.max_bytes = max_bytes
 
-    def expand(self, uris):
-        read = uris | "ReadToHash" >> beam.ParDo(ReadFiles(self.max_bytes)).with_outputs(ERRORS, main="files")
-        return {"hashes": read.files | "Hash" >> beam.Map(_sha256), ERRORS: read[ERRORS]}
+    def expand(self, listed):
+        split = listed | "ListedKey" >> beam.ParDo(_listed_key).with_outputs(_TO_HASH, main="keys")
+        read = split[_TO_HASH] | "ReadToHash" >> beam.ParDo(ReadFiles(self.max_bytes)).with_outputs(ERRORS,
+                                                                                                      main="files")
+        hashed = read.files | "Hash" >> beam.Map(_sha256_key)
+        return {"keys": (split.keys, hashed) | "AllKeys" >> beam.Flatten(), ERRORS: read[ERRORS]}
 
 
 class _FirstOfEach(beam.DoFn):
@@ -49,11 +74,12 @@ class _FirstOfEach(beam.DoFn):
 
 
 class OnePerContent(beam.PTransform):
-    """(uri, sha256) -> {'main': one uri per distinct content, 'copies': (that uri, a uri with the same bytes)}."""
+    """(uri, content key) -> {'main': one uri per distinct content, 'copies': (that uri, a uri with the same
+    bytes)}."""
 
-    def expand(self, hashes):
-        return (hashes
-                | "BySha256" >> beam.Map(lambda pair: (pair[1], pair[0]))
+    def expand(self, keys):
+        return (keys
+                | "ByContent" >> beam.Map(lambda pair: (pair[1], pair[0]))
                 | "Group" >> beam.GroupByKey()
                 | "FirstOfEach" >> beam.ParDo(_FirstOfEach()).with_outputs(COPIES, main="main"))
 
@@ -64,27 +90,28 @@ def copied_metric(counted: str) -> str:
     return f"copied_{counted}"
 
 
-def _with_copies(element: tuple[str, dict[str, Iterable]], table: str):
+def _with_copies(element: tuple[str, dict[str, Iterable]], table: str, counted_as: str):
     _, found = element
     copies = list(found["copies"])
     for row in found["rows"]:
         yield row
         if copies and table in (RESULTS, ERRORS):
-            counted = RESULTS if table == RESULTS else errors_metric(row["stage"])
-            Metrics.counter(NAMESPACE, copied_metric(counted)).inc(len(copies))
+            counted = counted_as if table == RESULTS else copied_metric(errors_metric(row["stage"]))
+            Metrics.counter(NAMESPACE, counted).inc(len(copies))
         for other in copies:
             yield {**row, "uri": other}
 
 
 class CopyRows(beam.PTransform):
     """Rows of one table (dicts with a `uri`) -> the same rows plus, for each copy (uri, other uri), the row again
-    for `other`."""
+    for `other`. Copied result rows count under `counted_as` (labeled, by default; rows kept from a previous run
+    count as kept)."""
 
-    def __init__(self, copies, table: str):
+    def __init__(self, copies, table: str, counted_as: str = copied_metric(RESULTS)):
         super().__init__()
-        self.copies, self.table = copies, table
+        self.copies, self.table, self.counted_as = copies, table, counted_as
 
     def expand(self, rows):
         return ({"rows": rows | "ByUri" >> beam.Map(lambda row: (row["uri"], row)), "copies": self.copies}
                 | "Join" >> beam.CoGroupByKey()
-                | "Copy" >> beam.FlatMap(_with_copies, self.table))
+                | "Copy" >> beam.FlatMap(_with_copies, self.table, self.counted_as))

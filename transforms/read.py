@@ -12,6 +12,7 @@ from fsspec.utils import glob_translate
 
 from transforms.metrics import StageMetrics
 from transforms.records import ERRORS, ListingFailure, error_row, exception_row
+from transforms.stores import use_worker_options
 
 DEFAULT_MAX_BYTES = 64 << 20
 
@@ -29,15 +30,10 @@ def _to_uri(fs: fsspec.AbstractFileSystem, pattern: str, path: str) -> str:
     return fs.unstrip_protocol(path) if "://" in pattern else path
 
 
-def _printable(path: str) -> str:
-    """A local path whose name is not UTF-8 (undecodable bytes kept as surrogates), with those bytes as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def _walk(fs: fsspec.AbstractFileSystem, folder: str, maxdepth: Optional[int],
-          unlisted: list[OSError]) -> Iterator[str]:
-    """Every non-folder below `folder`, in sorted order, lazily; folders that cannot be listed go to `unlisted`.
-    (fsspec's own walk drops them silently below the top folder, whatever `on_error` says.)"""
+          unlisted: list[OSError]) -> Iterator[tuple[str, dict]]:
+    """(path, listing info) of every non-folder below `folder`, in sorted order, lazily; folders that cannot be
+    listed go to `unlisted`. (fsspec's own walk drops them silently below the top folder, whatever `on_error` says.)"""
     try:
         entries = sorted(fs.ls(folder, detail=True), key=lambda info: info["name"])
     except OSError as e:
@@ -49,13 +45,14 @@ def _walk(fs: fsspec.AbstractFileSystem, folder: str, maxdepth: Optional[int],
         if info["type"] != "directory":
             # A symlink (fsspec types a dangling or looping one "other") reaches the reader: a bad one becomes a
             # `read` error row, never vanishes.
-            yield name
+            yield name, info
         elif name != folder.rstrip("/") and not info.get("islink") and (maxdepth is None or maxdepth > 1):
             yield from _walk(fs, name, None if maxdepth is None else maxdepth - 1, unlisted)
 
 
-def _candidates(pattern: str, unlisted: list[OSError]) -> Iterator[tuple[fsspec.AbstractFileSystem, str]]:
-    """Every file a pattern names, lazily: glob matches, all files below a directory, or the one file."""
+def _candidates(pattern: str, unlisted: list[OSError]) -> Iterator[tuple[fsspec.AbstractFileSystem, str, dict]]:
+    """Every file a pattern names, with its listing info, lazily: glob matches, all files below a directory, or the
+    one file."""
     fs, path = fsspec.core.url_to_fs(pattern)
     if _has_glob(path):
         parts = path.split("/")
@@ -63,11 +60,20 @@ def _candidates(pattern: str, unlisted: list[OSError]) -> Iterator[tuple[fsspec.
         root = "/".join(literal) or ("/" if path.startswith("/") else "")
         maxdepth = None if "**" in path else len(parts) - len(literal)
         matches = re.compile(glob_translate(path)).match
-        yield from ((fs, file) for file in _walk(fs, root, maxdepth, unlisted) if matches(file))
+        yield from ((fs, file, info) for file, info in _walk(fs, root, maxdepth, unlisted) if matches(file))
     elif fs.isdir(path):
-        yield from ((fs, file) for file in _walk(fs, path, None, unlisted))
+        yield from ((fs, file, info) for file, info in _walk(fs, path, None, unlisted))
     elif fs.isfile(path):
-        yield fs, path
+        yield fs, path, fs.info(path)
+
+
+def content_checksum(info: dict) -> Optional[str]:
+    """The MD5 of an object's bytes as its store lists it, or None where the listing has none: GCS's `md5Hash`
+    (absent for composite objects), S3's ETag when it is one (a multipart upload's ETag, with a '-', is not)."""
+    if info.get("md5Hash"):
+        return f"md5:{info['md5Hash']}"
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    return f"md5:{etag}" if len(etag) == 32 and "-" not in etag else None
 
 
 def _printable(path: str) -> str:
@@ -75,25 +81,34 @@ def _printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def expand_pattern(pattern: str) -> Iterator[Union[str, ListingFailure]]:
-    """Every file a pattern names, sorted. A folder that cannot be listed, or a file whose name is not UTF-8,
-    comes as a ListingFailure: it must reach the errors output, never vanish from the run."""
+def list_files(pattern: str) -> Iterator[Union[tuple[str, Optional[str]], ListingFailure]]:
+    """(uri, content checksum from the listing or None) of every file a pattern names, sorted. A folder that cannot
+    be listed, or a file whose name is not UTF-8, comes as a ListingFailure: it must reach the errors output, never
+    vanish from the run."""
+    use_worker_options()
     unlisted: list[OSError] = []
-    for fs, file in sorted(_candidates(pattern, unlisted), key=lambda found: found[1]):
+    for fs, file, info in sorted(_candidates(pattern, unlisted), key=lambda found: found[1]):
         if not _is_utf8(file):
             yield ListingFailure(_to_uri(fs, pattern, _printable(file)), "FileNameError",
                                  "the file name is not valid UTF-8 (shown with its bytes as \\xNN); rename it")
             continue
-        yield _to_uri(fs, pattern, file)
+        yield _to_uri(fs, pattern, file), content_checksum(info)
     for error in unlisted:
         fs = fsspec.core.url_to_fs(pattern)[0]
         yield ListingFailure(_to_uri(fs, pattern, _printable(str(error.filename))), type(error).__name__,
                              f"cannot list this folder, so the files in it are not labeled: {error.strerror or error}")
 
 
+def expand_pattern(pattern: str) -> Iterator[Union[str, ListingFailure]]:
+    """Every file a pattern names (its uri), sorted; ListingFailures as in list_files."""
+    for listed in list_files(pattern):
+        yield listed if isinstance(listed, ListingFailure) else listed[0]
+
+
 def first_match(pattern: str) -> Optional[str]:
     """One file the pattern names, or None; walks lazily so a check on a huge bucket stops at the first hit."""
-    return next((_to_uri(fs, pattern, file) for fs, file in _candidates(pattern, []) if _is_utf8(file)), None)
+    use_worker_options()
+    return next((_to_uri(fs, pattern, file) for fs, file, _ in _candidates(pattern, []) if _is_utf8(file)), None)
 
 
 def _is_utf8(path: str) -> bool:
@@ -105,17 +120,18 @@ def _is_utf8(path: str) -> bool:
 
 
 class MatchFiles(beam.PTransform):
-    """pattern -> file URIs, expanded by a worker at run time and reshuffled so reads spread over workers."""
+    """pattern -> file URIs (with `checksums`, (uri, checksum or None) pairs: see list_files), expanded by a worker
+    at run time and reshuffled so reads spread over workers."""
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, checksums: bool = False):
         super().__init__()
-        self.pattern = pattern
+        self.pattern, self.checksums = pattern, checksums
 
     def expand(self, pbegin):
         return (
             pbegin
             | "Pattern" >> beam.Create([self.pattern])
-            | "Expand" >> beam.FlatMap(expand_pattern)
+            | "Expand" >> beam.FlatMap(list_files if self.checksums else expand_pattern)
             | "Spread" >> beam.Reshuffle()
         )
 
@@ -134,6 +150,16 @@ def _check_regular_file(uri: str) -> None:
         raise NotAFileError(f"{kind}, not a regular file: only files are read")
 
 
+def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The file's bytes, in one request; raises for a file over `max_bytes` or one that is not a regular file."""
+    _check_regular_file(uri)
+    with fsspec.open(uri, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLargeError(f"file is larger than {max_bytes} bytes")
+    return data
+
+
 class ReadFiles(beam.DoFn):
     """URI -> (URI, bytes) read through fsspec; (URI, bytes) pairs pass through; failures go to `errors`, and so
     does a ListingFailure. Only regular files are read: a FIFO would block the worker forever, a device never end."""
@@ -142,6 +168,7 @@ class ReadFiles(beam.DoFn):
         self.max_bytes = max_bytes
 
     def setup(self):
+        use_worker_options()
         self.metrics = StageMetrics("read")
 
     def process(self, element: Union[str, tuple[str, bytes]]):
@@ -154,11 +181,8 @@ class ReadFiles(beam.DoFn):
             return
         uri = element
         try:
-            _check_regular_file(uri)
-            with self.metrics.timed(), fsspec.open(uri, "rb") as f:
-                data = f.read(self.max_bytes + 1)
-            if len(data) > self.max_bytes:
-                raise FileTooLargeError(f"file is larger than {self.max_bytes} bytes")
+            with self.metrics.timed():
+                data = read_bytes(uri, self.max_bytes)
         except Exception as e:  # noqa: BLE001 - any failure of one file belongs in the dead-letter output
             self.metrics.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, exception_row(uri, "read", e))

@@ -27,6 +27,7 @@ import fsspec
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import ERRORS, RESULTS
+from transforms.stores import use_worker_options
 from transforms.write import count_rows, read_rows
 
 SUCCESS = "_SUCCESS"
@@ -177,6 +178,7 @@ def _claim(output: str, generation: int, run_id: str) -> None:
     committing jobs cannot both pass. Where fsspec has no exclusive create for the store (no driver installed, or
     none for "xb"), Beam's FileSystems write it after a look: best effort, as a store without it allows."""
     path = _join(output, f"{CLAIM_PREFIX}{generation:08d}")
+    use_worker_options()
     try:
         with fsspec.open(path, "xb") as f:
             f.write(run_id.encode("utf-8"))
@@ -232,8 +234,14 @@ def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
                                  f"{output!r} while this one ran; this run stays uncommitted in "
                                  f"{manifest['run_id']}/")
     start = len(output.rstrip("/")) + 1
-    tables = {table: [{"path": path[start:], "rows": count_rows(path)} for path in sorted(files)]
-              for table, files in shards.items()}
+    try:
+        tables = {table: [{"path": path[start:], "rows": count_rows(path)} for path in sorted(files)]
+                  for table, files in shards.items()}
+    except FileNotFoundError:  # a job that committed meanwhile removes the folders of runs older than its own
+        if (committed := read_manifest(output)) and committed["run_id"] != replaces:
+            raise ConcurrentRunError(f"another job committed run {committed['run_id']} to {output!r} while this "
+                                     f"one ran; this run stays uncommitted") from None
+        raise
     rows = {table: sum(shard["rows"] for shard in listed) for table, listed in tables.items()}
     manifest = dict(manifest, tables=list(shards), **tables)
     check_error_fraction(output, manifest, rows)

@@ -1,57 +1,73 @@
-"""Incremental runs: a file whose uri and sha256 already have rows in a finished run keeps them; the rest go on."""
+"""Incremental runs: a file whose uri and sha256 already have rows in a finished run keeps them; the rest go on. Each
+file is read once: the bytes read to compare are the bytes the new and changed files are labeled from."""
 from __future__ import annotations
 
+import hashlib
 from typing import Iterable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.metrics import NAMESPACE
+from transforms.metrics import NAMESPACE, StageMetrics
+from transforms.read import DEFAULT_MAX_BYTES, read_bytes
+from transforms.records import ERRORS, exception_row
+from transforms.stores import use_worker_options
 from transforms.write import read_rows
 
 CARRIED_METRIC = "carried_over"
 TO_LABEL = "to_label"
 
 
-class _KeepOrLabel(beam.DoFn):
-    """(uri, {'now': [sha256], TABLE: [previous rows]...}) -> the previous rows of every table if the file is
-    unchanged, else (uri, sha256) to label. A uri only in the previous run is a file that is gone: it is dropped."""
+class _ReadUnlessUnchanged(beam.DoFn):
+    """(uri, {'now': [None], TABLE: [previous rows]...}) -> the previous rows of every table if the file's bytes
+    still have that sha256, else (uri, bytes) to label; read failures to `errors`. A uri only in the previous run is
+    a file that is gone: it is dropped."""
 
-    def __init__(self, tables: list[str]):
-        self.tables = tables
+    def __init__(self, tables: list[str], max_bytes: int):
+        self.tables, self.max_bytes = tables, max_bytes
 
     def setup(self):
+        use_worker_options()
         self.carried = Metrics.counter(NAMESPACE, CARRIED_METRIC)
+        self.metrics = StageMetrics("read")
 
     def process(self, element: tuple[str, dict[str, Iterable]]):
         uri, found = element
-        now = list(found["now"])
-        if not now:
+        if not list(found["now"]):
             return
-        kept = {table: [row for row in found[table] if row["sha256"] == now[0]] for table in self.tables}
+        try:
+            with self.metrics.timed():
+                data = read_bytes(uri, self.max_bytes)
+        except Exception as e:  # noqa: BLE001 - one unreadable file is its error row
+            self.metrics.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, exception_row(uri, "read", e))
+            return
+        self.metrics.passed.inc()
+        sha256 = hashlib.sha256(data).hexdigest()
+        kept = {table: [row for row in found[table] if row["sha256"] == sha256] for table in self.tables}
         if all(kept.values()):
             self.carried.inc()
             for table, rows in kept.items():
                 yield beam.pvalue.TaggedOutput(table, rows[0])
         else:
-            yield uri, now[0]
+            yield uri, data
 
 
 class SkipExisting(beam.PTransform):
-    """(uri, sha256) -> {TABLE: rows of unchanged files carried over from the previous run, for each table given
-    (results, and embeddings when kept), 'to_label': the other (uri, sha256) pairs}.
+    """URIs -> {TO_LABEL: (uri, bytes) of new and changed files, TABLE: rows of unchanged files carried over from the
+    previous run, for each table given (results, and embeddings when kept), 'errors': read errors}.
 
     The previous run is joined by uri (CoGroupByKey), so its rows are never looked up per element or held by one
-    worker."""
+    worker; only uris and rows are shuffled, and each file is read once, after the join."""
 
-    def __init__(self, previous_shards: dict[str, list[str]]):
+    def __init__(self, previous_shards: dict[str, list[str]], max_bytes: int = DEFAULT_MAX_BYTES):
         super().__init__()
-        self.previous_shards = previous_shards
+        self.previous_shards, self.max_bytes = previous_shards, max_bytes
 
-    def expand(self, hashes):
-        joined = {"now": hashes}
+    def expand(self, uris):
+        joined = {"now": uris | "Now" >> beam.Map(lambda uri: (uri, None))}
         for table, shards in self.previous_shards.items():
-            joined[table] = (hashes.pipeline
+            joined[table] = (uris.pipeline
                              | f"Previous{table.title()}" >> beam.Create(shards)
                              | f"Spread{table.title()}" >> beam.Reshuffle()
                              | f"Read{table.title()}" >> beam.FlatMap(read_rows)
@@ -59,6 +75,6 @@ class SkipExisting(beam.PTransform):
         tables = list(self.previous_shards)
         split = (joined
                  | "Join" >> beam.CoGroupByKey()
-                 | "KeepOrLabel" >> beam.ParDo(_KeepOrLabel(tables)).with_outputs(*tables, main=TO_LABEL))
-        return {TO_LABEL: split[TO_LABEL], **{table: split[table] for table in tables}}
-
+                 | "ReadUnlessUnchanged" >> beam.ParDo(_ReadUnlessUnchanged(tables, self.max_bytes)).with_outputs(
+                     *tables, ERRORS, main=TO_LABEL))
+        return {TO_LABEL: split[TO_LABEL], ERRORS: split[ERRORS], **{table: split[table] for table in tables}}

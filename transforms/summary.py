@@ -74,7 +74,7 @@ def summary(result: PipelineResult, seconds: float) -> str:
         lines.append(f"{counts['copies']} files had the same bytes as another file: read, decoded and embedded once, "
                      "their rows copied")
     if counts["kept"]:
-        lines.append(f"kept {counts['kept']} rows of the previous run (--skip_existing): unchanged files")
+        lines.append(f"kept {counts['kept']} rows of the previous run (--skip_existing): files whose bytes it labeled")
     if counters := backend_counters(result):
         lines.append("backend: " + ", ".join(f"{name} {value}" for name, value in sorted(counters.items())))
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import ROW_TYPES, embeddings_schema
+from transforms.stores import use_worker_options
 
 FORMATS = ("parquet", "jsonl", "csv")
 
@@ -115,6 +116,7 @@ def probe_writable(folder: str) -> None:
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
     """The rows of one shard as dicts, whatever its format (CSV cells holding JSON lists are parsed back), streamed:
     a Parquet shard is read one record batch at a time, so a shard of a million embeddings never sits in memory."""
+    use_worker_options()
     with fsspec.open(path, "rb") as f:
         if path.endswith(".parquet"):
             for batch in pq.ParquetFile(f).iter_batches():
@@ -130,6 +132,7 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
 
 def count_rows(path: str) -> int:
     """Rows in one shard, from the Parquet footer or by counting lines."""
+    use_worker_options()
     with fsspec.open(path, "rb") as f:
         if path.endswith(".parquet"):
             return pq.ParquetFile(f).metadata.num_rows

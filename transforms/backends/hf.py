@@ -41,6 +41,9 @@ def model_folder(name: str, revision: Optional[str] = None) -> str:
     if _is_remote(name):
         import fsspec
 
+        from transforms.stores import use_worker_options
+
+        use_worker_options()
         target = Path(tempfile.gettempdir()) / "zero-shot-models" / hashlib.sha256(name.encode()).hexdigest()[:16]
         if not (target / "config.json").is_file() and not (target / "modules.json").is_file():
             staging = target.with_name(f"{target.name}.{uuid.uuid4().hex}")

@@ -1,0 +1,188 @@
+"""Real buckets: the job against real S3 and GCS protocol servers on 127.0.0.1 (moto's S3 server, the GCS emulator),
+inputs and run folders on the store, every object fetched once (counted in the server's own request log), and
+relabel, search, the report and the README's readers reading the run from the store."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import fsspec
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import relabel, report, search
+from tests.conftest import REPO, commit_gate
+from tests.test_run_folder import readme_readers
+from transforms.run_folder import SUCCESS, read_manifest, read_run
+from transforms.stores import use_job_options
+
+pytestmark = pytest.mark.slow
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+class RequestLog(logging.Handler):
+    """The request lines a server logs ("GET /bkt/photos/a.jpg HTTP/1.1"), as a protocol server sees them."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def gets(self, pattern: str) -> Counter:
+        """How many GETs each object name matching `pattern` (its first group) had."""
+        return Counter(match[1] for line in self.lines if (match := re.search(pattern, line)) and "GET" in line)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=True)
+    server.start()
+    log = RequestLog()
+    logging.getLogger("werkzeug").addHandler(log)
+    logging.getLogger("werkzeug").setLevel(logging.INFO)
+    host, port = server.get_host_and_port()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    flags = ["--s3_endpoint_url", f"http://{host}:{port}", "--s3_access_key_id", "testing",
+             "--s3_secret_access_key", "testing-secret", "--s3_region_name", "us-east-1"]
+    use_job_options(PipelineOptions(flags))  # this process reads the store like the job: from the same options
+    import boto3
+    import requests
+
+    requests.post(f"http://{host}:{port}/moto-api/reset", timeout=30)  # moto keeps its buckets per process
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="testing",
+                 aws_secret_access_key="testing-secret", region_name="us-east-1").create_bucket(Bucket="bkt")
+    yield {"flags": flags, "log": log, "object": r"GET /bkt/(photos/[^ ?]+)", "url": "s3://bkt"}
+    logging.getLogger("werkzeug").removeHandler(log)
+    fsspec.config.conf.pop("s3", None)
+    server.stop()
+
+
+@pytest.fixture
+def gcs(monkeypatch):
+    from gcp_storage_emulator.server import create_server
+
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="bkt")
+    server.start()
+    log = RequestLog()
+    logging.getLogger("gcp_storage_emulator.server").addHandler(log)
+    logging.getLogger("gcp_storage_emulator.server").setLevel(logging.INFO)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")  # Google's and gcsfs's own setting
+    # gcsfs's default filesystem asks a gRPC control plane (no emulator has one) for the bucket's layout first.
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    flags = ["--no_auth"]
+    use_job_options(PipelineOptions(flags))
+    yield {"flags": flags, "log": log, "object": r"GET /download/storage/v1/b/bkt/o/(photos%2F[^ ?]+)",
+           "url": "gs://bkt"}
+    logging.getLogger("gcp_storage_emulator.server").removeHandler(log)
+    fsspec.config.conf.pop("gs", None)
+    server.stop()
+
+
+def _upload(store, photos: Path) -> None:
+    fs = fsspec.filesystem(store["url"].split(":")[0])
+    bucket = store["url"].split("://")[1]
+    for name in PHOTOS:
+        fs.pipe(f"{bucket}/photos/{name}.jpg", (photos / f"{name}.jpg").read_bytes())
+    fs.pipe(f"{bucket}/photos/chelsea_copy.jpg", (photos / "chelsea.jpg").read_bytes())  # the same bytes
+    fs.pipe(f"{bucket}/photos/broken.jpg", b"\xff\xd8\xff not a photo")
+
+
+def _job(module: str, store, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args, *store["flags"]], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **env})
+
+
+def _classify(store, *args: str) -> subprocess.CompletedProcess:
+    return _job("pipelines.classify_images", store, "--input", f"{store['url']}/photos/*.jpg", "--labels",
+                "general", "--output", f"{store['url']}/out", "--max_error_fraction", "0.5", *args)
+
+
+@pytest.mark.parametrize("store_name", ["s3", "gcs"])
+def test_a_bucket_in_and_out_with_one_fetch_per_image(store_name, request, photos, tmp_path):
+    store = request.getfixturevalue(store_name)
+    _upload(store, photos)
+    done = _classify(store, "--embeddings")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = f"{store['url']}/out"
+    rows = {row["uri"].rsplit("/", 1)[-1]: row for row in read_run(run)}
+    assert set(rows) == {f"{name}.jpg" for name in PHOTOS} | {"chelsea_copy.jpg"}
+    assert rows["chelsea.jpg"]["labels"][0] == "animal" and rows["chelsea_copy.jpg"]["labels"][0] == "animal"
+    assert [row["uri"].rsplit("/", 1)[-1] for row in read_run(run, "errors")] == ["broken.jpg"]
+    # Each object is fetched once; the copy, whose listed MD5 is chelsea's, not at all.
+    fetched = store["log"].gets(store["object"])
+    assert max(fetched.values()) == 1 and sum(fetched.values()) == len(PHOTOS) + 1, fetched
+    assert readme_readers(run) == {"pandas": 5, "pyarrow": 5, "duckdb": 5}
+
+    # An incremental run: unchanged objects keep their rows, still one fetch each.
+    first = read_manifest(run)["run_id"]
+    store["log"].lines.clear()
+    done = _classify(store, "--embeddings", "--overwrite", "--skip_existing", run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "labeled 0 images" in done.stdout and "kept 5 rows of the previous run" in done.stdout
+    assert max(store["log"].gets(store["object"]).values()) == 1
+    manifest = read_manifest(run)
+    assert manifest["run_id"] != first and manifest["skip_existing"] == first
+    listing = fsspec.filesystem(store["url"].split(":")[0]).ls(run.split("://")[1])
+    assert sorted(path.rsplit("/", 1)[-1] for path in listing) == sorted(
+        [SUCCESS, f"_COMMIT-{manifest['generation']:08d}", manifest["run_id"]])
+
+    # Relabel, search and the report read the run from the store.
+    assert relabel.main(["--embeddings", run, "--labels", "everyday", "--output", f"{store['url']}/relabeled",
+                         *store["flags"]]) == 0
+    assert len(read_run(f"{store['url']}/relabeled")) == 5
+    assert search.main(["--embeddings", run, "--query", "a cat", "--top_k", "1", "--output",
+                        f"{store['url']}/found", *store["flags"]]) == 0
+    assert read_run(f"{store['url']}/found")[0]["uri"].rsplit("/", 1)[-1] in ("chelsea.jpg", "chelsea_copy.jpg")
+    page = tmp_path / "report.html"
+    assert report.main(["--run", run, "--output", str(page), *store["flags"]]) == 0
+    assert page.read_text().count("data:image/jpeg;base64,") >= 5  # thumbnails fetched from the store
+
+
+def test_a_job_killed_before_its_commit_leaves_no_success_on_the_store(s3, photos, tmp_path):
+    _upload(s3, photos)
+    env = {**os.environ, **commit_gate(tmp_path / "never")}
+    job = subprocess.Popen([sys.executable, "-m", "pipelines.classify_images", "--input", "s3://bkt/photos/*.jpg",
+                            "--labels", "general", "--output", "s3://bkt/out", "--max_error_fraction", "0.5",
+                            *s3["flags"]], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                           start_new_session=True)
+    fs = fsspec.filesystem("s3")
+    deadline = time.monotonic() + 300
+    while not (fs.glob("bkt/out/run-*/results-*-of-*") and fs.glob("bkt/out/run-*/errors-*-of-*")):
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+        fs.invalidate_cache()
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(timeout=60)
+    fs.invalidate_cache()
+    assert not fs.exists(f"bkt/out/{SUCCESS}") and read_manifest("s3://bkt/out") is None
+
+
+def test_the_commit_claim_is_exclusive_on_s3(s3):
+    """S3's conditional write (If-None-Match: *, through s3fs's "xb" mode) lets one of two claims through. (The GCS
+    emulator does not enforce GCS's ifGenerationMatch=0 precondition that gcsfs sends, so it cannot show this.)"""
+    from transforms.run_folder import ConcurrentRunError, _claim
+
+    _claim("s3://bkt/out", 1, "run-a")
+    _claim("s3://bkt/out", 1, "run-a")  # the same run's retried commit goes on
+    with pytest.raises(ConcurrentRunError, match=r"another job \(run run-a\) is committing to 's3://bkt/out'"):
+        _claim("s3://bkt/out", 1, "run-b")

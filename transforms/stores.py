@@ -1,0 +1,50 @@
+"""Object stores: the job's own options (Beam's --s3_* flags, --project) given to fsspec too, so that listing and
+reading inputs, label files, thumbnails and the commit's claim reach the store Beam's sinks write to."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import fsspec
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, S3Options
+
+_applied: Optional[int] = None  # id() of the options last given to fsspec in this process
+
+
+def fsspec_settings(options: PipelineOptions) -> dict[str, dict[str, Any]]:
+    """protocol -> the fsspec filesystem arguments that the job's Beam options mean (s3fs, gcsfs)."""
+    s3 = options.view_as(S3Options)
+    s3fs: dict[str, Any] = {}
+    for beam_name, fsspec_name in (("s3_access_key_id", "key"), ("s3_secret_access_key", "secret"),
+                                   ("s3_session_token", "token"), ("s3_endpoint_url", "endpoint_url")):
+        if getattr(s3, beam_name):
+            s3fs[fsspec_name] = getattr(s3, beam_name)
+    client = {name: value for name, value in (("region_name", s3.s3_region_name),
+                                               ("verify", s3.s3_verify), ("use_ssl", False if s3.s3_disable_ssl
+                                                                                    else None))
+              if value is not None}
+    if client:
+        s3fs["client_kwargs"] = client
+    gcp = options.view_as(GoogleCloudOptions)
+    gcsfs = {"project": gcp.project} if gcp.project else {}
+    if gcp.no_auth:  # Beam's --no_auth: anonymous access (public buckets, emulators)
+        gcsfs["token"] = "anon"
+    return {"s3": s3fs, "gs": gcsfs}
+
+
+def use_job_options(options: Optional[PipelineOptions]) -> None:
+    """Gives Beam's FileSystems and fsspec the job's store settings, in this process (the launcher; a worker)."""
+    global _applied
+    if options is None or id(options) == _applied:
+        return
+    FileSystems.set_options(options)
+    for protocol, settings in fsspec_settings(options).items():
+        if settings:  # fsspec gives them to every filesystem class serving the protocol (s3 and s3a alike)
+            fsspec.config.conf.setdefault(protocol, {}).update(settings)
+    _applied = id(options)
+
+
+def use_worker_options() -> None:
+    """use_job_options with the options Beam gave this worker (it sets them for its own FileSystems on every
+    worker, and in Pipeline() on the launcher): called where a stage first touches fsspec."""
+    use_job_options(FileSystems._pipeline_options)  # noqa: SLF001 - Beam's only record of the worker's options
