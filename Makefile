@@ -30,6 +30,7 @@ bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.reuse
 	$(PY) -m benchmarks.nomic_api
+	$(PY) -m benchmarks.buckets
 
 # Two dev sources come from outside PyPI: Debian's openclipart-png (as root) and the npm package
 # emoji-datasource-google (fetched once with `npm pack` into devsets/.cache).
@@ -42,4 +43,4 @@ accuracy: devsets
 	$(PY) -m benchmarks.accuracy
 
 clean:
-	rm -rf $(VENV) demo-output bench-output devsets eval-output *.egg-info
+	rm -rf $(VENV) demo-output bench-output devsets eval-output *.egg-info build dist

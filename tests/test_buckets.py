@@ -186,3 +186,22 @@ def test_the_commit_claim_is_exclusive_on_s3(s3):
     _claim("s3://bkt/out", 1, "run-a")  # the same run's retried commit goes on
     with pytest.raises(ConcurrentRunError, match=r"another job \(run run-a\) is committing to 's3://bkt/out'"):
         _claim("s3://bkt/out", 1, "run-b")
+
+
+def test_an_hf_model_folder_in_the_bucket_is_copied_once_and_labels(s3, photos, tmp_path):
+    from tests.tiny_models import tiny_clip
+
+    folder = tiny_clip(tmp_path / "clip")
+    fs = fsspec.filesystem("s3")
+    fs.put(f"{folder}/", "bkt/models/clip/", recursive=True)
+    _upload(s3, photos)
+    done = _job("pipelines.classify_images", s3, "--backend", "hf", "--hf_model", "s3://bkt/models/clip", "--input",
+                "s3://bkt/photos/*.jpg", "--labels", "general", "--output", "s3://bkt/out", "--max_error_fraction",
+                "0.5", TMPDIR=str(tmp_path))  # where workers keep their copy of the model
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_run("s3://bkt/out")
+    assert len(rows) == 5 and {row["model"] for row in rows} == {read_manifest("s3://bkt/out")["model"]}
+    assert rows[0]["model"].startswith("hf:s3://bkt/models/clip@")
+    # The launcher and the in-process workers share one copy: each model file was fetched once.
+    model_gets = s3["log"].gets(r"GET /bkt/(models/clip/[^ ?]+)")
+    assert model_gets and max(model_gets.values()) == 1, model_gets

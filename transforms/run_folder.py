@@ -173,6 +173,19 @@ def _write_atomically(path: str, data: bytes) -> None:
     FileSystems.rename([staging], [path])
 
 
+def _link_new(path: str, data: bytes) -> None:
+    """Creates the local file `path` holding `data`, whole, only if it does not exist (FileExistsError): a hard link
+    of a finished file, so a reader never sees the claim empty, as it could between an exclusive create and the
+    write."""
+    staging = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(staging, "wb") as f:
+        f.write(data)
+    try:
+        os.link(staging, path)
+    finally:
+        os.unlink(staging)
+
+
 def _claim(output: str, generation: int, run_id: str) -> None:
     """Creates OUTPUT/_COMMIT-<generation> holding `run_id`, only if no such file exists: the one step two
     committing jobs cannot both pass. Where fsspec has no exclusive create for the store (no driver installed, or
@@ -180,8 +193,11 @@ def _claim(output: str, generation: int, run_id: str) -> None:
     path = _join(output, f"{CLAIM_PREFIX}{generation:08d}")
     use_worker_options()
     try:
-        with fsspec.open(path, "xb") as f:
-            f.write(run_id.encode("utf-8"))
+        if "://" not in output or output.startswith("file://"):
+            _link_new(path.removeprefix("file://"), run_id.encode("utf-8"))
+        else:  # a conditional PUT: created whole with its content, or refused
+            with fsspec.open(path, "xb") as f:
+                f.write(run_id.encode("utf-8"))
         return
     except FileExistsError:
         pass

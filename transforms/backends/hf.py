@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -44,17 +45,22 @@ def model_folder(name: str, revision: Optional[str] = None) -> str:
         from transforms.stores import use_worker_options
 
         use_worker_options()
-        target = Path(tempfile.gettempdir()) / "zero-shot-models" / hashlib.sha256(name.encode()).hexdigest()[:16]
-        if not (target / "config.json").is_file() and not (target / "modules.json").is_file():
+        fs, path = fsspec.core.url_to_fs(name)
+        if not fs.isdir(path):
+            raise ModelFolderError(f"{name!r} is not a folder")
+        # The copy is named by the folder and what its listing says of every file (ETag or MD5, size), so a model
+        # replaced in the bucket is copied again, never read stale from an earlier copy.
+        listing = sorted((file, str(info.get("ETag") or info.get("md5Hash") or ""), info.get("size"))
+                         for file, info in fs.find(path, detail=True).items())
+        key = hashlib.sha256(json.dumps([name, listing], default=str).encode()).hexdigest()[:16]
+        target = Path(tempfile.gettempdir()) / "zero-shot-models" / key
+        if not target.is_dir():
             staging = target.with_name(f"{target.name}.{uuid.uuid4().hex}")
-            fs, path = fsspec.core.url_to_fs(name)
-            if not fs.isdir(path):
-                raise ModelFolderError(f"{name!r} is not a folder")
             fs.get(path.rstrip("/") + "/", str(staging), recursive=True)
             try:
                 staging.rename(target)  # whole or not at all; another process may have won
             except OSError:
-                pass
+                shutil.rmtree(staging, ignore_errors=True)
         return str(target)
     local = name.removeprefix("file://")
     if os.path.isdir(local):
