@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: install demo test bench devsets accuracy clean
+.PHONY: install demo test test-fast lint bench devsets accuracy clean
 
 $(VENV)/.installed: setup.py requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
+# The tests that need no subprocess job, browser, portable runner, bucket server, clean venv or scale: minutes less.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: install
+	$(PY) -m ruff check .
+
 bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.reuse
@@ -37,7 +44,7 @@ bench: install
 devsets: install
 	@test -d /usr/share/openclipart/png || apt-get install -y -q openclipart-png || \
 		{ echo "error: install Debian's openclipart-png (sudo apt-get install openclipart-png)"; exit 2; }
-	$(PY) -m pipelines.devsets
+	$(PY) -m benchmarks.devsets
 
 accuracy: devsets
 	$(PY) -m benchmarks.accuracy

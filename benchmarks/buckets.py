@@ -29,30 +29,48 @@ REPO = Path(__file__).resolve().parents[1]
 BEFORE = "b666dc5"  # the last commit that read every object twice
 
 
-class _Requests(logging.Handler):
-    def __init__(self):
+class RequestLog(logging.Handler):
+    """The request lines a server logs ("GET /bkt/photos/a.jpg HTTP/1.1"), as the protocol server saw them."""
+
+    def __init__(self, logger: str):
         super().__init__()
         self.lines: list[str] = []
+        self.logger = logging.getLogger(logger)
+        self.logger.addHandler(self)
+        self.logger.setLevel(logging.INFO)
 
     def emit(self, record):
         self.lines.append(record.getMessage())
 
+    def gets(self, pattern: str) -> Counter:
+        """How many GETs each object matching `pattern` (its first group) had."""
+        return Counter(match[1] for line in self.lines if (match := re.search(pattern, line)) and "GET" in line)
 
-def _server():
-    from moto.server import ThreadedMotoServer
+    def close(self):
+        self.logger.removeHandler(self)
+        super().close()
 
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=True)
+        return s.getsockname()[1]
+
+
+def s3_server():
+    """(moto's S3 server on a free 127.0.0.1 port, its endpoint URL, its request log), empty."""
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=True)
     server.start()
-    log = _Requests()
-    logging.getLogger("werkzeug").addHandler(log)
-    logging.getLogger("werkzeug").setLevel(logging.INFO)
-    return server, f"http://127.0.0.1:{port}", log
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    requests.post(f"{endpoint}/moto-api/reset", timeout=30)  # moto keeps its buckets per process, not per server
+    return server, endpoint, RequestLog("werkzeug")
 
 
-def run(checkout: Path, endpoint: str, log: _Requests, count: int, output: Path) -> dict:
+def run(checkout: Path, endpoint: str, log: RequestLog, count: int, output: Path) -> dict:
     """One classify job over s3://bench/images/: seconds, images/s, GETs per image and requests per image."""
     log.lines.clear()
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
@@ -65,7 +83,7 @@ def run(checkout: Path, endpoint: str, log: _Requests, count: int, output: Path)
     seconds = time.monotonic() - start
     if done.returncode:
         raise SystemExit(f"the job in {checkout} failed:\n{done.stderr[-3000:]}")
-    gets = Counter(m[1] for line in log.lines if (m := re.search(r"GET /bench/(images/[^ ?]+)", line)))
+    gets = log.gets(r"GET /bench/(images/[^ ?]+)")
     return {"seconds": seconds, "images/s": count / seconds, "GETs per image": sum(gets.values()) / count,
             "requests per image": len(log.lines) / count}
 
@@ -77,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     import boto3
 
-    server, endpoint, log = _server()
+    server, endpoint, log = s3_server()
     work = Path(tempfile.mkdtemp(prefix="bench-buckets-"))
     images = make_images(work / "images", args.images, max_side=256)
     s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench",

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.run import REPO, make_images
 from benchmarks.nomic_server import FakeNomicAPI
+from benchmarks.run import REPO, make_images
 from transforms.label_sets import load_label_set
 
 
@@ -29,7 +29,8 @@ def seed_style_loop(paths: list[Path], labels: list[str]) -> float:
 
     start = time.perf_counter()
     for path in paths:
-        texts = np.asarray(nomic.embed.text(labels, model="nomic-embed-text-v1.5", task_type="search_query")["embeddings"])
+        texts = np.asarray(nomic.embed.text(labels, model="nomic-embed-text-v1.5",
+                                            task_type="search_query")["embeddings"])
         image = np.asarray(nomic.embed.image([Image.open(path)], model="nomic-embed-vision-v1.5")["embeddings"][0])
         labels[int(np.argmax(texts @ image))]
     return len(paths) / (time.perf_counter() - start)
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
     print("| ---: | ---: | ---: | ---: | ---: | --- |")
     for n, loop_rate, loop_requests, job_rate, requests in rows:
         counts = " / ".join(str(requests.get(p, 0)) for p in ("/v1/embedding/text", "/v1/embedding/image", "/v1/user"))
-        print(f"| {n} | {loop_rate:.2f} | {loop_requests:.1f} | {job_rate:.1f} | {job_rate / loop_rate:.0f}x | {counts} |")
+        print(f"| {n} | {loop_rate:.2f} | {loop_requests:.1f} | {job_rate:.1f} | {job_rate / loop_rate:.0f}x | "
+              f"{counts} |")
     return 0
 
 

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     rows = []
     classify_s, classify_rss = timed_job("pipelines.classify_images", "--input", f"{images}/*.jpg", "--labels",
                                          "imagenet", "--output", str(out / "classified"), "--overwrite",
-                                         "--embeddings")
+                                         "--keep_embeddings")
     rows.append(("classify, 1,000 labels (--embeddings)", args.images, classify_s, classify_rss, ""))
     stored = {args.images: out / "classified"}
     stored[repeated_embeddings(out / "classified", out / "repeated", args.copies)] = out / "repeated"
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     search_rss = {}
     for count, run in stored.items():
         seconds, search_rss[count] = timed_job("pipelines.search", "--embeddings", str(run), "--output",
-                                               str(out / f"search{count}"), "--overwrite", "--top_k", "20",
+                                               str(out / f"search{count}"), "--overwrite", "--images_per_query", "20",
                                                *[arg for query in QUERIES for arg in ("--query", query)])
         rows.append((f"search, {len(QUERIES)} queries, top 20", count, seconds, search_rss[count],
                      f"{count / seconds:.0f} stored images/s for the {len(QUERIES)} queries"))
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     size = {}
     for dtype in ("float32", "float16"):
         timed_job("pipelines.classify_images", "--input", f"{sizes}/*.jpg", "--labels", "everyday", "--output",
-                  str(out / dtype), "--overwrite", "--embeddings", "--embeddings_dtype", dtype)
+                  str(out / dtype), "--overwrite", "--keep_embeddings", "--embeddings_dtype", dtype)
         size[dtype] = bytes_per_image(out / dtype)
 
     print(f"\n{datetime.date.today()} · {platform.node()} · {os.cpu_count()} cores · Python "

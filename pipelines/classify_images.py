@@ -15,18 +15,33 @@ logging.getLogger().addHandler(logging.NullHandler())
 
 import apache_beam as beam  # noqa: E402
 
-from pipelines.cli import ConfigError, OneLineParser, add_backend_argument, add_backend_settings  # noqa: E402
-from pipelines.jobs import (BEAM_EPILOG, add_label_options, add_run_options, check_command_line,  # noqa: E402
-                            checked_backend, finished_run, label_options, new_manifest, parse, probe_output,
-                            report_labels, result_settings, run_job, run_to_replace)
+from pipelines.cli import (  # noqa: E402
+    ConfigError,
+    OneLineParser,
+    RenamedFlag,
+    add_backend_argument,
+    add_backend_settings,
+)
+from pipelines.jobs import (  # noqa: E402
+    BEAM_EPILOG,
+    LabelChoice,
+    RunFolder,
+    add_label_options,
+    add_run_options,
+    checked_backend,
+    finished_run,
+    new_manifest,
+    parse,
+    report_labels,
+    result_settings,
+    run_job,
+)
 from transforms.backends import Backend  # noqa: E402
 from transforms.classify import ZeroShotClassify, check_settings  # noqa: E402
 from transforms.dedupe import COPIES, ContentKeys, CopyRows, OnePerContent  # noqa: E402
 from transforms.label_sets import load_templates  # noqa: E402
-from transforms.rank import Decision  # noqa: E402
 from transforms.read import MatchFiles, first_match  # noqa: E402
-from transforms.records import (EMBEDDING_DTYPES, EMBEDDINGS, ERRORS, ERRORS_SCHEMA, RESULTS,  # noqa: E402
-                                RESULTS_SCHEMA)
+from transforms.records import EMBEDDING_DTYPES, EMBEDDINGS, ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA  # noqa: E402
 from transforms.run_folder import SUCCESS, CommitRun, run_files, table_prefix  # noqa: E402
 from transforms.skip import CARRIED_METRIC, TO_LABEL, SkipExisting  # noqa: E402
 from transforms.write import WriteEmbeddings, WriteRows  # noqa: E402
@@ -39,7 +54,7 @@ DEFAULT_MAX_ERROR_FRACTION = 0.1
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0], epilog=BEAM_EPILOG, allow_abbrev=False)
-    # Required flags are checked in validate(), after unknown ones: a misspelled --lables must be named as such.
+    # Required flags are checked by jobs.parse, after unknown ones: a misspelled --lables must be named as such.
     parser.add_argument("--input", help="(required) file, directory or glob, local or any fsspec URL; quote globs "
                                         "so the shell leaves them to the job")
     add_label_options(parser)
@@ -48,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the rows of a finished run (same model, labels, settings and --format) for "
                              "files whose uri and sha256 are unchanged, and label only the rest; may be --output "
                              "itself, with --overwrite")
-    parser.add_argument("--embeddings", action="store_true",
+    parser.add_argument("--keep_embeddings", action="store_true",
                         help="also keep every image's vector (an `embeddings` table in the run folder, Parquet) for "
                              "pipelines.relabel and pipelines.search")
+    parser.add_argument("--embeddings", action=RenamedFlag, new="--keep_embeddings", dest="keep_embeddings", nargs=0)
     parser.add_argument("--embeddings_dtype", choices=EMBEDDING_DTYPES, default="float32",
                         help="float32 (default: relabeling gives the same scores) or float16 (half the bytes, "
                              "cosines within about 1e-3)")
@@ -70,25 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
 class Plan(NamedTuple):
     """What validate() settled: everything build_pipeline needs besides the parsed flags."""
 
-    labels: dict[str, list[str]]
+    labels: LabelChoice
     templates: list[str]
     backend: Backend
-    decision: Decision
+    run: RunFolder
     settings: dict[str, Any]
     replaces: Optional[str]  # the run id --overwrite replaces
     previous: Optional[dict[str, Any]]  # the manifest of --skip_existing's run
 
 
-def validate(args: argparse.Namespace, beam_args: Sequence[str], parser: argparse.ArgumentParser) -> Plan:
-    """Everything that can be checked before the job starts; raises ConfigError with one readable line."""
-    check_command_line(args, beam_args, parser, required=("input", "labels", "output"))
+def validate(args: argparse.Namespace, beam_args: Sequence[str]) -> Plan:
+    """Everything that can be checked before the job starts, once the command line parsed; raises ConfigError with
+    one readable line."""
     try:
-        check_settings(args.top_k, args.batch_size, args.explain)
+        check_settings(args.batch_size, args.explain)
     except ValueError as e:  # the library's own checks, worded by setting name; flags have the same names
         raise ConfigError(f"--{e}") from None
     if not 0 <= args.max_error_fraction <= 1:
         raise ConfigError(f"--max_error_fraction must be between 0 and 1, got {args.max_error_fraction:g}")
-    labels, templates, decision = label_options(args)
+    labels = LabelChoice.from_args(args)
     try:
         match = first_match(args.input)
     except Exception as e:  # noqa: BLE001 - a missing fsspec driver, a refused listing: all stop the job here
@@ -96,16 +112,17 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str], parser: argpars
     if match is None:
         raise ConfigError(f"--input {args.input!r} matches no file")
     backend = checked_backend(args, beam_args)
-    templates = templates or load_templates(backend.default_templates)
-    settings = result_settings(args, labels, templates, backend, decision, args.explain)
-    replaces = run_to_replace(args)
+    templates = labels.templates or load_templates(backend.default_templates)
+    settings = result_settings(backend, labels, templates, args.explain)
+    run = RunFolder.from_args(args)
+    replaces = run.to_replace()
     previous = finished_run(args.skip_existing, "--skip_existing") if args.skip_existing else None
     if args.skip_existing and previous is None:
         raise ConfigError(f"--skip_existing {args.skip_existing!r} holds no finished run (no {SUCCESS})")
     if previous:
-        check_reusable(previous, settings, args.format, args.embeddings and args.embeddings_dtype)
-    probe_output(args)
-    return Plan(labels, templates, backend, decision, settings, replaces, previous)
+        check_reusable(previous, settings, run.file_format, args.keep_embeddings and args.embeddings_dtype)
+    run.probe()
+    return Plan(labels, templates, backend, run, settings, replaces, previous)
 
 
 def check_reusable(previous: dict[str, Any], settings: dict[str, Any], file_format: str,
@@ -134,14 +151,14 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
     distinct = keyed["keys"] | "OnePerContent" >> OnePerContent()
     to_label, kept, errors = distinct.main, {}, [keyed[ERRORS]]
     if plan.previous:
-        carried = [RESULTS, EMBEDDINGS] if args.embeddings else [RESULTS]
+        carried = [RESULTS, EMBEDDINGS] if args.keep_embeddings else [RESULTS]
         split = to_label | "SkipExisting" >> SkipExisting(
             {table: run_files(args.skip_existing, table) for table in carried})
         to_label, kept = split[TO_LABEL], {table: split[table] for table in carried}
         kept[ERRORS] = split[ERRORS]  # a file that could not be read to compare: copied to its duplicates too
     outputs = to_label | "Classify" >> ZeroShotClassify(
-        plan.labels, plan.backend, plan.templates, top_k=args.top_k, batch_size=args.batch_size,
-        decision=plan.decision, explain=args.explain, keep_embeddings=args.embeddings)
+        plan.labels.phrases, plan.backend, plan.templates, decision=plan.labels.decision, batch_size=args.batch_size,
+        explain=args.explain, keep_embeddings=args.keep_embeddings)
     rows = {}
     for table, labeled in outputs.items():
         parts = [labeled | f"Copy{table.title()}" >> CopyRows(distinct[COPIES], table)]
@@ -150,34 +167,34 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
                                                                              counted_as=CARRIED_METRIC))
         parts += errors if table == ERRORS else []
         rows[table] = parts | f"All{table.title()}" >> beam.Flatten()
-    run_id = manifest["run_id"]
+    run, run_id = plan.run, manifest["run_id"]
     written = {
-        RESULTS: rows[RESULTS] | "WriteResults" >> WriteRows(table_prefix(args.output, run_id, RESULTS),
-                                                             RESULTS_SCHEMA, args.format, args.num_shards),
-        ERRORS: rows[ERRORS] | "WriteErrors" >> WriteRows(table_prefix(args.output, run_id, ERRORS), ERRORS_SCHEMA,
-                                                          args.format, args.num_shards),
+        RESULTS: rows[RESULTS] | "WriteResults" >> WriteRows(table_prefix(run.output, run_id, RESULTS),
+                                                             RESULTS_SCHEMA, run.file_format, run.num_shards),
+        ERRORS: rows[ERRORS] | "WriteErrors" >> WriteRows(table_prefix(run.output, run_id, ERRORS), ERRORS_SCHEMA,
+                                                          run.file_format, run.num_shards),
     }
-    if args.embeddings:
+    if args.keep_embeddings:
         written[EMBEDDINGS] = rows[EMBEDDINGS] | "WriteEmbeddings" >> WriteEmbeddings(
-            table_prefix(args.output, run_id, EMBEDDINGS), plan.backend.embedding_dim, args.embeddings_dtype,
-            args.num_shards)
-    written | "Commit" >> CommitRun(args.output, manifest, plan.replaces)
+            table_prefix(run.output, run_id, EMBEDDINGS), plan.backend.embedding_dim, args.embeddings_dtype,
+            run.num_shards)
+    written | "Commit" >> CommitRun(run.output, manifest, plan.replaces)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    argv, args, beam_args = parse(parser, argv)
     try:
-        plan = validate(args, beam_args, parser)
+        argv, args, beam_args = parse(build_parser(), argv, required=("input", "labels", "output"))
+        plan = validate(args, beam_args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    manifest = new_manifest(PROG, argv, args, plan.backend.model_id, input=args.input, labels=args.labels,
-                            embeddings_dtype=args.embeddings_dtype if args.embeddings else None,
+    manifest = new_manifest(PROG, argv, plan.run, plan.backend.model_id, input=args.input, labels=args.labels,
+                            embeddings_dtype=args.embeddings_dtype if args.keep_embeddings else None,
                             max_error_fraction=args.max_error_fraction,
                             settings=plan.settings, skip_existing=plan.previous and plan.previous["run_id"])
-    return report_labels(run_job(args.output, beam_args, manifest,
-                                 lambda pipeline: build_pipeline(pipeline, args, plan, manifest)), args)
+    return report_labels(run_job(plan.run.output, beam_args, manifest,
+                                 lambda pipeline: build_pipeline(pipeline, args, plan, manifest)), plan.run,
+                         args.report, plan.labels)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 
 from transforms.backends import BACKENDS
@@ -27,8 +28,37 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="local", choices=sorted(BACKENDS), help="embedding backend")
 
 
+class RenamedFlag(argparse.Action):
+    """An old flag name, kept working for one release with a warning that names the new one (hidden from --help)."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        logging.getLogger("zero_shot").warning("%s is now %s; the old name goes in the next release", option_string,
+                                               self.new)
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+class _HelpAll(argparse.Action):
+    """--help_all: --help with the research settings too (those that lost on held-out data, kept for benchmarks)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="show every setting, the research ones too, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for action in parser._actions:
+            if hasattr(action, "research_help"):
+                action.help = action.research_help
+        parser.print_help()
+        parser.exit()
+
+
 def add_backend_settings(parser: argparse.ArgumentParser) -> None:
-    """Every registered backend's own settings (--local_top_t, --nomic_api_key_file...), a group each."""
+    """Every registered backend's own settings (--local_top_t, --nomic_api_key_file...), a group each, and
+    --help_all, which lists the research settings that --help leaves out."""
+    parser.add_argument("--help_all", action=_HelpAll)
     for backend in BACKENDS.values():
         backend.add_options(parser)
 

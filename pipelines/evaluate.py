@@ -18,8 +18,8 @@ import numpy as np
 
 from pipelines import classify_images
 from pipelines.cli import ConfigError, OneLineParser, add_backend_argument
-from transforms.run_folder import read_run
 from transforms.label_sets import LabelSetError, load_label_set
+from transforms.run_folder import read_run
 
 FAILED = "(failed)"  # the prediction of an image that never got labels: it counts as wrong, never as absent
 

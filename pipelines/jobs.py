@@ -3,6 +3,7 @@ before it starts, its manifest, and running it to a committed run."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -15,16 +16,33 @@ from typing import Any, Callable, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.cli import ConfigError, add_backend_argument, add_backend_settings, failure_line, one_line
+from pipelines.cli import (
+    ConfigError,
+    OneLineParser,
+    RenamedFlag,
+    add_backend_argument,
+    add_backend_settings,
+    failure_line,
+    one_line,
+)
 from transforms.backends import BACKENDS, Backend
-from transforms.classify import check_settings
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
 from transforms.rank import Decision
-from transforms.run_folder import MANIFEST_VERSION, SUCCESS, RunFolderError, new_run_id, read_manifest, utc_now
-from transforms.stores import use_job_options
+from transforms.records import RESULTS
+from transforms.run_folder import (
+    MANIFEST_VERSION,
+    SUCCESS,
+    CommitRun,
+    RunFolderError,
+    new_run_id,
+    read_manifest,
+    table_prefix,
+    utc_now,
+)
 from transforms.stored import DEFAULT_BATCH, EmbeddingsMismatch, embeddings_of
+from transforms.stores import use_job_options
 from transforms.summary import summary
-from transforms.write import FORMATS, probe_writable
+from transforms.write import FORMATS, WriteRows, probe_writable
 
 # Values of flags with these words in their names never reach the manifest: Beam's --s3_access_key_id,
 # --s3_secret_access_key, --s3_session_token and --azure_connection_string, and any flag named like them.
@@ -64,43 +82,142 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num_shards", type=int, default=0, help="output shards (default: runner decides)")
 
 
+def stored_vectors_parser(prog: str, doc: str, what: str, report: str) -> argparse.ArgumentParser:
+    """The command line every job over stored vectors (relabel, search) starts from: the run folder it writes, and
+    --embeddings, --report, --vectors_per_batch and the backend."""
+    parser = OneLineParser(prog=prog, description=doc.splitlines()[0], epilog=BEAM_EPILOG, allow_abbrev=False)
+    add_run_options(parser)
+    add_stored_options(parser, what, report)
+    return parser
+
+
 def add_stored_options(parser: argparse.ArgumentParser, what: str, report: str) -> None:
-    """What the jobs over stored vectors (relabel, search) add: --embeddings, --report, --batch_size, the backend."""
-    parser.add_argument("--embeddings", help="(required) folder of a finished classify_images run kept with "
-                                             "--embeddings")
+    """What the jobs over stored vectors (relabel, search) add: --embeddings, --report, --vectors_per_batch and the
+    backend."""
+    parser.add_argument("--embeddings",
+                        help="(required) folder of a finished classify_images run kept with --keep_embeddings")
     parser.add_argument("--report", metavar="PATH", help=f"also write {report} to PATH")
-    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH,
+    parser.add_argument("--vectors_per_batch", type=int, default=DEFAULT_BATCH,
                         help=f"stored vectors {what} per matrix product (default {DEFAULT_BATCH})")
+    parser.add_argument("--batch_size", action=RenamedFlag, new="--vectors_per_batch", dest="vectors_per_batch",
+                        type=int)
     add_backend_argument(parser)
     add_backend_settings(parser)
 
 
-def stored_shards(args: argparse.Namespace, backend: Backend) -> tuple[str, list[str]]:
-    """(run id, embeddings shards) of --embeddings, made by the model `backend` is; ConfigError otherwise."""
+@dataclasses.dataclass(frozen=True)
+class StoredVectorsJob:
+    """What a job over stored vectors (relabel, search) settled before it starts: its backend, the run whose vectors
+    it reads and their shards, and the run folder it writes."""
+
+    backend: Backend
+    stored_run: str
+    shards: list[str]
+    run: RunFolder
+    replaces: Optional[str]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, beam_args: Sequence[str]) -> "StoredVectorsJob":
+        """From --backend and its settings, --embeddings and the run options; ConfigError with one line."""
+        backend = checked_backend(args, beam_args)
+        stored_run, shards = stored_shards(args.embeddings, backend)
+        run = RunFolder.from_args(args)
+        return cls(backend, stored_run, shards, run, run.to_replace())
+
+    def write(self, rows, manifest: dict[str, Any], schema) -> None:
+        """Writes `rows` as the run's results and commits the run once they are final."""
+        prefix = table_prefix(self.run.output, manifest["run_id"], RESULTS)
+        written = {RESULTS: rows | "WriteResults" >> WriteRows(prefix, schema, self.run.file_format,
+                                                               self.run.num_shards)}
+        written | "Commit" >> CommitRun(self.run.output, manifest, self.replaces)
+
+
+def stored_shards(embeddings: str, backend: Backend) -> tuple[str, list[str]]:
+    """(run id, embeddings shards) of the run folder --embeddings names, made by the model `backend` is;
+    ConfigError otherwise."""
     try:
-        return embeddings_of(args.embeddings, backend)
+        return embeddings_of(embeddings, backend)
     except (EmbeddingsMismatch, RunFolderError) as e:
         raise ConfigError(f"--embeddings: {e}") from None
 
 
-def parse(parser: argparse.ArgumentParser,
-          argv: Optional[Sequence[str]]) -> tuple[list[str], argparse.Namespace, list[str]]:
-    """(the command line, this job's flags, the rest for Beam), with logging set up for a job."""
+def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+          required: Sequence[str]) -> tuple[list[str], argparse.Namespace, list[str]]:
+    """(the command line, this job's flags, the rest for Beam), with logging set up for a job; ConfigError for an
+    unknown flag, a stray argument or a `required` flag missing (check_command_line)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("zero_shot").setLevel(logging.INFO)
     argv = list(sys.argv[1:] if argv is None else argv)
     args, beam_args = parser.parse_known_args(argv)
     use_job_options(PipelineOptions(beam_args))  # the checks before the job reach the stores the job will
+    check_command_line(args, beam_args, parser, required)
     return argv, args, beam_args
 
 
-def report_labels(status: int, args: argparse.Namespace) -> int:
+@dataclasses.dataclass(frozen=True)
+class LabelChoice:
+    """What --labels, --templates and the decision flags settled, checked: which labels an image gets."""
+
+    source: str  # --labels as given: a built-in name, a path or a URL
+    phrases: dict[str, list[str]]  # label -> the phrases embedded for it
+    templates: Optional[list[str]]  # None: the backend's own
+    decision: Decision
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "LabelChoice":
+        """From the flags add_label_options declares; ConfigError with one line otherwise."""
+        if args.multi_label != (args.threshold is not None):
+            raise ConfigError("--multi_label and --threshold go together")
+        try:
+            decision = Decision(args.top_k, args.min_prob, args.threshold)
+        except ValueError as e:  # the library's own check, worded by setting name; flags have the same names
+            raise ConfigError(f"--{e}") from None
+        try:
+            return cls(args.labels, load_label_phrases(args.labels),
+                       load_templates(args.templates) if args.templates else None, decision)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+    """--output, --overwrite, --format and --num_shards: where and how a job writes its run."""
+
+    output: str
+    overwrite: bool = False
+    file_format: str = "parquet"
+    num_shards: int = 0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RunFolder":
+        """From the flags add_run_options declares."""
+        return cls(args.output, args.overwrite, args.format, args.num_shards)
+
+    def to_replace(self) -> Optional[str]:
+        """The id of the finished run this job will replace (--overwrite), or None if none is there; ConfigError
+        when one is there and --overwrite was not given."""
+        current = finished_run(self.output, "--output")
+        if current and not self.overwrite:
+            raise ConfigError(f"--output {self.output!r} holds a finished run ({current['run_id']}, finished "
+                              f"{current['finished']}); pass --overwrite to replace it once the new run has "
+                              "succeeded")
+        return current and current["run_id"]
+
+    def probe(self) -> None:
+        """Writes and deletes a probe file in the folder: the last check, so a refused job leaves nothing behind."""
+        try:
+            probe_writable(self.output)
+        except Exception as e:  # noqa: BLE001 - a missing extra, a refused write, a file where a folder must be
+            raise ConfigError(f"cannot write --output {self.output!r}: {one_line(e)}") from None
+
+
+def report_labels(status: int, run: RunFolder, report: Optional[str], labels: LabelChoice) -> int:
     """After a labeling job that succeeded, the HTML report it was asked for (--report); the job's status."""
-    if status == 0 and args.report:
+    if status == 0 and report:
         from pipelines.report import write_report  # only runs that ask for a report import its renderer
 
-        write_report(args.output, args.report, title=f"labels: {args.labels}")
-        print(f"report: {args.report}")
+        write_report(run.output, report, title=f"labels: {labels.source}")
+        print(f"report: {report}")
     return status
 
 
@@ -137,25 +254,10 @@ def check_command_line(args: argparse.Namespace, beam_args: Sequence[str], parse
         raise ConfigError(f"the following arguments are required: {', '.join(missing)}")
 
 
-def label_options(args: argparse.Namespace) -> tuple[dict[str, list[str]], Optional[list[str]], Decision]:
-    """The label set, the templates (None: the backend's) and the decision, checked; ConfigError otherwise."""
-    if args.multi_label != (args.threshold is not None):
-        raise ConfigError("--multi_label and --threshold go together")
-    try:
-        check_settings(args.top_k, None, 0)
-        decision = Decision(args.min_prob, args.threshold)
-    except ValueError as e:  # the library's own checks, worded by setting name; flags have the same names
-        raise ConfigError(f"--{e}") from None
-    try:
-        return (load_label_phrases(args.labels), load_templates(args.templates) if args.templates else None,
-                decision)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
 def checked_backend(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> Backend:
-    """The backend the command line configures, after its own check (weights present, key accepted...); with the
-    DirectRunner the workers are this machine, so its hardware is checked too (a GPU for --hf_device cuda)."""
+    """The backend --backend names, configured by its own --NAME_* flags (Backend.from_options) and checked
+    (weights present, key accepted...); with the DirectRunner the workers are this machine, so its hardware is
+    checked too (a GPU for --hf_device cuda)."""
     runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
     try:
         backend = BACKENDS[args.backend].from_options(args)
@@ -173,29 +275,13 @@ def finished_run(folder: str, flag: str) -> Optional[dict[str, Any]]:
         raise ConfigError(f"cannot read {flag} {folder!r}: {one_line(e)}") from None
 
 
-def run_to_replace(args: argparse.Namespace) -> Optional[str]:
-    """The id of the finished run in --output that this job will replace (--overwrite), or None if none is there."""
-    current = finished_run(args.output, "--output")
-    if current and not args.overwrite:
-        raise ConfigError(f"--output {args.output!r} holds a finished run ({current['run_id']}, finished "
-                          f"{current['finished']}); pass --overwrite to replace it once the new run has succeeded")
-    return current and current["run_id"]
-
-
-def probe_output(args: argparse.Namespace) -> None:
-    """Writes and deletes a probe file in --output: the last check, so a refused job leaves no folder behind."""
-    try:
-        probe_writable(args.output)
-    except Exception as e:  # noqa: BLE001 - a missing extra, a refused write, a file where a folder must be
-        raise ConfigError(f"cannot write --output {args.output!r}: {one_line(e)}") from None
-
-
-def result_settings(args: argparse.Namespace, labels: dict[str, list[str]], templates: Sequence[str],
-                    backend: Backend, decision: Decision, explain: int = 0) -> dict[str, Any]:
+def result_settings(backend: Backend, labels: LabelChoice, templates: Sequence[str],
+                    explain: int = 0) -> dict[str, Any]:
     """Everything a result row depends on: two runs with equal settings give a file the same row."""
-    label_set = json.dumps({"labels": labels, "templates": list(templates)}, sort_keys=True).encode("utf-8")
-    return {"backend": args.backend, "model": backend.model_id,
-            "label_set_sha256": hashlib.sha256(label_set).hexdigest(), "top_k": args.top_k,
+    label_set = json.dumps({"labels": labels.phrases, "templates": list(templates)}, sort_keys=True).encode("utf-8")
+    decision = labels.decision
+    return {"backend": backend.name, "model": backend.model_id,
+            "label_set_sha256": hashlib.sha256(label_set).hexdigest(), "top_k": decision.top_k,
             "min_prob": decision.min_prob, "multi_label_threshold": decision.multi_label_threshold,
             "explain": explain, "backend_settings": backend.result_settings()}
 
@@ -223,11 +309,10 @@ def redacted(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def new_manifest(prog: str, argv: Sequence[str], args: argparse.Namespace, model: str,
-                 **facts: Any) -> dict[str, Any]:
+def new_manifest(prog: str, argv: Sequence[str], run: RunFolder, model: str, **facts: Any) -> dict[str, Any]:
     """What `_SUCCESS` says about a run, less what only its end knows (finish time, shards and row counts)."""
     return {"version": MANIFEST_VERSION, "run_id": new_run_id(), "started": utc_now(),
-            "command": [prog, *redacted(argv)], "format": args.format, "model": model,
+            "command": [prog, *redacted(argv)], "format": run.file_format, "model": model,
             **{name: scrubbed(value) if isinstance(value, str) else value for name, value in facts.items()}}
 
 

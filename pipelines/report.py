@@ -20,9 +20,8 @@ from pathlib import PurePosixPath
 from typing import Optional, Sequence
 
 import fsspec
-from PIL import Image
-
 from apache_beam.options.pipeline_options import PipelineOptions
+from PIL import Image
 
 from pipelines.cli import ConfigError, OneLineParser
 from pipelines.jobs import unknown_beam_args

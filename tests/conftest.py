@@ -92,10 +92,9 @@ def hostile_dir(tmp_path_factory, photos) -> Path:
 @pytest.fixture
 def nomic_api(monkeypatch, tmp_path):
     """A fresh loopback Nomic API; the nomic client in this process and its children is pointed at it."""
-    from benchmarks.nomic_server import FakeNomicAPI
-
     import nomic.embed
 
+    from benchmarks.nomic_server import FakeNomicAPI
     from transforms.backends import base
 
     api = FakeNomicAPI().start()

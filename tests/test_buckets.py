@@ -3,21 +3,18 @@ inputs and run folders on the store, every object fetched once (counted in the s
 relabel, search, the report and the README's readers reading the run from the store."""
 from __future__ import annotations
 
-import logging
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import fsspec
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from benchmarks.buckets import RequestLog, free_port, s3_server
 from pipelines import relabel, report, search
 from tests.conftest import REPO, commit_gate
 from tests.test_run_folder import readme_readers
@@ -28,50 +25,20 @@ pytestmark = pytest.mark.slow
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 
-class RequestLog(logging.Handler):
-    """The request lines a server logs ("GET /bkt/photos/a.jpg HTTP/1.1"), as a protocol server sees them."""
-
-    def __init__(self):
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-    def gets(self, pattern: str) -> Counter:
-        """How many GETs each object name matching `pattern` (its first group) had."""
-        return Counter(match[1] for line in self.lines if (match := re.search(pattern, line)) and "GET" in line)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=True)
-    server.start()
-    log = RequestLog()
-    logging.getLogger("werkzeug").addHandler(log)
-    logging.getLogger("werkzeug").setLevel(logging.INFO)
-    host, port = server.get_host_and_port()
+    server, endpoint, log = s3_server()
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
-    flags = ["--s3_endpoint_url", f"http://{host}:{port}", "--s3_access_key_id", "testing",
+    flags = ["--s3_endpoint_url", endpoint, "--s3_access_key_id", "testing",
              "--s3_secret_access_key", "testing-secret", "--s3_region_name", "us-east-1"]
     use_job_options(PipelineOptions(flags))  # this process reads the store like the job: from the same options
     import boto3
-    import requests
 
-    requests.post(f"http://{host}:{port}/moto-api/reset", timeout=30)  # moto keeps its buckets per process
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="testing",
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
                  aws_secret_access_key="testing-secret", region_name="us-east-1").create_bucket(Bucket="bkt")
     yield {"flags": flags, "log": log, "object": r"GET /bkt/(photos/[^ ?]+)", "url": "s3://bkt"}
-    logging.getLogger("werkzeug").removeHandler(log)
+    log.close()
     fsspec.config.conf.pop("s3", None)
     server.stop()
 
@@ -80,12 +47,10 @@ def s3(monkeypatch):
 def gcs(monkeypatch):
     from gcp_storage_emulator.server import create_server
 
-    port = _free_port()
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket="bkt")
     server.start()
-    log = RequestLog()
-    logging.getLogger("gcp_storage_emulator.server").addHandler(log)
-    logging.getLogger("gcp_storage_emulator.server").setLevel(logging.INFO)
+    log = RequestLog("gcp_storage_emulator.server")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")  # Google's and gcsfs's own setting
     # gcsfs's default filesystem asks a gRPC control plane (no emulator has one) for the bucket's layout first.
     monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -93,7 +58,7 @@ def gcs(monkeypatch):
     use_job_options(PipelineOptions(flags))
     yield {"flags": flags, "log": log, "object": r"GET /download/storage/v1/b/bkt/o/(photos%2F[^ ?]+)",
            "url": "gs://bkt"}
-    logging.getLogger("gcp_storage_emulator.server").removeHandler(log)
+    log.close()
     fsspec.config.conf.pop("gs", None)
     server.stop()
 
@@ -121,7 +86,7 @@ def _classify(store, *args: str) -> subprocess.CompletedProcess:
 def test_a_bucket_in_and_out_with_one_fetch_per_image(store_name, request, photos, tmp_path):
     store = request.getfixturevalue(store_name)
     _upload(store, photos)
-    done = _classify(store, "--embeddings")
+    done = _classify(store, "--keep_embeddings")
     assert done.returncode == 0, done.stderr[-3000:]
     run = f"{store['url']}/out"
     rows = {row["uri"].rsplit("/", 1)[-1]: row for row in read_run(run)}
@@ -136,7 +101,7 @@ def test_a_bucket_in_and_out_with_one_fetch_per_image(store_name, request, photo
     # An incremental run: unchanged objects keep their rows, still one fetch each.
     first = read_manifest(run)["run_id"]
     store["log"].lines.clear()
-    done = _classify(store, "--embeddings", "--overwrite", "--skip_existing", run)
+    done = _classify(store, "--keep_embeddings", "--overwrite", "--skip_existing", run)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "labeled 0 images" in done.stdout and "kept 5 rows of the previous run" in done.stdout
     assert max(store["log"].gets(store["object"]).values()) == 1
@@ -150,7 +115,7 @@ def test_a_bucket_in_and_out_with_one_fetch_per_image(store_name, request, photo
     assert relabel.main(["--embeddings", run, "--labels", "everyday", "--output", f"{store['url']}/relabeled",
                          *store["flags"]]) == 0
     assert len(read_run(f"{store['url']}/relabeled")) == 5
-    assert search.main(["--embeddings", run, "--query", "a cat", "--top_k", "1", "--output",
+    assert search.main(["--embeddings", run, "--query", "a cat", "--images_per_query", "1", "--output",
                         f"{store['url']}/found", *store["flags"]]) == 0
     assert read_run(f"{store['url']}/found")[0]["uri"].rsplit("/", 1)[-1] in ("chelsea.jpg", "chelsea_copy.jpg")
     page = tmp_path / "report.html"

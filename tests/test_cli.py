@@ -19,6 +19,7 @@ def _read(run: str, table: str = "results"):
     return pq.read_table(run_files(run, table))
 
 
+@pytest.mark.slow
 def test_multi_process_run_writes_the_output_contract(tmp_path, photos, hostile_dir):
     """DirectRunner with worker processes: everything must pickle, as on Dataflow, Flink or Spark."""
     inputs = tmp_path / "in"
@@ -105,6 +106,7 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_bad_configuration_exit_status_from_the_shell(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.classify_images", "--input", str(tmp_path / "none*.jpg"),
@@ -121,3 +123,28 @@ def test_explain_fills_the_evidence_column_and_only_when_asked(good_args, tmp_pa
     assert rows["coffee"]["evidence"][0] == {"class": "espresso", "prob": pytest.approx(0.95, abs=0.04)}
     assert classify_images.main(_replace(good_args, "--output", str(tmp_path / "plain"))) == 0
     assert all(row["evidence"] == [] for row in _read(str(tmp_path / "plain")).to_pylist())
+
+
+@pytest.mark.slow
+def test_help_leaves_the_research_settings_to_help_all():
+    def shown(flag):
+        return subprocess.run([sys.executable, "-m", "pipelines.classify_images", flag], cwd=REPO,
+                              capture_output=True, text=True, timeout=120).stdout
+
+    research = ["--local_chain_length", "--local_hierarchy_weight", "--local_background_overlap",
+                "--local_class_prompt", "--local_centre"]
+    short, everything = shown("--help"), shown("--help_all")
+    assert "--local_top_t" in short and "--help_all" in short and not [flag for flag in research if flag in short]
+    assert all(flag in everything for flag in research)
+
+
+def test_renamed_flags_keep_working_for_a_release_with_a_warning(caplog):
+    from pipelines import relabel
+
+    args, _ = classify_images.build_parser().parse_known_args(["--embeddings"])
+    assert args.keep_embeddings is True
+    args, _ = relabel.build_parser().parse_known_args(["--batch_size", "64"])
+    assert args.vectors_per_batch == 64
+    assert [r.getMessage() for r in caplog.records] == [
+        "--embeddings is now --keep_embeddings; the old name goes in the next release",
+        "--batch_size is now --vectors_per_batch; the old name goes in the next release"]

@@ -11,6 +11,7 @@ from pipelines import classify_images, relabel, search
 from transforms.backends import base, local
 from transforms.backends.local import ConSEEmbedder, LocalBackend
 from transforms.label_sets import load_label_phrases
+from transforms.rank import Decision
 from transforms.run_folder import read_manifest, read_run, run_files
 from transforms.stored import relabel as relabel_rows
 from transforms.stored import search_images
@@ -23,7 +24,7 @@ def kept(tmp_path_factory, photos):
     folder = tmp_path_factory.mktemp("kept")
     for dtype in ("float32", "float16"):
         assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "general", "--output",
-                                     str(folder / dtype), "--embeddings", "--embeddings_dtype", dtype]) == 0
+                                     str(folder / dtype), "--keep_embeddings", "--embeddings_dtype", dtype]) == 0
     assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday", "--top_k", "3",
                                  "--output", str(folder / "fresh")]) == 0
     return folder
@@ -58,7 +59,7 @@ def test_relabel_gives_the_rows_of_a_fresh_classify_without_the_image_model(kept
     fresh = _by_uri(read_run(str(kept / "fresh")))
     everyday = load_label_phrases("everyday")
     runs = {"job": _by_uri(read_run(str(tmp_path / "relabeled"))),
-            "library": _by_uri(relabel_rows(str(kept / "float32"), everyday, top_k=3))}
+            "library": _by_uri(relabel_rows(str(kept / "float32"), everyday, decision=Decision(top_k=3)))}
     for name, rows in runs.items():
         assert rows.keys() == fresh.keys(), name
         for uri, row in fresh.items():
@@ -67,7 +68,7 @@ def test_relabel_gives_the_rows_of_a_fresh_classify_without_the_image_model(kept
             assert rows[uri]["probs"] == pytest.approx(row["probs"], abs=1e-5)
             assert (rows[uri]["sha256"], rows[uri]["width"], rows[uri]["model"]) == (
                 row["sha256"], row["width"], row["model"])
-    half = _by_uri(relabel_rows(str(kept / "float16"), everyday, top_k=3))
+    half = _by_uri(relabel_rows(str(kept / "float16"), everyday, decision=Decision(top_k=3)))
     for uri, row in fresh.items():
         assert half[uri]["scores"][0] == pytest.approx(row["scores"][0], abs=2e-3)
     (embedder,) = base._LOADED.values()
@@ -100,7 +101,7 @@ def test_identical_files_are_embedded_once_and_every_uri_gets_its_rows(photos, t
 
     monkeypatch.setattr(ConSEEmbedder, "embed_images", counting)
     assert classify_images.main(["--input", f"{inputs}/*.jpg", "--labels", "general", "--output",
-                                 str(tmp_path / "out"), "--embeddings"]) == 0
+                                 str(tmp_path / "out"), "--keep_embeddings"]) == 0
     assert len(embedded) == 7  # the model saw 7 images for 9 files
     printed = capsys.readouterr().out
     assert "labeled 9 images, 0 errors" in printed and "2 files had the same bytes as another file" in printed
@@ -128,14 +129,14 @@ def test_vectors_of_another_model_are_refused_before_the_job(kept, tmp_path, cap
 def test_a_run_without_embeddings_is_refused(kept, tmp_path, capsys):
     assert relabel.main(["--embeddings", str(kept / "fresh"), "--labels", "cifar10", "--output",
                          str(tmp_path / "out")]) == 2
-    assert "kept no embeddings (classify_images --embeddings keeps them)" in capsys.readouterr().err
+    assert "kept no embeddings (classify_images --keep_embeddings keeps them)" in capsys.readouterr().err
 
 
 def test_an_incremental_run_carries_the_vectors_of_unchanged_files(kept, photos, tmp_path, capsys):
     inputs = tmp_path / "in"
     shutil.copytree(photos, inputs)
     out = tmp_path / "out"
-    argv = ["--input", f"{inputs}/*.jpg", "--labels", "general", "--output", str(out), "--embeddings"]
+    argv = ["--input", f"{inputs}/*.jpg", "--labels", "general", "--output", str(out), "--keep_embeddings"]
     assert classify_images.main(argv) == 0
     before = _by_uri(read_run(str(out), "embeddings"))
     shutil.copy(inputs / "rocket.jpg", inputs / "rocket_again.jpg")

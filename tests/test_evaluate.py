@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import devsets, evaluate
+from benchmarks import devsets
+from pipelines import evaluate
 from transforms.label_sets import load_label_set
 
 

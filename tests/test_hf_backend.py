@@ -58,7 +58,7 @@ def test_a_clip_folder_labels_keeps_transformers_own_vectors_and_relabels(models
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     out = tmp_path / "out"
-    assert _classify(["--hf_model", str(models["clip"])], small_photos, labels_file, out, "--embeddings",
+    assert _classify(["--hf_model", str(models["clip"])], small_photos, labels_file, out, "--keep_embeddings",
                      "--top_k", "4") == 0
     kept = _by_name(read_run(str(out), "embeddings"))
     assert len(kept) == 7 and {row["model"] for row in kept.values()} == {HFBackend(model=str(models["clip"])).model_id}
@@ -115,7 +115,7 @@ def test_a_split_image_and_sentence_transformers_text_tower(models, small_photos
 
     out = tmp_path / "out"
     assert _classify(["--hf_model", str(models["image"]), "--hf_text_model", str(models["text"])], small_photos,
-                     labels_file, out, "--top_k", "4", "--embeddings") == 0
+                     labels_file, out, "--top_k", "4", "--keep_embeddings") == 0
     text_vectors = l2_normalize(SentenceTransformer(str(models["text"]), device="cpu").encode(LABELS))
     kept = _by_name(read_run(str(out), "embeddings"))
     for name, row in _by_name(read_run(str(out))).items():
@@ -152,7 +152,7 @@ def test_other_weights_are_another_model_and_their_vectors_are_refused(models, s
     from safetensors.torch import load_file, save_file
 
     out = tmp_path / "out"
-    assert _classify(["--hf_model", str(models["clip"])], small_photos, labels_file, out, "--embeddings") == 0
+    assert _classify(["--hf_model", str(models["clip"])], small_photos, labels_file, out, "--keep_embeddings") == 0
     retrained = tmp_path / "retrained"
     shutil.copytree(models["clip"], retrained)
     weights = load_file(retrained / "model.safetensors")

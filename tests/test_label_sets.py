@@ -2,8 +2,14 @@
 import fsspec
 import pytest
 
-from transforms.label_sets import (LabelSetError, builtin_label_sets, builtin_templates, load_label_phrases,
-                                  load_label_set, load_templates)
+from transforms.label_sets import (
+    LabelSetError,
+    builtin_label_sets,
+    builtin_templates,
+    load_label_phrases,
+    load_label_set,
+    load_templates,
+)
 
 
 def test_builtin_sets_have_their_documented_sizes():

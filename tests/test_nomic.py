@@ -6,9 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-import fsspec
-
 import apache_beam as beam
+import fsspec
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -20,6 +19,7 @@ from tests.conftest import colour_photo, commit_gate
 from transforms.backends.nomic import MAX_IMAGES_PER_REQUEST, NomicBackend, NomicKeyError, read_api_key
 from transforms.classify import ZeroShotClassify
 from transforms.nearest import get_nearest_texts
+from transforms.rank import Decision
 from transforms.run_folder import read_run, run_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +53,7 @@ def _rows(run, table="results"):
 @pytest.mark.parametrize("runner_args",
                          [[], ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]],
                          ids=["in_process", "worker_processes"])
+@pytest.mark.slow
 def test_command_line_end_to_end(nomic_api, colour_photos, tmp_path, runner_args):
     """Worker processes have no login of their own: each one must authenticate itself in setup."""
     (colour_photos / "magenta.jpg").write_bytes(colour_photo((255, 0, 255)))
@@ -79,6 +80,7 @@ def test_command_line_end_to_end(nomic_api, colour_photos, tmp_path, runner_args
     assert nomic_api.requests["/v1/user"] == (2 if not runner_args else pytest.approx(3, abs=1))
 
 
+@pytest.mark.slow
 def test_a_killed_job_leaves_no_key_on_disk(nomic_api, colour_photos, tmp_path):
     temp = tmp_path / "temp"
     temp.mkdir()
@@ -119,7 +121,8 @@ def test_a_worker_that_cannot_get_the_key_says_so_in_the_last_line(nomic_api, co
 
 def _classify(backend, inputs, labels=COLOURS, batch_size=8):
     p = TestPipeline()
-    outputs = p | beam.Create(inputs) | ZeroShotClassify(labels, backend, top_k=1, batch_size=batch_size)
+    outputs = p | beam.Create(inputs) | ZeroShotClassify(labels, backend, decision=Decision(top_k=1),
+                                                         batch_size=batch_size)
     return p, outputs
 
 
@@ -178,6 +181,7 @@ def test_a_call_that_hangs_fails_the_job_at_the_timeout(nomic_api, colour_photos
     _fails_with(p, r"TimeoutError.*no image was at fault")
 
 
+@pytest.mark.slow
 def test_an_api_that_is_down_fails_the_job_in_minutes_and_keeps_the_previous_run(nomic_api, tmp_path):
     """The outage of the issue: 503 on every image request for 20 images used to commit 20 error rows after 149 s."""
     photos = tmp_path / "photos"
@@ -215,6 +219,7 @@ def test_a_key_refused_mid_job_fails_the_job_fast(nomic_api, colour_photos):
     assert sum(nomic_api.requests.values()) < 20  # no minutes of retries
 
 
+@pytest.mark.slow
 def test_a_refused_key_stops_the_command_before_it_starts(nomic_api, colour_photos, tmp_path):
     done = _cli(["--backend", "nomic", "--input", f"{colour_photos}/*.jpg", "--labels", "everyday",
                  "--output", str(tmp_path / "out")], NOMIC_API_KEY="nk-wrong-key-4242")
@@ -253,13 +258,14 @@ def test_relabel_and_search_on_nomic_send_text_requests_only(nomic_api, colour_p
     labels.write_text("\n".join(COLOURS) + "\n")
     kept = tmp_path / "kept"
     assert classify_images.main(["--backend", "nomic", "--input", f"{colour_photos}/*.jpg", "--labels", str(labels),
-                                 "--output", str(kept), "--embeddings", "--top_k", "1"]) == 0
+                                 "--output", str(kept), "--keep_embeddings", "--top_k", "1"]) == 0
     image_requests = nomic_api.requests["/v1/embedding/image"]
     things = tmp_path / "things.txt"
     things.write_text("".join(f"a {colour} thing\n" for colour in COLOURS))
     assert relabel.main(["--backend", "nomic", "--embeddings", str(kept), "--labels", str(things), "--top_k", "1",
                          "--output", str(tmp_path / "relabeled")]) == 0
-    assert search.main(["--backend", "nomic", "--embeddings", str(kept), "--query", "something blue", "--top_k", "1",
+    assert search.main(["--backend", "nomic", "--embeddings", str(kept), "--query", "something blue",
+                        "--images_per_query", "1",
                         "--output", str(tmp_path / "found")]) == 0
     assert nomic_api.requests["/v1/embedding/image"] == image_requests
     relabeled = {Path(row["uri"]).stem: row["labels"] for row in read_run(str(tmp_path / "relabeled"))}

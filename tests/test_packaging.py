@@ -32,3 +32,19 @@ def test_the_readme_shows_the_output_rows_as_they_are_defined():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for row_type in (ResultRow, ErrorRow, EmbeddingRow, SearchHit):
         assert markdown_table(row_type) in readme, row_type.__name__
+
+
+def test_the_wheel_holds_the_product_not_its_dev_tools(tmp_path):
+    """Dev-set builders, benchmarks and tests are not installed: what ships is what a job runs."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for package in (*PACKAGES, "benchmarks", "tests"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(source)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist() if not name.split("/")[0].endswith(
+        ".dist-info")}
+    assert tops == set(PACKAGES)

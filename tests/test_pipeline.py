@@ -15,7 +15,7 @@ from transforms.backends.local import LocalBackend
 from transforms.classify import ZeroShotClassify
 from transforms.label_sets import load_label_set, load_templates
 from transforms.metrics import NAMESPACE
-from transforms.rank import build_label_matrix
+from transforms.rank import Decision, build_label_matrix
 from transforms.read import MatchFiles
 
 EVERYDAY = load_label_set("everyday")
@@ -69,7 +69,8 @@ def test_every_input_lands_exactly_once_and_labels_are_embedded_once(hostile_dir
 def test_uri_bytes_pairs_skip_the_read(photos):
     pairs = [(f"mem/{path.name}", path.read_bytes()) for path in sorted(photos.iterdir())]
     with TestPipeline() as p:
-        outputs = p | beam.Create(pairs) | ZeroShotClassify(["cat", "car", "cup"], LocalBackend(), top_k=1)
+        outputs = p | beam.Create(pairs) | ZeroShotClassify(["cat", "car", "cup"], LocalBackend(),
+                                                            decision=Decision(top_k=1))
         assert_that(outputs["results"] | beam.Map(lambda row: (row["uri"], row["labels"][0])),
                     lambda got: dict(got)["mem/chelsea.jpg"] == "cat" or (_ for _ in ()).throw(AssertionError(got)))
 
@@ -113,7 +114,7 @@ def test_scores_are_the_cosine_of_the_embedded_vectors(photos):
     expected = embedder.embed_images([image])[0] @ classifier.vectors.T
     with TestPipeline() as p:
         outputs = p | beam.Create([str(photos / "rocket.jpg")]) | ZeroShotClassify(
-            EVERYDAY, backend, load_templates("photos"), top_k=12)
+            EVERYDAY, backend, load_templates("photos"), decision=Decision(top_k=12))
 
         def check(rows):
             (row,) = rows

@@ -14,6 +14,7 @@ import pytest
 from pipelines import classify_images
 from transforms.run_folder import read_manifest, read_run
 
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -81,7 +82,8 @@ def test_the_portable_runner_gives_the_direct_runners_rows(environment, job_serv
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.classify_images", "--input", f"{inputs}/*", "--labels", "everyday",
-         "--output", str(out), "--max_error_fraction", "0.2", "--runner", "PortableRunner", "--job_endpoint", job_service, *workers],
+         "--output", str(out), "--max_error_fraction", "0.2", "--runner", "PortableRunner", "--job_endpoint",
+         job_service, *workers],
         cwd=REPO, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"run {read_manifest(str(out))['run_id']} in {out} (_SUCCESS written)" in done.stdout

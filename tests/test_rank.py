@@ -1,9 +1,11 @@
 """Ranking: prompt ensembles and phrases build the classifier; unknown and multi-label decisions."""
+import dataclasses
+
+import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-import apache_beam as beam
 
 from transforms.backends import get_backend, l2_normalize
 from transforms.backends.local import LocalBackend
@@ -40,7 +42,7 @@ def test_a_label_vector_is_the_normalized_mean_of_its_phrases_each_the_mean_of_i
 def test_decisions(decision, expected):
     probs = np.array([0.3, 0.05, 0.65])
     ranked = np.argsort(-probs)
-    assert decision.select(ranked, probs, top_k=2).tolist() == expected
+    assert dataclasses.replace(decision, top_k=2).select(ranked, probs).tolist() == expected
 
 
 def test_phrases_and_unknown_in_a_real_pipeline(photos):
@@ -48,7 +50,7 @@ def test_phrases_and_unknown_in_a_real_pipeline(photos):
     inputs = [str(photos / "chelsea.jpg"), str(photos / "motorcycle.jpg")]
     with TestPipeline() as p:
         images = p | beam.Create(inputs)
-        ranked = images | "Rank" >> ZeroShotClassify(labels, get_backend("local"), top_k=1)
+        ranked = images | "Rank" >> ZeroShotClassify(labels, get_backend("local"), decision=Decision(top_k=1))
         unsure = images | "Unsure" >> ZeroShotClassify(labels, get_backend("local"), decision=Decision(min_prob=1.0))
         assert_that(ranked["results"] | "Top" >> beam.Map(lambda r: (r["uri"].rsplit("/", 1)[1], r["labels"])),
                     equal_to([("chelsea.jpg", ["feline"]), ("motorcycle.jpg", ["vehicle"])]))

@@ -90,6 +90,7 @@ def test_a_thumbnail_that_cannot_be_read_is_a_placeholder(tmp_path):
 
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("REQUIRE_BROWSER"),
                     reason="no chromium on this machine (apt-get install chromium); .ci/run installs it")
+@pytest.mark.slow
 def test_report_in_headless_chromium(labeled_run, tmp_path):
     assert CHROMIUM, "REQUIRE_BROWSER is set but chromium is not installed"
     folder, page = labeled_run

@@ -17,8 +17,7 @@ import pytest
 from benchmarks.run import make_images
 from pipelines import classify_images, jobs
 from tests.conftest import commit_gate
-from transforms.run_folder import (SUCCESS, NoFinishedRun, read_manifest, read_run,
-                                   remove_runs_before)
+from transforms.run_folder import SUCCESS, NoFinishedRun, read_manifest, read_run, remove_runs_before
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +104,8 @@ def test_skip_existing_labels_only_new_or_changed_files_and_keeps_the_rest(tmp_p
     # rocket.jpg now has the bytes of the changed coffee.jpg, which is labeled afresh; rocket gets a copy of that row
     # (read and embedded once), equal to its old row up to the model's batch-size rounding.
     rocket, old_rocket = after[str(inputs / "rocket.jpg")], before[str(inputs / "rocket.jpg")]
-    assert rocket["labels"] == old_rocket["labels"] and rocket["scores"] == pytest.approx(old_rocket["scores"], abs=1e-6)
+    assert rocket["labels"] == old_rocket["labels"]
+    assert rocket["scores"] == pytest.approx(old_rocket["scores"], abs=1e-6)
     assert after[str(inputs / "coffee.jpg")]["sha256"] == after[str(inputs / "rocket.jpg")]["sha256"]
     assert after[str(inputs / "coffee.jpg")]["labels"] == after[str(inputs / "rocket.jpg")]["labels"]
     assert after[str(inputs / "chelsea_copy.jpg")]["labels"] == after[str(inputs / "chelsea.jpg")]["labels"]
@@ -193,6 +193,7 @@ def _assert_nothing_to_read(out: Path) -> None:
         readme_readers(out)
 
 
+@pytest.mark.slow
 def test_a_job_killed_mid_labeling_leaves_nothing_to_read_and_a_rerun_leaves_one_run(tmp_path):
     images = make_images(tmp_path / "images", 1000, max_side=96)
     out = tmp_path / "out"
@@ -215,6 +216,7 @@ def test_a_job_killed_mid_labeling_leaves_nothing_to_read_and_a_rerun_leaves_one
     assert readme_readers(out) == {"pandas": 1000, "pyarrow": 1000, "duckdb": 1000}
 
 
+@pytest.mark.slow
 def test_a_job_killed_in_the_finalize_window_commits_nothing_and_keeps_the_previous_run(tmp_path, photos):
     out = tmp_path / "out"
     pause = commit_gate(tmp_path / "never")

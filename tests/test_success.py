@@ -178,6 +178,7 @@ def _drop_root_privileges() -> list[str]:
     return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
 
 
+@pytest.mark.slow
 def test_fifos_undecodable_names_and_unreadable_folders_are_error_rows(tmp_path, photos):
     inputs = _photo_folder(photos, tmp_path / "in" / "ok")
     os.mkfifo(inputs / "pipe.jpg")  # reading it would block forever
@@ -241,6 +242,7 @@ def test_of_two_commits_racing_into_one_folder_exactly_one_wins(tmp_path, monkey
     assert read_manifest(str(out))["run_id"] == winner[0] and read_run(str(out)) == [{"uri": "x"}]
 
 
+@pytest.mark.slow
 def test_a_job_that_another_committed_under_fails_and_never_reports_its_rows(tmp_path, photos):
     out = tmp_path / "out"
     gate = tmp_path / "gate"
@@ -302,7 +304,7 @@ def test_redaction_knows_urls_signatures_and_secret_flags(argv, expected):
 def finished_run(tmp_path_factory, photos):
     out = tmp_path_factory.mktemp("finished") / "out"
     assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "general", "--output", str(out),
-                                 "--embeddings"]) == 0
+                                 "--keep_embeddings"]) == 0
     return out
 
 

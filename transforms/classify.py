@@ -15,10 +15,9 @@ from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
 from transforms.records import EMBEDDINGS, ERRORS, RESULTS, embedding_row
 
 
-def check_settings(top_k: int, batch_size: Optional[int], explain: int) -> None:
-    """The value checks ZeroShotClassify and the command line share; raises ValueError naming the setting."""
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+def check_settings(batch_size: Optional[int], explain: int) -> None:
+    """The value checks ZeroShotClassify and the command line share (Decision checks its own); raises ValueError
+    naming the setting."""
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if explain < 0:
@@ -30,13 +29,13 @@ class ZeroShotClassify(beam.PTransform):
     With `keep_embeddings`, also 'embeddings': one EmbeddingRow per labeled image.
 
     Example:
-        outputs = uris | ZeroShotClassify(["cat", "car"], get_backend("local"))
+        outputs = uris | ZeroShotClassify(["cat", "car"], get_backend("local"), decision=Decision(top_k=1))
         outputs[RESULTS] | WriteRows("out/labels", RESULTS_SCHEMA)
     """
 
     def __init__(self, labels: Union[Sequence[str], Mapping[str, Sequence[str]]], backend: Backend,
-                 templates: Optional[Sequence[str]] = None, top_k: int = 5, batch_size: Optional[int] = None,
-                 decision: Decision = Decision(), explain: int = 0, keep_embeddings: bool = False,
+                 templates: Optional[Sequence[str]] = None, decision: Decision = Decision(),
+                 batch_size: Optional[int] = None, explain: int = 0, keep_embeddings: bool = False,
                  max_bytes: int = DEFAULT_MAX_BYTES,
                  max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE):
         """`labels`: label names, or label -> phrases to embed for it; `templates`: prompts with one `{}`
@@ -45,13 +44,12 @@ class ZeroShotClassify(beam.PTransform):
         super().__init__()
         if not labels:
             raise ValueError("ZeroShotClassify needs at least one label")
-        check_settings(top_k, batch_size, explain)
+        check_settings(batch_size, explain)
         self.label_phrases = dict(labels) if isinstance(labels, Mapping) else {label: [label] for label in labels}
         check_label_names(list(self.label_phrases), "ZeroShotClassify's labels")
         self.templates = list(templates) if templates else load_templates(backend.default_templates)
         self.backend = backend
         self.decision = decision
-        self.top_k = min(top_k, len(self.label_phrases))
         self.batch_size = batch_size or backend.default_batch_size
         self.explain = explain
         self.keep_embeddings = keep_embeddings
@@ -66,7 +64,7 @@ class ZeroShotClassify(beam.PTransform):
             DecodeImages(self.max_pixels, self.max_side, self.backend.image_side)).with_outputs(ERRORS, main="images")
         vectors, embed_errors = decoded.images | "Embed" >> EmbedImages(self.backend, self.batch_size, self.explain)
         results = vectors | "Rank" >> RankVectors(
-            label_matrix, self.backend, self.top_k, self.decision, self.batch_size,
+            label_matrix, self.backend, self.decision, self.batch_size,
             total_inputs=inputs | "CountInputs" >> beam.combiners.Count.Globally())
         errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()
         if not self.keep_embeddings:

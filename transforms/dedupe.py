@@ -1,5 +1,5 @@
 """Content dedupe: files with the same bytes are read, decoded and embedded once, and every uri still gets its own
-rows. What "the same bytes" means comes from the store's listing where it can (its MD5), so an object is fetched once."""
+rows. "The same bytes" comes from the store's listing where it can (its MD5), so an object is fetched once."""
 from __future__ import annotations
 
 import hashlib

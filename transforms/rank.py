@@ -102,31 +102,34 @@ def label_probabilities(scores: np.ndarray, logit_scale: float, none: Optional[n
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """Which labels an image gets: the top-k ranking, `unknown` when the best probability is below `min_prob`,
-    or, with `multi_label_threshold`, every label whose probability reaches it (best first)."""
+    """Which labels an image gets: the `top_k` best, `unknown` when the best probability is below `min_prob`,
+    or, with `multi_label_threshold`, every label whose probability reaches it (best first). The one place these
+    settings are checked, for the library and every job."""
 
+    top_k: int = 5
     min_prob: float = 0.0
     multi_label_threshold: Optional[float] = None
 
     def __post_init__(self):
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
         if not 0.0 <= self.min_prob <= 1.0:
             raise ValueError(f"min_prob must be between 0 and 1, got {self.min_prob}")
         if self.multi_label_threshold is not None and not 0.0 < self.multi_label_threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.multi_label_threshold}")
 
-    def select(self, ranked: np.ndarray, probs: np.ndarray, top_k: int) -> np.ndarray:
+    def select(self, ranked: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Indices of the labels to report, best first; empty means `unknown`."""
         if self.multi_label_threshold is not None:
             return ranked[probs[ranked] >= self.multi_label_threshold]
-        return ranked[:top_k] if probs[ranked[0]] >= self.min_prob else ranked[:0]
+        return ranked[:self.top_k] if probs[ranked[0]] >= self.min_prob else ranked[:0]
 
 
 class RankLabels(beam.DoFn):
     """A batch of (ImageInfo, Embedded) -> one output row per image: chosen labels, cosine scores, probabilities."""
 
-    def __init__(self, top_k: int, logit_scale: float, model_id: str, decision: Decision = Decision(),
+    def __init__(self, logit_scale: float, model_id: str, decision: Decision = Decision(),
                  none_margin: Optional[float] = None):
-        self.top_k = top_k
         self.logit_scale = logit_scale
         self.none_margin = none_margin
         self.model_id = model_id
@@ -138,8 +141,7 @@ class RankLabels(beam.DoFn):
 
     def process(self, batch: list[tuple[ImageInfo, Embedded]], labels: LabelMatrix, total_inputs: Optional[int] = None):
         with self.metrics.timed():
-            rows = rank_rows(batch, labels, self.top_k, self.logit_scale, self.model_id, self.decision,
-                             self.none_margin)
+            rows = rank_rows(batch, labels, self.logit_scale, self.model_id, self.decision, self.none_margin)
         yield from rows
         self.metrics.passed.inc(len(batch))
         self.progress.add(len(batch), total_inputs)
@@ -150,10 +152,9 @@ class RankVectors(beam.PTransform):
     label matrix (a one-element PCollection, read as a side input) in one product. `total_inputs`, a one-element
     count of the job's inputs, puts the total in the progress lines. Classify and relabel both rank here."""
 
-    def __init__(self, label_matrix, backend: Backend, top_k: int, decision: Decision, batch_size: int,
-                 total_inputs=None):
+    def __init__(self, label_matrix, backend: Backend, decision: Decision, batch_size: int, total_inputs=None):
         super().__init__()
-        self.label_matrix, self.backend, self.top_k = label_matrix, backend, top_k
+        self.label_matrix, self.backend = label_matrix, backend
         self.decision, self.batch_size, self.total_inputs = decision, batch_size, total_inputs
 
     def expand(self, vectors):
@@ -162,12 +163,12 @@ class RankVectors(beam.PTransform):
             side_inputs["total_inputs"] = beam.pvalue.AsSingleton(self.total_inputs)
         return (vectors
                 | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
-                | "Rank" >> beam.ParDo(RankLabels(self.top_k, self.backend.logit_scale, self.backend.model_id,
-                                                  self.decision, self.backend.none_margin), **side_inputs))
+                | "Rank" >> beam.ParDo(RankLabels(self.backend.logit_scale, self.backend.model_id, self.decision,
+                                                  self.backend.none_margin), **side_inputs))
 
 
-def rank_rows(batch: Sequence[tuple[ImageInfo, Embedded]], labels: LabelMatrix, top_k: int, logit_scale: float,
-              model_id: str, decision: Decision = Decision(), none_margin: Optional[float] = None) -> list[dict]:
+def rank_rows(batch: Sequence[tuple[ImageInfo, Embedded]], labels: LabelMatrix, logit_scale: float, model_id: str,
+              decision: Decision = Decision(), none_margin: Optional[float] = None) -> list[dict]:
     """One result row per image of the batch, its vectors ranked against the labels in one product: the ranking
     of every job (classify, relabel) and of the library's `relabel`."""
     vectors = np.stack([embedded.vector for _, embedded in batch])
@@ -181,7 +182,7 @@ def rank_rows(batch: Sequence[tuple[ImageInfo, Embedded]], labels: LabelMatrix, 
     ranked = np.argsort(-scores, axis=1, kind="stable")
     rows = []
     for (info, embedded), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):
-        order = decision.select(image_ranked, image_probs, top_k)
+        order = decision.select(image_ranked, image_probs)
         rows.append(as_dict(ResultRow(
             uri=info.uri,
             labels=[labels.names[i] for i in order] if len(order) else [UNKNOWN],

@@ -11,7 +11,7 @@ import pyarrow as pa
 # Tags of the two outputs of ZeroShotClassify; every stage's dead letters go to ERRORS.
 RESULTS = "results"
 ERRORS = "errors"
-EMBEDDINGS = "embeddings"  # the image vectors, kept with --embeddings
+EMBEDDINGS = "embeddings"  # the image vectors, kept with --keep_embeddings
 EMBEDDING_DTYPES = ("float32", "float16")
 
 

@@ -30,7 +30,7 @@ def embeddings_of(run: str, backend: Backend) -> tuple[str, list[str]]:
         raise EmbeddingsMismatch(f"{run!r} holds no finished run (no {SUCCESS})")
     if not manifest.get(EMBEDDINGS):
         raise EmbeddingsMismatch(f"run {manifest['run_id']} in {run!r} kept no embeddings "
-                                 "(classify_images --embeddings keeps them)")
+                                 "(classify_images --keep_embeddings keeps them)")
     if manifest["model"] != backend.model_id:
         raise EmbeddingsMismatch(f"the embeddings in {run!r} were made by model {manifest['model']!r}; "
                                  f"backend {backend.name!r} as configured is {backend.model_id!r}")
@@ -124,9 +124,9 @@ def _stored(embeddings: EmbeddingsSource, backend: Backend) -> list[tuple[ImageI
 
 
 def relabel(embeddings: EmbeddingsSource, labels: Union[Sequence[str], Mapping[str, Sequence[str]]],
-            backend: Union[str, Backend] = "local", templates: Optional[Sequence[str]] = None, top_k: int = 5,
+            backend: Union[str, Backend] = "local", templates: Optional[Sequence[str]] = None,
             decision: Decision = Decision()) -> list[dict]:
-    """Result rows (as classify_images writes them) for stored image vectors: a run folder kept with --embeddings,
+    """Result rows (as classify_images writes them) for stored image vectors: a run folder kept with --keep_embeddings,
     or embeddings rows. Only the backend's text side is used."""
     backend = get_backend(backend) if isinstance(backend, str) else backend
     stored = _stored(embeddings, backend)
@@ -137,8 +137,8 @@ def relabel(embeddings: EmbeddingsSource, labels: Union[Sequence[str], Mapping[s
     matrix: LabelMatrix = embed_label_set(phrases, list(templates or load_templates(backend.default_templates)),
                                           backend.load())
     return [row for start in range(0, len(stored), DEFAULT_BATCH)
-            for row in rank_rows(stored[start:start + DEFAULT_BATCH], matrix, top_k,
-                                 backend.logit_scale, backend.model_id, decision, backend.none_margin)]
+            for row in rank_rows(stored[start:start + DEFAULT_BATCH], matrix, backend.logit_scale, backend.model_id,
+                                 decision, backend.none_margin)]
 
 
 def search_images(embeddings: EmbeddingsSource, queries: Sequence[str], backend: Union[str, Backend] = "local",

@@ -7,9 +7,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
 from transforms.dedupe import COPIES_METRIC, copied_metric
+from transforms.metrics import BACKEND_NAMESPACE, NAMESPACE, STAGES, errors_metric, msec_metric, ok_metric
 from transforms.records import RESULTS
 from transforms.skip import CARRIED_METRIC
-from transforms.metrics import BACKEND_NAMESPACE, NAMESPACE, STAGES, errors_metric, msec_metric, ok_metric
 
 # Stages that can send an image to the errors output: every stage before the last, which only ranks vectors.
 ERROR_STAGES = STAGES[:-1]

@@ -29,12 +29,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def option(default: Any, help: str, affects_results: bool = True, **argparse_kwargs) -> Any:
+def option(default: Any, help: str, affects_results: bool = True, research: bool = False, **argparse_kwargs) -> Any:
     """A backend setting the command line offers as --BACKEND_SETTING (a dataclass field with its help text).
     `affects_results=False` marks one that cannot change an output row (threads, where a key is read from): a run
-    may then reuse the rows of a run that had another value (--skip_existing)."""
+    may then reuse the rows of a run that had another value (--skip_existing). `research=True` marks a setting kept
+    for the benchmarks that chose the defaults: --help_all lists it, --help does not."""
     return dataclasses.field(default=default, metadata={"help": help, "affects_results": affects_results,
-                                                        **argparse_kwargs})
+                                                        "research": research, **argparse_kwargs})
 
 
 def _parse_bool(text: str) -> bool:
@@ -164,12 +165,14 @@ class Backend(abc.ABC):
         """Declares this backend's settings (fields made with `option`) as --NAME_SETTING in their own group."""
         group = parser.add_argument_group(f"{cls.name} backend", (cls.__doc__ or "").splitlines()[0])
         for field in cls._options():
-            kwargs = {k: v for k, v in field.metadata.items() if k != "affects_results"}
+            kwargs = {k: v for k, v in field.metadata.items() if k not in ("affects_results", "research")}
             kwargs.setdefault("type", _parse_bool if isinstance(field.default, bool) else
                               type(field.default) if field.default is not None else str)
             if field.default is not None:
                 kwargs["help"] += f" (default: {field.default})"
-            group.add_argument(f"--{cls.name}_{field.name}", default=field.default, **kwargs)
+            action = group.add_argument(f"--{cls.name}_{field.name}", default=field.default, **kwargs)
+            if field.metadata["research"]:
+                action.research_help, action.help = action.help, argparse.SUPPRESS
 
     @classmethod
     def from_options(cls, args: argparse.Namespace) -> "Backend":

@@ -144,8 +144,13 @@ def _load_torch_classifier():
 @functools.lru_cache(maxsize=4)
 def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]):
     """The image classifier on the chosen runtime, once per process and configuration."""
-    from transforms.backends.image_runtime import (OnnxClassifier, TorchClassifier, calibration_batches,
-                                                   export_onnx, quantize_int8)
+    from transforms.backends.image_runtime import (
+        OnnxClassifier,
+        TorchClassifier,
+        calibration_batches,
+        export_onnx,
+        quantize_int8,
+    )
 
     model = _load_torch_classifier()
     if runtime == "torch":
@@ -186,10 +191,12 @@ class LocalBackend(Backend):
 
     # Defaults chosen leave-one-source-out on the dev sources (benchmarks/conse_search.py, docs/ACCURACY.md).
     top_t: int = option(20, "ImageNet classes mixed into an image's vector")
-    class_prompt: str = option("a photo of a {}.", "template the 1,000 ImageNet class names are embedded in")
-    chain_length: int = option(0, "broader WordNet concepts appended to each class text")
-    hierarchy_weight: float = option(0.0, "share of a WordNet concept's ImageNet classes in its label's vector")
-    centre: bool = option(True, "centre images and labels on the mean ImageNet class vector")
+    class_prompt: str = option("a photo of a {}.", "template the 1,000 ImageNet class names are embedded in",
+                               research=True)
+    chain_length: int = option(0, "broader WordNet concepts appended to each class text", research=True)
+    hierarchy_weight: float = option(0.0, "share of a WordNet concept's ImageNet classes in its label's vector",
+                                     research=True)
+    centre: bool = option(True, "centre images and labels on the mean ImageNet class vector", research=True)
     name = "local"
     # Both chosen leave-one-source-out (benchmarks/calibrate.py): the scale by the likelihood of the true label,
     # the none-of-these cosine by that and the likelihood of "none" when the true label is missing from the set.
@@ -198,7 +205,7 @@ class LocalBackend(Backend):
                                                 "this; `none` leaves it out", type=optional_float)
     background_overlap: Optional[float] = option(None, "cosine from which a label also covers an ImageNet class "
                                                        "it does not name in WordNet; `none`: WordNet alone",
-                                                 type=optional_float)
+                                                 type=optional_float, research=True)
     # Where the image model runs (docs/BENCHMARKS.md): ONNX Runtime is several times faster than eager PyTorch on
     # CPU and gives the same logits (max difference ~1e-5); int8 needs images to calibrate on, never the ones labeled.
     runtime: str = option("onnx", "where the image model runs", choices=list(RUNTIMES))

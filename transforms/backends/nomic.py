@@ -212,8 +212,10 @@ class NomicBackend(Backend):
     # Nomic's guidance for text-to-image retrieval.
     task_type: str = option("search_query", "task type of the label texts",
                             choices=["search_query", "search_document", "classification", "clustering"])
-    retries: int = 3
-    call_timeout_s: int = 300  # a hung connection fails the job instead of stalling it
+    retries: int = option(3, "times Beam sends a request again after a connection error (429 and 5xx are retried "
+                             "by the client itself)", affects_results=False)
+    call_timeout_s: int = option(300, "seconds one image request may take: a hung connection fails the job instead "
+                                      "of stalling it", affects_results=False)
     name = "nomic"
     logit_scale = 100.0  # CLIP's convention; not calibrated here (the hosted API cannot be reached offline)
     default_batch_size = 256
