@@ -9,12 +9,13 @@ A reader goes through `_SUCCESS`, so it reads exactly one finished run or nothin
 Committing is one write of `_SUCCESS`, so `--overwrite` switches readers from the old run to the new one at once and
 only then deletes the old folder. Each manifest has a generation; a commit first claims the next one by creating
 OUTPUT/_COMMIT-<generation> exclusively, so of two jobs that finish at once into one folder exactly one commits and
-the other fails. Shards and the manifest go through Beam's FileSystems, the layer the sinks write with; the claim
-through fsspec, whose "xb" mode creates a file only if none is there.
+the other fails. Shards and the manifest go through Beam's FileSystems, the layer the sinks write with; the claim is
+a hard link on a local disk and a conditional PUT (fsspec's "xb" mode) on an object store.
 """
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import logging
 import os
@@ -104,16 +105,26 @@ def read_manifest(output: str) -> Optional[dict[str, Any]]:
     return manifest
 
 
-def run_files(output: str, table: str = "results") -> list[str]:
-    """The shard files of the finished run under `output` (`table`: results, errors or embeddings), as its manifest
-    lists them; DamagedRun if one of them is missing."""
+def _finished_manifest(output: str) -> dict[str, Any]:
+    """The finished run's manifest under `output`; NoFinishedRun if there is none."""
     manifest = read_manifest(output)
     if manifest is None:
         raise NoFinishedRun(f"{output!r} holds no finished run (no {SUCCESS} in it)")
+    return manifest
+
+
+def _present_files(output: str, manifest: dict[str, Any], table: str) -> list[str]:
+    """manifest_files, after checking that each is there; DamagedRun if one is missing."""
     files = manifest_files(output, manifest, table)
     if missing := [path for path in files if not FileSystems.exists(path)]:
         raise _damaged(output, f"its shard {missing[0]!r} is missing")
     return files
+
+
+def run_files(output: str, table: str = "results") -> list[str]:
+    """The shard files of the finished run under `output` (`table`: results, errors or embeddings), as its manifest
+    lists them; DamagedRun if one of them is missing."""
+    return _present_files(output, _finished_manifest(output), table)
 
 
 def manifest_files(output: str, manifest: dict[str, Any], table: str) -> list[str]:
@@ -124,9 +135,9 @@ def manifest_files(output: str, manifest: dict[str, Any], table: str) -> list[st
 def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
     """Every row of one table of the finished run under `output`, whatever its format; DamagedRun if a shard holds
     another number of rows than the manifest says."""
-    manifest = read_manifest(output)
+    manifest = _finished_manifest(output)
     rows: list[dict[str, Any]] = []
-    for path, shard in zip(run_files(output, table), manifest.get(table, [])):
+    for path, shard in zip(_present_files(output, manifest, table), manifest.get(table, [])):
         before = len(rows)
         rows.extend(read_rows(path))
         if len(rows) - before != shard["rows"]:
@@ -224,12 +235,8 @@ def check_error_fraction(output: str, manifest: dict[str, Any], rows: dict[str, 
     errors, inputs = rows.get(ERRORS, 0), rows.get(ERRORS, 0) + rows.get(RESULTS, 0)
     if limit is None or not inputs or errors / inputs <= limit:
         return
-    causes: Counter = Counter()
-    for path in manifest_files(output, manifest, ERRORS):
-        for row in read_rows(path):
-            causes[f"{row['stage']} {row['error']}"] += 1
-            if sum(causes.values()) >= _CAUSES_SAMPLE:
-                break
+    error_rows = (row for path in manifest_files(output, manifest, ERRORS) for row in read_rows(path))
+    causes = Counter(f"{row['stage']} {row['error']}" for row in itertools.islice(error_rows, _CAUSES_SAMPLE))
     commonest = ", ".join(f"{cause} ({count})" for cause, count in causes.most_common(3))
     raise TooManyErrorsError(f"{errors} of {inputs} inputs failed ({errors / inputs:.1%}), more than "
                              f"--max_error_fraction {limit:g}; commonest: {commonest}. The run stays uncommitted "
