@@ -11,14 +11,11 @@ from apache_beam.metrics import Metrics
 from transforms.metrics import NAMESPACE, errors_metric
 from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
 from transforms.records import ERRORS, RESULTS, ListingFailure
+from transforms.stores import is_local
 
 COPIES_METRIC = "duplicates_not_embedded"
 COPIES = "copies"
 _TO_HASH = "to_hash"
-
-
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
 
 
 def _sha256_key(element: tuple[str, bytes]) -> tuple[str, str]:
@@ -35,7 +32,7 @@ def _listed_key(listed):
     uri, checksum = listed
     if checksum:
         yield uri, checksum
-    elif _is_local(uri):
+    elif is_local(uri):
         yield beam.pvalue.TaggedOutput(_TO_HASH, uri)
     else:  # a multipart or composite object lists no MD5: its own key, so it is still fetched once
         yield uri, f"uri:{uri}"

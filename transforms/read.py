@@ -12,7 +12,7 @@ from fsspec.utils import glob_translate
 
 from transforms.metrics import StageMetrics
 from transforms.records import ERRORS, ListingFailure, error_row, exception_row
-from transforms.stores import use_worker_options
+from transforms.stores import is_local, use_worker_options
 
 DEFAULT_MAX_BYTES = 64 << 20
 
@@ -93,8 +93,8 @@ def list_files(pattern: str) -> Iterator[Union[tuple[str, Optional[str]], Listin
                                  "the file name is not valid UTF-8 (shown with its bytes as \\xNN); rename it")
             continue
         yield _to_uri(fs, pattern, file), content_checksum(info)
+    fs = fsspec.core.url_to_fs(pattern)[0]
     for error in unlisted:
-        fs = fsspec.core.url_to_fs(pattern)[0]
         yield ListingFailure(_to_uri(fs, pattern, _printable(str(error.filename))), type(error).__name__,
                              f"cannot list this folder, so the files in it are not labeled: {error.strerror or error}")
 
@@ -142,7 +142,7 @@ class NotAFileError(OSError):
 
 def _check_regular_file(uri: str) -> None:
     """Raises NotAFileError for a local path that is not a regular file (after following links)."""
-    if "://" in uri and not uri.startswith("file://"):
+    if not is_local(uri):
         return  # object stores hold only objects
     mode = os.stat(uri.removeprefix("file://")).st_mode
     if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):

@@ -28,7 +28,7 @@ import fsspec
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import ERRORS, RESULTS
-from transforms.stores import use_worker_options
+from transforms.stores import is_local, use_worker_options
 from transforms.write import count_rows, read_rows
 
 SUCCESS = "_SUCCESS"
@@ -204,7 +204,7 @@ def _claim(output: str, generation: int, run_id: str) -> None:
     path = _join(output, f"{CLAIM_PREFIX}{generation:08d}")
     use_worker_options()
     try:
-        if "://" not in output or output.startswith("file://"):
+        if is_local(output):
             _link_new(path.removeprefix("file://"), run_id.encode("utf-8"))
         else:  # a conditional PUT: created whole with its content, or refused
             with fsspec.open(path, "xb") as f:

@@ -11,6 +11,11 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 _applied: Optional[int] = None  # id() of the options last given to fsspec in this process
 
 
+def is_local(uri: str) -> bool:
+    """Whether `uri` names this machine's disk (a plain path or file://) rather than an object in a store."""
+    return "://" not in uri or uri.startswith("file://")
+
+
 def fsspec_settings(options: PipelineOptions) -> dict[str, dict[str, Any]]:
     """protocol -> the fsspec filesystem arguments that the job's Beam options mean (s3fs, gcsfs)."""
     s3 = options.view_as(S3Options)

@@ -15,10 +15,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import fsspec
 import numpy as np
 from PIL import Image
 
 from transforms.backends.base import Backend, Embedder, l2_normalize, option
+from transforms.stores import is_local, use_worker_options
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -31,19 +33,11 @@ class ModelFolderError(ValueError):
     """The model cannot be found or read: not a folder holding a model, not in the hub cache and no hub reachable."""
 
 
-def _is_remote(name: str) -> bool:
-    return "://" in name and not name.startswith("file://")
-
-
 @functools.cache
 def model_folder(name: str, revision: Optional[str] = None) -> str:
     """A local folder holding the model `name`: the folder itself, a copy of a gs:// or s3:// folder (made once per
     process, and shared by the processes of a worker through the temp folder), or a hub snapshot."""
-    if _is_remote(name):
-        import fsspec
-
-        from transforms.stores import use_worker_options
-
+    if not is_local(name):
         use_worker_options()
         fs, path = fsspec.core.url_to_fs(name)
         if not fs.isdir(path):
