@@ -179,13 +179,16 @@ class ReadFiles(beam.DoFn):
         if isinstance(element, tuple):
             yield element
             return
-        uri = element
+        read = self.read(element)
+        yield beam.pvalue.TaggedOutput(ERRORS, read) if isinstance(read, dict) else (element, read)
+
+    def read(self, uri: str) -> Union[bytes, dict[str, str]]:
+        """The bytes of `uri`, or its `read` error row; counted in the read stage's metrics."""
         try:
             with self.metrics.timed():
                 data = read_bytes(uri, self.max_bytes)
         except Exception as e:  # noqa: BLE001 - any failure of one file belongs in the dead-letter output
             self.metrics.failed.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, exception_row(uri, "read", e))
-            return
+            return exception_row(uri, "read", e)
         self.metrics.passed.inc()
-        yield uri, data
+        return data

@@ -8,41 +8,36 @@ from typing import Iterable
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.metrics import NAMESPACE, StageMetrics
-from transforms.read import DEFAULT_MAX_BYTES, read_bytes
-from transforms.records import ERRORS, exception_row
-from transforms.stores import use_worker_options
+from transforms.metrics import NAMESPACE
+from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
+from transforms.records import ERRORS
 from transforms.write import read_rows
 
 CARRIED_METRIC = "carried_over"
 TO_LABEL = "to_label"
 
 
-class _ReadUnlessUnchanged(beam.DoFn):
+class _ReadUnlessUnchanged(ReadFiles):
     """(uri, {'now': [None], TABLE: [previous rows]...}) -> the previous rows of every table if the file's bytes
     still have that sha256, else (uri, bytes) to label; read failures to `errors`. A uri only in the previous run is
     a file that is gone: it is dropped."""
 
     def __init__(self, tables: list[str], max_bytes: int):
-        self.tables, self.max_bytes = tables, max_bytes
+        super().__init__(max_bytes)
+        self.tables = tables
 
     def setup(self):
-        use_worker_options()
+        super().setup()
         self.carried = Metrics.counter(NAMESPACE, CARRIED_METRIC)
-        self.metrics = StageMetrics("read")
 
     def process(self, element: tuple[str, dict[str, Iterable]]):
         uri, found = element
         if not list(found["now"]):
             return
-        try:
-            with self.metrics.timed():
-                data = read_bytes(uri, self.max_bytes)
-        except Exception as e:  # noqa: BLE001 - one unreadable file is its error row
-            self.metrics.failed.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, exception_row(uri, "read", e))
+        data = self.read(uri)
+        if isinstance(data, dict):
+            yield beam.pvalue.TaggedOutput(ERRORS, data)
             return
-        self.metrics.passed.inc()
         sha256 = hashlib.sha256(data).hexdigest()
         kept = {table: [row for row in found[table] if row["sha256"] == sha256] for table in self.tables}
         if all(kept.values()):
