@@ -89,11 +89,15 @@ def none_scores(image_vectors: np.ndarray, labels: LabelMatrix, margin: Optional
     return (image_vectors @ labels.background.T).max(axis=1) - margin
 
 
-def label_probabilities(scores: np.ndarray, logit_scale: float, none: Optional[np.ndarray] = None) -> np.ndarray:
+def label_probabilities(scores: np.ndarray, logit_scale: float, none: Optional[np.ndarray] = None,
+                        logit_bias: Optional[float] = None) -> np.ndarray:
     """Softmax of logit_scale x cosine over the labels and, given each image's `none` cosine, a "none of these"
     competitor: an image that no label fits then gets low probabilities for all of them. The ranking never
-    changes; with the competitor, an image's probabilities add up to less than 1."""
+    changes; with the competitor, an image's probabilities add up to less than 1. With a `logit_bias` (SigLIP), each
+    label's own sigmoid(logit_scale x cosine + bias) instead, as the model was trained: no label competes."""
     logits = logit_scale * np.asarray(scores, dtype=np.float64)
+    if logit_bias is not None:
+        return (1.0 / (1.0 + np.exp(-(logits + logit_bias)))).astype(np.float32)
     if none is not None:
         logits = np.concatenate([logits, logit_scale * np.asarray(none, dtype=np.float64)[:, None]], axis=1)
     probs = softmax(logits)
@@ -173,12 +177,8 @@ def rank_rows(batch: Sequence[tuple[ImageInfo, Embedded]], labels: LabelMatrix, 
     of every job (classify, relabel) and of the library's `relabel`."""
     vectors = np.stack([embedded.vector for _, embedded in batch])
     scores = vectors @ labels.vectors.T
-    if labels.logit_bias is not None:  # SigLIP: each label scored on its own, as the model was trained
-        logits = (labels.logit_scale or logit_scale) * scores.astype(np.float64) + labels.logit_bias
-        probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-    else:
-        probs = label_probabilities(scores, labels.logit_scale or logit_scale,
-                                    none_scores(vectors, labels, none_margin))
+    probs = label_probabilities(scores, labels.logit_scale or logit_scale, none_scores(vectors, labels, none_margin),
+                                labels.logit_bias)
     ranked = np.argsort(-scores, axis=1, kind="stable")
     rows = []
     for (info, embedded), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):
