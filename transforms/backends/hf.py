@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from transforms.backends.base import Backend, Embedder, l2_normalize, option
+from transforms.backends.weights import hash_file
 from transforms.stores import is_local, use_worker_options
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -79,9 +80,7 @@ def weights_digest(folder: str) -> str:
         raise ModelFolderError(f"{folder!r} holds no weights ({', '.join(WEIGHT_SUFFIXES)} files)")
     for path in files:
         digest.update(str(path.relative_to(folder)).encode())
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
+        hash_file(digest, path)
     return digest.hexdigest()
 
 

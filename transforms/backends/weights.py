@@ -10,6 +10,14 @@ class WeightsError(RuntimeError):
     """A model file is missing or is not the file this project was verified against."""
 
 
+def hash_file(digest, path: Path):
+    """`digest` (a hashlib object) updated with the bytes of the file at `path`, read in chunks; returned."""
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest
+
+
 def packaged_file(package: str, relative_path: str, sha256: str) -> Path:
     """Path of `relative_path` inside the installed `package`, after its sha256 matched `sha256`."""
     spec = importlib.util.find_spec(package)
@@ -18,10 +26,7 @@ def packaged_file(package: str, relative_path: str, sha256: str) -> Path:
     path = Path(next(iter(spec.submodule_search_locations))) / relative_path
     if not path.is_file():
         raise WeightsError(f"{path} is missing from package {package!r}; reinstall it")
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    digest = hash_file(hashlib.sha256(), path)
     if digest.hexdigest() != sha256:
         raise WeightsError(f"{path} has sha256 {digest.hexdigest()}, expected {sha256}: refusing to load it")
     return path
