@@ -11,9 +11,10 @@ import logging
 import re
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.cli import (
@@ -28,7 +29,6 @@ from pipelines.cli import (
 from transforms.backends import BACKENDS, Backend
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
 from transforms.rank import Decision
-from transforms.records import RESULTS
 from transforms.run_folder import (
     MANIFEST_VERSION,
     SUCCESS,
@@ -124,11 +124,12 @@ class StoredVectorsJob:
         run = RunFolder.from_args(args)
         return cls(backend, stored_run, shards, run, run.to_replace())
 
-    def write(self, rows, manifest: dict[str, Any], schema) -> None:
-        """Writes `rows` as the run's results and commits the run once they are final."""
-        prefix = table_prefix(self.run.output, manifest["run_id"], RESULTS)
-        written = {RESULTS: rows | "WriteResults" >> WriteRows(prefix, schema, self.run.file_format,
-                                                               self.run.num_shards)}
+    def write(self, manifest: dict[str, Any], tables: Mapping[str, tuple[beam.PCollection, pa.Schema]]) -> None:
+        """Writes each table's rows (table -> (rows, schema)) and commits the run once they are all final."""
+        written = {table: rows | f"Write{table.title()}" >> WriteRows(
+                       table_prefix(self.run.output, manifest["run_id"], table), schema, self.run.file_format,
+                       self.run.num_shards)
+                   for table, (rows, schema) in tables.items()}
         written | "Commit" >> CommitRun(self.run.output, manifest, self.replaces)
 
 

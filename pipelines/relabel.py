@@ -19,7 +19,7 @@ from pipelines import jobs  # noqa: E402
 from pipelines.cli import ConfigError  # noqa: E402
 from transforms.label_sets import load_templates  # noqa: E402
 from transforms.rank import EmbedLabels, RankVectors  # noqa: E402
-from transforms.records import RESULTS_SCHEMA  # noqa: E402
+from transforms.records import RESULTS, RESULTS_SCHEMA  # noqa: E402
 from transforms.stored import ReadEmbeddings  # noqa: E402
 
 PROG = "python -m pipelines.relabel"
@@ -49,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results = (pipeline
                    | "ReadEmbeddings" >> ReadEmbeddings(job.shards)
                    | "Rank" >> RankVectors(label_matrix, job.backend, labels.decision, args.vectors_per_batch))
-        job.write(results, manifest, RESULTS_SCHEMA)
+        job.write(manifest, {RESULTS: (results, RESULTS_SCHEMA)})
 
     return jobs.report_labels(jobs.run_job(job.run.output, beam_args, manifest, build), job.run, args.report, labels)
 

@@ -26,13 +26,19 @@ from PIL import Image
 from pipelines.cli import ConfigError, OneLineParser
 from pipelines.jobs import unknown_beam_args
 from transforms.decode import decode_image
-from transforms.run_folder import RunFolderError, read_run
+from transforms.records import EMBEDDINGS
+from transforms.run_folder import RunFolderError, read_manifest, read_run
 from transforms.stores import use_job_options
 
 THUMB_SIDE = 256
 PER_LABEL = 24  # thumbnails per label section; the rest are counted
 LEAST_SURE = 24
 READERS = 8
+# Colours of the map's groups (topics, or labels): matplotlib's tab20, which stays readable at 20 groups.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+           "#dbdb8d", "#9edae5")
+MAP_WIDTH, MAP_HEIGHT, MAP_MARGIN = 720, 480, 10
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
@@ -44,6 +50,9 @@ figure img, figure .missing { width: 180px; height: 135px; object-fit: cover; ba
 figure .missing { display: flex; align-items: center; justify-content: center; color: #888; }
 figcaption { overflow-wrap: anywhere; } .more { color: #666; font-style: italic; }
 table.errors { border-collapse: collapse; font-size: 0.8rem; }
+svg.map { border: 1px solid #ddd; background: #fcfcfc; } svg.map circle { fill-opacity: 0.8; }
+ul.legend { list-style: none; padding: 0; columns: 3; font-size: 0.8rem; max-width: 720px; }
+ul.legend span { display: inline-block; width: 0.8rem; height: 0.8rem; margin-right: 0.3rem; vertical-align: middle; }
 table.errors td, table.errors th { border: 1px solid #ddd; padding: 0.2rem 0.4rem; text-align: left; }
 """
 
@@ -99,8 +108,54 @@ def _bar_chart(counts: Counter) -> str:
             f'aria-label="label counts">{"".join(rows)}</svg>')
 
 
+def map_svg(points: Sequence[tuple[float, float]], groups: Sequence[str], names: Sequence[str],
+            legend: Sequence[str]) -> str:
+    """The map: one circle per image at its point, coloured by its group, with its file name and group as a
+    <title> (the browser's tooltip); then the legend, groups in `legend` order with their image counts."""
+    colour = {group: PALETTE[i % len(PALETTE)] for i, group in enumerate(legend)}
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    # One scale for both axes, so that distances on the map are distances between the vectors (as projected).
+    spans = (max(xs, default=0) - min(xs, default=0), max(ys, default=0) - min(ys, default=0))
+    scale = min((MAP_WIDTH - 2 * MAP_MARGIN) / (spans[0] or 1), (MAP_HEIGHT - 2 * MAP_MARGIN) / (spans[1] or 1))
+    centre = ((max(xs, default=0) + min(xs, default=0)) / 2, (max(ys, default=0) + min(ys, default=0)) / 2)
+    marks = [f'<circle class="mark" cx="{MAP_WIDTH / 2 + (x - centre[0]) * scale:.1f}" '
+             f'cy="{MAP_HEIGHT / 2 - (y - centre[1]) * scale:.1f}" r="3.5" fill="{colour[group]}">'
+             f"<title>{html.escape(name)}: {html.escape(group)}</title></circle>"
+             for (x, y), group, name in zip(points, groups, names)]
+    counts = Counter(groups)
+    keys = "".join(f'<li><span style="background:{colour[group]}"></span>{html.escape(group)} ({counts[group]})</li>'
+                   for group in legend)
+    return (f'<svg class="map" width="{MAP_WIDTH}" height="{MAP_HEIGHT}" role="img" aria-label="map of the images">'
+            f'{"".join(marks)}</svg><ul class="legend">{keys}</ul>')
+
+
+def _map_section(points, groups, names, legend, what: str) -> str:
+    return (f'<section class="map"><h2>Map</h2><p>Each dot is an image, coloured by {what}; images whose vectors '
+            "are alike lie close (the two directions in which the run's vectors differ most). Hover a dot for its "
+            f"file name.</p>{map_svg(points, groups, names, legend)}</section>")
+
+
+def _label_map(run: str, results: Sequence[dict]) -> str:
+    """The map of a classify run that kept its embeddings, coloured by top label; '' for one that did not."""
+    if not (read_manifest(run) or {}).get(EMBEDDINGS):
+        return ""
+    import numpy as np
+
+    from transforms.topics import map_points
+
+    rows = read_run(run, EMBEDDINGS)
+    top = {row["uri"]: str(row["labels"][0]) for row in results}
+    rows = [row for row in rows if row["uri"] in top]
+    if not rows:
+        return ""
+    points = map_points(np.asarray([row["embedding"] for row in rows], dtype=np.float32))
+    groups = [top[row["uri"]] for row in rows]
+    return _map_section(points.tolist(), groups, [PurePosixPath(row["uri"]).name for row in rows],
+                        [label for label, _ in Counter(groups).most_common()], "its top label")
+
+
 def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Optional[str]], title: str,
-           per_label: int = PER_LABEL, least_sure: int = LEAST_SURE) -> str:
+           per_label: int = PER_LABEL, least_sure: int = LEAST_SURE, label_map: str = "") -> str:
     """The whole page as a string."""
     by_label = _by_label(results)
     counts = Counter({label: len(rows) for label, rows in by_label.items()})
@@ -117,7 +172,7 @@ def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Op
                                                  for k, v in summary_rows) + "</table>",
              "<p>The number after each label is its probability (for the embedded model, a softmax over the labels "
              "and \"none of these\").</p>",
-             "<h2>Top labels</h2>", _bar_chart(counts)]
+             "<h2>Top labels</h2>", _bar_chart(counts), label_map]
     for label, _ in counts.most_common():
         rows = by_label[label]
         more = len(rows) - per_label
@@ -146,7 +201,7 @@ def write_report(run: str, output: str, title: str = "Zero-shot labels", per_lab
     with ThreadPoolExecutor(READERS) as pool:
         thumbs = dict(zip(shown, pool.map(thumbnail, shown)))
     with fsspec.open(output, "w", encoding="utf-8") as f:
-        f.write(render(results, errors, thumbs, title, per_label))
+        f.write(render(results, errors, thumbs, title, per_label, label_map=_label_map(run, results)))
 
 
 def render_search(hits: Sequence[dict], thumbs: dict[str, Optional[str]], title: str) -> str:
@@ -179,19 +234,66 @@ def write_search_report(run: str, output: str, title: str = "Images found by tex
         f.write(render_search(hits, thumbs, title))
 
 
+def render_topics(topics: Sequence[dict], images: Sequence[dict], thumbs: dict[str, Optional[str]],
+                  title: str) -> str:
+    """A topics run as a page: the map coloured by topic, then each topic's words and its images nearest the centre."""
+    topics = sorted(topics, key=lambda row: row["topic"])
+    name = {row["topic"]: f"{row['topic']}. {row['name']}" for row in topics}
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<p>{len(images)} images in {len(topics)} topics, largest first. A topic's name is the vocabulary word "
+             "nearest its centre; the number under each image is its cosine to the centre.</p>",
+             _map_section([(row["x"], row["y"]) for row in images], [name[row["topic"]] for row in images],
+                          [PurePosixPath(row["uri"]).name for row in images], list(name.values()), "its topic")]
+    for row in topics:
+        figures = "".join(_figure({"uri": uri, "labels": [row["name"]], "probs": [similarity]}, thumbs)
+                          for uri, similarity in _examples(row, images))
+        parts.append(f'<section class="topic" data-topic="{row["topic"]}"><h2>{html.escape(name[row["topic"]])} '
+                     f'({row["size"]})</h2><p>near: {html.escape(", ".join(row["words"]))}</p>'
+                     f'<div class="sheet">{figures}</div></section>')
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _examples(topic: dict, images: Sequence[dict]) -> list[tuple[str, float]]:
+    similarity = {row["uri"]: row["similarity"] for row in images}
+    return [(uri, similarity.get(uri, 0.0)) for uri in topic["examples"]]
+
+
+def write_topics_report(run: str, output: str, title: str = "Topics") -> None:
+    """Reads the finished topics run in folder `run`, fetches its example images' thumbnails, writes the page."""
+    try:
+        topics, images = read_run(run, "topics"), read_run(run, "images")
+    except RunFolderError as e:
+        raise ConfigError(str(e)) from None
+    uris = sorted({uri for row in topics for uri in row["examples"]})
+    with ThreadPoolExecutor(READERS) as pool:
+        thumbs = dict(zip(uris, pool.map(thumbnail, uris)))
+    with fsspec.open(output, "w", encoding="utf-8") as f:
+        f.write(render_topics(topics, images, thumbs, title))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = OneLineParser(prog="python -m pipelines.report", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--run", required=True, help="folder of a finished run (classify_images --output)")
+    parser.add_argument("--run", required=True, help="folder of a finished run of classify_images, relabel, search "
+                                                     "or topics (its --output)")
     parser.add_argument("--output", required=True, help="the HTML file to write (any fsspec URL)")
-    parser.add_argument("--title", default="Zero-shot labels", help="the page's title")
+    parser.add_argument("--title", help="the page's title (default: what the run is)")
     parser.add_argument("--per_label", type=int, default=PER_LABEL, help=f"thumbnails per label (default {PER_LABEL})")
     args, store_args = parser.parse_known_args(argv)
     if unknown := unknown_beam_args(store_args):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     use_job_options(PipelineOptions(store_args))  # Beam's store options, e.g. --s3_endpoint_url, reach the run
+    titled = {"title": args.title} if args.title else {}
     try:
-        write_report(args.run, args.output, args.title, args.per_label)
-    except ConfigError as e:
+        job = str((read_manifest(args.run) or {}).get("command", [""])[0])
+        if job.endswith("pipelines.topics"):
+            write_topics_report(args.run, args.output, **titled)
+        elif job.endswith("pipelines.search"):
+            write_search_report(args.run, args.output, **titled)
+        else:
+            write_report(args.run, args.output, per_label=args.per_label, **titled)
+    except (ConfigError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}")

@@ -18,7 +18,7 @@ import apache_beam as beam  # noqa: E402
 
 from pipelines import jobs  # noqa: E402
 from pipelines.cli import ConfigError, RenamedFlag  # noqa: E402
-from transforms.records import SEARCH_SCHEMA  # noqa: E402
+from transforms.records import RESULTS, SEARCH_SCHEMA  # noqa: E402
 from transforms.stored import ReadEmbeddings, SearchImages  # noqa: E402
 
 PROG = "python -m pipelines.search"
@@ -53,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hits = (pipeline
                 | "ReadEmbeddings" >> ReadEmbeddings(job.shards)
                 | "Search" >> SearchImages(args.query, job.backend, args.images_per_query, args.vectors_per_batch))
-        job.write(hits, manifest, SEARCH_SCHEMA)
+        job.write(manifest, {RESULTS: (hits, SEARCH_SCHEMA)})
 
     status = jobs.run_job(job.run.output, beam_args, manifest, build)
     if status == 0 and args.report:

@@ -109,6 +109,29 @@ class SearchHit:
     score: float = column(pa.float32(), "cosine similarity of the image and the query")
 
 
+@dataclasses.dataclass(frozen=True)
+class TopicRow:
+    """One topic of the images of a run (pipelines.topics)."""
+
+    topic: int = column(pa.int32(), "1 for the largest topic, then by size")
+    size: int = column(pa.int64(), "images in the topic")
+    name: str = column(pa.string(), "the vocabulary label nearest the topic's centre; no two topics share one")
+    words: list = column(pa.list_(pa.string()), "the name, then the other vocabulary labels nearest the centre")
+    examples: list = column(pa.list_(pa.string()), "the images nearest the centre, nearest first")
+    mean_similarity: float = column(pa.float32(), "mean cosine of the topic's images to its centre: how tight it is")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTopic:
+    """Where one image of a run falls: its topic and its place on the map."""
+
+    uri: str = column(pa.string(), "the image file")
+    topic: int = column(pa.int32(), "its topic (the `topic` of a topics row): the one whose centre is nearest")
+    similarity: float = column(pa.float32(), "cosine of the image and its topic's centre")
+    x: float = column(pa.float32(), "the map: the image's vector on the first principal axis of the run's vectors")
+    y: float = column(pa.float32(), "the map: on the second principal axis")
+
+
 def arrow_schema(row_type: type) -> pa.Schema:
     return pa.schema([(field.name, field.metadata["arrow"]) for field in dataclasses.fields(row_type)])
 
@@ -127,10 +150,12 @@ def markdown_table(row_type: type) -> str:
     return "\n".join(lines)
 
 
-ROW_TYPES = (ResultRow, ErrorRow, EmbeddingRow, SearchHit)
+ROW_TYPES = (ResultRow, ErrorRow, EmbeddingRow, SearchHit, TopicRow, ImageTopic)
 RESULTS_SCHEMA = arrow_schema(ResultRow)
 ERRORS_SCHEMA = arrow_schema(ErrorRow)
 SEARCH_SCHEMA = arrow_schema(SearchHit)
+TOPICS_SCHEMA = arrow_schema(TopicRow)
+IMAGE_TOPICS_SCHEMA = arrow_schema(ImageTopic)
 
 
 def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
@@ -159,4 +184,5 @@ def exception_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
 
 if __name__ == "__main__":
     print(f"Results:\n\n{markdown_table(ResultRow)}\n\nErrors:\n\n{markdown_table(ErrorRow)}\n\n"
-          f"Embeddings:\n\n{markdown_table(EmbeddingRow)}\n\nSearch hits:\n\n{markdown_table(SearchHit)}")
+          f"Embeddings:\n\n{markdown_table(EmbeddingRow)}\n\nSearch hits:\n\n{markdown_table(SearchHit)}\n\n"
+          f"Topics:\n\n{markdown_table(TopicRow)}\n\nImages of topics:\n\n{markdown_table(ImageTopic)}")

@@ -174,9 +174,9 @@ def remove_runs_before(output: str, run_id: str, replaced: Optional[str]) -> lis
     return removed
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    # Written beside, then renamed over the old one: a reader sees the old manifest or the new one, never half of
-    # one and never none (a local rename replaces atomically; an object store's copy replaces the object whole).
+def write_atomically(path: str, data: bytes) -> None:
+    """Writes `path` beside, then renames it over the old one: a reader sees the old file or the new one, never half
+    of one and never none (a local rename replaces atomically; an object store's copy replaces the object whole)."""
     staging = f"{path}.{uuid.uuid4().hex}.tmp"
     handle = FileSystems.create(staging)
     handle.write(data)
@@ -273,7 +273,7 @@ def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
     manifest["generation"] = (current or {}).get("generation", 0) + 1
     _claim(output, manifest["generation"], manifest["run_id"])
     manifest["finished"] = utc_now()
-    _write_atomically(_join(output, SUCCESS), json.dumps(manifest, indent=2).encode("utf-8"))
+    write_atomically(_join(output, SUCCESS), json.dumps(manifest, indent=2).encode("utf-8"))
     stale = [m.path for m in FileSystems.match([_join(output, f"{SUCCESS}.*.tmp")])[0].metadata_list]
     stale += [m.path for m in FileSystems.match([_join(output, f"{CLAIM_PREFIX}*")])[0].metadata_list
               if m.path < _join(output, f"{CLAIM_PREFIX}{manifest['generation']:08d}")]

@@ -85,7 +85,7 @@ def hit_rows(query_hits: tuple[int, Iterable[tuple[float, str]]], queries: Seque
         yield as_dict(SearchHit(queries[q], rank, uri, score))
 
 
-def _best_first(hit: tuple[float, str]) -> tuple[float, tuple[int, ...]]:
+def best_first(hit: tuple[float, str]) -> tuple[float, tuple[int, ...]]:
     # Top keeps the largest keys: the higher cosine, and among equal ones (copies of one image) the smaller uri.
     return hit[0], tuple(-ord(c) for c in hit[1])
 
@@ -108,7 +108,7 @@ class SearchImages(beam.PTransform):
         return (vectors
                 | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
                 | "BatchTop" >> beam.FlatMap(top_hits, beam.pvalue.AsSingleton(query_vectors), self.top_k)
-                | "Top" >> beam.combiners.Top.PerKey(self.top_k, key=_best_first)
+                | "Top" >> beam.combiners.Top.PerKey(self.top_k, key=best_first)
                 | "Rows" >> beam.FlatMap(hit_rows, self.queries))
 
 
@@ -154,4 +154,4 @@ def search_images(embeddings: EmbeddingsSource, queries: Sequence[str], backend:
         for q, hit in top_hits(stored[start:start + DEFAULT_BATCH], query_vectors, top_k):
             best[q].append(hit)
     return [row for q, hits in best.items()
-            for row in hit_rows((q, heapq.nlargest(top_k, hits, key=_best_first)), queries)]
+            for row in hit_rows((q, heapq.nlargest(top_k, hits, key=best_first)), queries)]

@@ -40,7 +40,7 @@ class ImageNetHierarchy:
                 todo.extend(self.synsets[current]["hypernyms"])
         return frozenset(seen)
 
-    def _first_path(self, synset_id: str) -> list[str]:
+    def first_path(self, synset_id: str) -> list[str]:
         path = [synset_id]
         while self.synsets[path[-1]]["hypernyms"]:
             path.append(self.synsets[path[-1]]["hypernyms"][0])
@@ -49,7 +49,7 @@ class ImageNetHierarchy:
     def chain(self, class_index: int, length: Optional[int] = None) -> list[str]:
         """Names of the broader concepts above a class, nearest first, along WordNet's first hypernym path,
         without the uninformative top of the tree: tench -> cyprinid, ..., fish, aquatic vertebrate, vertebrate."""
-        path = self._first_path(self.class_ids[class_index])[1:]
+        path = self.first_path(self.class_ids[class_index])[1:]
         informative = path[: max(0, len(path) - MIN_CHAIN_DEPTH)]
         names = [self.synsets[synset_id]["lemmas"][0] for synset_id in informative]
         return names[:length] if length is not None else names
