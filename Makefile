@@ -48,6 +48,7 @@ devsets: install
 
 accuracy: devsets
 	$(PY) -m benchmarks.accuracy
+	$(PY) -m benchmarks.topics
 
 clean:
 	rm -rf $(VENV) demo-output bench-output devsets eval-output *.egg-info build dist

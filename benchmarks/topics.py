@@ -4,23 +4,39 @@ topics as the set has true labels present; purity = the share of images whose to
 theirs. Printed beside two references: the largest label's share (what one topic, or topics at random, score) and
 the purity of grouping the images by classify_images' top label with the true label set given.
 
-python -m benchmarks.topics [--devsets devsets] [--output bench-output/topics]
+Then the job's peak memory on synthetic runs of growing size (vectors around 30 random centres, in 4 shards or
+shards of 30,000, one Parquet row group each, with a dev run's manifest so the model matches), each job in its own
+process: flat means it does not grow with the vectors.
+
+python -m benchmarks.topics [--devsets devsets] [--output bench-output/topics] [--memory 2000,40000,120000,240000]
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import datetime
+import json
 import platform
+import shutil
+import subprocess
 import sys
 from collections import Counter
 from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from benchmarks.devsets import read_index
 from pipelines import classify_images, topics
-from transforms.run_folder import read_run
+from transforms.records import EMBEDDINGS, embeddings_schema
+from transforms.run_folder import SUCCESS, read_manifest, read_run
+
+# The job's own peak (VmHWM is per address space; ru_maxrss would carry this process's peak across the exec).
+PEAK_RSS = ("import re, sys; from pipelines import topics; status = topics.main(sys.argv[1:]); "
+            "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) // 1024, status)")
 
 
 def purity(groups: dict[str, str], truth: dict[str, str]) -> float:
@@ -52,10 +68,49 @@ def measure(devsets: Path, name: str, output: Path) -> dict:
             "by_label": purity(labeled, truth), "names": names}
 
 
+def synthetic_run(like: Path, folder: Path, images: int, shards: int = 4) -> None:
+    """A finished run in `folder` whose embeddings are `images` unit vectors around 30 random centres, with the
+    manifest (model, run id) of the kept run `like`."""
+    manifest = read_manifest(str(like))
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / manifest["run_id"]).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    dim = len(read_run(str(like), EMBEDDINGS)[0]["embedding"])
+    centres = rng.standard_normal((30, dim))
+    manifest[EMBEDDINGS] = []
+    for shard in range(shards):
+        rows = images // shards
+        vectors = centres[rng.integers(30, size=rows)] + 0.5 * rng.standard_normal((rows, dim))
+        vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+        path = f"{manifest['run_id']}/embeddings-{shard:05d}-of-{shards:05d}.parquet"
+        pq.write_table(pa.table({
+            "uri": [f"synthetic/{shard}-{i}.jpg" for i in range(rows)], "sha256": ["0" * 64] * rows,
+            "model": [manifest["model"]] * rows,
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+            "width": pa.array([1] * rows, pa.int32()), "height": pa.array([1] * rows, pa.int32())},
+            schema=embeddings_schema(dim)), folder / path)
+        manifest[EMBEDDINGS].append({"path": path, "rows": rows})
+    (folder / SUCCESS).write_text(json.dumps(manifest))
+
+
+def peak_memory(like: Path, output: Path, sizes: list[int]) -> None:
+    print("\n| stored vectors | topics | peak RSS of the job (MB) |\n| ---: | ---: | ---: |")
+    for images in sizes:
+        synthetic_run(like, output / f"synthetic-{images}", images, shards=max(4, images // 30_000))
+        done = subprocess.run([sys.executable, "-c", PEAK_RSS, "--embeddings", str(output / f"synthetic-{images}"),
+                               "--topics", "30", "--output", str(output / f"synthetic-{images}-topics"),
+                               "--overwrite"], capture_output=True, text=True, check=True)
+        peak, status = done.stdout.split()[-2:]
+        assert status == "0", done.stderr[-2000:]
+        print(f"| {images:,} | 30 | {int(peak):,} |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devsets", type=Path, default=Path("devsets"))
     parser.add_argument("--output", type=Path, default=Path("bench-output/topics"))
+    parser.add_argument("--memory", default="2000,40000,120000,240000",
+                        help="sizes of the synthetic runs (4 shards, or shards of 30,000 vectors)")
     args = parser.parse_args(argv)
     if not (args.devsets / "index.csv").is_file():
         print(f"error: {args.devsets}/index.csv is missing; run `make devsets` first", file=sys.stderr)
@@ -74,6 +129,7 @@ def main(argv=None) -> int:
               f"{result['largest']:.1%} | {result['by_label']:.1%} | {', '.join(result['names'])} |", flush=True)
     mean = {key: sum(r[key] for r in results) / len(results) for key in ("purity", "largest", "by_label")}
     print(f"| **mean of sources** | | | **{mean['purity']:.1%}** | {mean['largest']:.1%} | {mean['by_label']:.1%} | |")
+    peak_memory(args.output / coarse[-1]["name"] / "kept", args.output, [int(n) for n in args.memory.split(",")])
     return 0
 
 

@@ -5,7 +5,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from transforms.records import EmbeddingRow, ErrorRow, ResultRow, SearchHit, markdown_table
+from transforms.records import ROW_TYPES, markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("transforms", "pipelines", "labels")
@@ -30,7 +30,7 @@ def test_wheel_contains_all_packages_and_label_sets(tmp_path):
 
 def test_the_readme_shows_the_output_rows_as_they_are_defined():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for row_type in (ResultRow, ErrorRow, EmbeddingRow, SearchHit):
+    for row_type in ROW_TYPES:
         assert markdown_table(row_type) in readme, row_type.__name__
 
 

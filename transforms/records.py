@@ -117,7 +117,8 @@ class TopicRow:
     size: int = column(pa.int64(), "images in the topic")
     name: str = column(pa.string(), "the vocabulary label nearest the topic's centre; no two topics share one")
     words: list = column(pa.list_(pa.string()), "the name, then the other vocabulary labels nearest the centre")
-    examples: list = column(pa.list_(pa.string()), "the images nearest the centre, nearest first")
+    examples: list = column(pa.list_(pa.string()),
+                            "the 12 images nearest the centre (fewer in a smaller topic), nearest first")
     mean_similarity: float = column(pa.float32(), "mean cosine of the topic's images to its centre: how tight it is")
 
 

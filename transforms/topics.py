@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 from typing import Any, Iterator, Optional, Sequence
 
 import apache_beam as beam
@@ -13,26 +14,13 @@ from transforms.backends import l2_normalize
 from transforms.rank import LabelMatrix
 from transforms.records import ImageTopic, TopicRow, as_dict
 from transforms.stored import best_first
-from transforms.write import read_rows
+from transforms.write import read_vector_batches
 
 SAMPLE_PER_TOPIC = 50  # vectors per topic in the sample the start is chosen on
 MIN_SAMPLE = 2_000
 RESTARTS = 10  # k-means runs on the sample; the best one starts the passes over all vectors
 WORDS = 5  # vocabulary words per topic
 EXAMPLES = 12  # images nearest each topic's centre, in its row and the report's contact sheet
-
-
-def vector_batches(shard: str, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(uris, (n, d) float32 unit vectors) of one embeddings shard, `batch_size` rows at a time."""
-    uris, vectors = [], []
-    for row in read_rows(shard):
-        uris.append(row["uri"])
-        vectors.append(row["embedding"])
-        if len(uris) == batch_size:
-            yield uris, np.asarray(vectors, dtype=np.float32)
-            uris, vectors = [], []
-    if uris:
-        yield uris, np.asarray(vectors, dtype=np.float32)
 
 
 def nearest(vectors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +55,7 @@ class PassStats:
 
 
 def shard_stats(shard: str, centroids: np.ndarray, batch_size: int) -> Iterator[PassStats]:
-    for _, vectors in vector_batches(shard, batch_size):
+    for _, vectors in read_vector_batches(shard, batch_size):
         yield PassStats.of(vectors, centroids)
 
 
@@ -95,9 +83,13 @@ def sample_key(seed: int, uri: str) -> bytes:
     return hashlib.blake2b(f"{seed}\0{uri}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
 
 
-def keyed_vectors(shard: str, seed: int, batch_size: int) -> Iterator[tuple[bytes, np.ndarray]]:
-    for uris, vectors in vector_batches(shard, batch_size):
-        yield from ((sample_key(seed, uri), vector) for uri, vector in zip(uris, vectors))
+def shard_sample(shard: str, seed: int, size: int, batch_size: int) -> list[tuple[bytes, np.ndarray]]:
+    """The `size` vectors of the shard with the smallest `sample_key`s, as (key, vector): only these leave the
+    shard, so the sample's combine never sees every vector (Beam's Top alone would hold them all here)."""
+    # A copy of each row: a row view would keep its whole batch alive, and with it every batch of the shard.
+    keyed = ((sample_key(seed, uri), vector.copy())
+             for uris, vectors in read_vector_batches(shard, batch_size) for uri, vector in zip(uris, vectors))
+    return heapq.nsmallest(size, keyed, key=lambda item: item[0])
 
 
 def kmeans_plus_plus(vectors: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -178,7 +170,7 @@ class Topics:
 
 def image_rows(shard: str, topics: Topics, batch_size: int) -> Iterator[dict[str, Any]]:
     """One ImageTopic row per stored vector of the shard: its topic, and its place on the map."""
-    for uris, vectors in vector_batches(shard, batch_size):
+    for uris, vectors in read_vector_batches(shard, batch_size):
         best, cosines = nearest(vectors, topics.centroids)
         points = (vectors - topics.map_mean) @ topics.map_axes
         for uri, topic, cosine, (x, y) in zip(uris, best, cosines, points):
@@ -236,7 +228,7 @@ class FindTopics(beam.PTransform):
         shards = pbegin | "Shards" >> beam.Create(self.shards) | "Spread" >> beam.Reshuffle()
         sample_size = max(MIN_SAMPLE, SAMPLE_PER_TOPIC * self.k)
         centroids = (shards
-                     | "Keyed" >> beam.FlatMap(keyed_vectors, self.seed, self.batch_size)
+                     | "Keyed" >> beam.FlatMap(shard_sample, self.seed, sample_size, self.batch_size)
                      | "Sample" >> beam.combiners.Top.Of(sample_size, key=lambda item: item[0], reverse=True)
                      | "Start" >> beam.Map(starting_centroids, self.k, self.seed))
         for step in range(1, self.iterations + 1):

@@ -130,6 +130,17 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
                 yield {name: _CSV_PARSERS.get(name, str)(cell) for name, cell in row.items()}
 
 
+def read_vector_batches(path: str, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(uris, (n, d) float32 vectors) of one embeddings shard (always Parquet), `batch_size` rows at a time, straight
+    from Arrow's buffers: no row dicts, no Python floats."""
+    use_worker_options()
+    with fsspec.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=["uri", "embedding"]):
+            vectors = batch.column("embedding")
+            matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), vectors.type.list_size)
+            yield batch.column("uri").to_pylist(), matrix.astype(np.float32, copy=False)
+
+
 def count_rows(path: str) -> int:
     """Rows in one shard, from the Parquet footer or by counting lines."""
     use_worker_options()
