@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["transforms", "transforms.*", "pipelines", "pipelines.*", "labels", "labels.*"]),
-    package_data={"labels": ["*.txt", "*.json", "templates/*.txt"]},
+    package_data={"labels": ["*.txt", "*.json", "*.npz", "templates/*.txt"]},
     install_requires=[
         "apache-beam>=2.60,<3",
         "nomic>=3.1,<4",

