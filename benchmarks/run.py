@@ -1,4 +1,6 @@
-"""`make bench`: whole-job throughput against a bare decode+forward loop and the seed-style per-image loop.
+"""`make bench`: the whole job against the model's own speed, a bare ONNX loop, on the same images in one run; start-up
+alone; peak memory on a big bucket. "Before" is the same job from another commit (a git worktree). With --runtimes,
+the image model's runtimes (eager PyTorch, ONNX fp32, int8) and the seed-style per-image loop too.
 
 Every figure is measured in this one run, on this machine, and printed as a markdown table with ratios.
 """
@@ -11,19 +13,23 @@ import platform
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from pipelines.samples import write_sample_photos
 from transforms.backends import get_backend
-from transforms.backends.local import LocalBackend, _sentence_vectors
+from transforms.backends.image_runtime import CACHE_ENV, preprocess
+from transforms.backends.local import LocalBackend, _load_classifier, _sentence_vectors
 from transforms.decode import decode_image
 from transforms.label_sets import load_label_set
 
 REPO = Path(__file__).resolve().parents[1]
+BEFORE = "a94c432"  # the last commit before start-up work: class texts embedded, graph exported, torch at every start
 
 
 def make_images(folder: Path, count: int, seed: int = 0, max_side: Optional[int] = None) -> Path:
@@ -79,8 +85,23 @@ def seed_style_loop(paths: list[Path], labels: list[str]) -> tuple[float, float]
     return len(paths) / seconds, seconds
 
 
-def whole_job(folder: Path, labels: str, batch_size: int, out: Path, *beam_args: str) -> tuple[float, float, int]:
-    """(images/s, seconds, peak RSS MiB) of `python -m pipelines.classify_images`, from process start to exit."""
+def bare_onnx_loop(folder: Path, batch_size: int) -> tuple[float, float]:
+    """(images/s, seconds) of the model's own speed: read, decode, preprocess and ONNX Runtime in batches, one after
+    the other, as a plain script would, the session open before the clock starts."""
+    classifier = _load_classifier("onnx", 0, None)
+    paths = sorted(folder.glob("*.jpg"))
+    start = time.perf_counter()
+    for i in range(0, len(paths), batch_size):
+        images = [decode_image(path.read_bytes(), Image.MAX_IMAGE_PIXELS)[0] for path in paths[i:i + batch_size]]
+        classifier.logits(np.stack([preprocess(image) for image in images]))
+    seconds = time.perf_counter() - start
+    return len(paths) / seconds, seconds
+
+
+def whole_job(folder: Path, labels: str, batch_size: int, out: Path, *beam_args: str, checkout: Path = REPO,
+              env: Optional[dict] = None) -> tuple[float, float, int]:
+    """(images/s, seconds, peak RSS MiB) of `python -m pipelines.classify_images` of `checkout`, from process start
+    to exit."""
     command = [sys.executable, "-m", "pipelines.classify_images", "--input", f"{folder}/*.jpg", "--labels", labels,
                "--output", str(out / "labels"), "--overwrite", "--batch_size", str(batch_size), *beam_args]
     # A fresh wrapper per job, so RUSAGE_CHILDREN's peak belongs to this job alone (workers included).
@@ -88,7 +109,8 @@ def whole_job(folder: Path, labels: str, batch_size: int, out: Path, *beam_args:
                "sys.stderr.write(done.stderr[-2000:] if done.returncode else '');"
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", wrapper, *command], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", wrapper, *command], cwd=checkout, capture_output=True, text=True,
+                          env=env)
     seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"job failed: {done.stderr}")
@@ -96,37 +118,40 @@ def whole_job(folder: Path, labels: str, batch_size: int, out: Path, *beam_args:
     return images / seconds, seconds, int(done.stdout.split()[-1]) // 1024
 
 
-# The settings before the leave-one-source-out search (docs/ACCURACY.md), whose start-up is the baseline.
-PREVIOUS_SETTINGS = {"class_prompt": "{}", "hierarchy_weight": 0.0}
+def model_floor(work: Path, before: Path, sizes: list[int], batch_size: int) -> None:
+    """The whole job (before and now) against the bare ONNX loop on the same small images, at each size."""
+    print("| images | bare ONNX loop, images/s | whole job before, images/s | ratio | whole job now, images/s | "
+          "ratio | now / before |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for count in sizes:
+        folder = make_images(work / f"small{count}", count, seed=4, max_side=160)
+        loop_rate, _ = bare_onnx_loop(folder, batch_size)
+        old_rate, *_ = whole_job(folder, "everyday", batch_size, work / "out-before", checkout=before)
+        new_rate, *_ = whole_job(folder, "everyday", batch_size, work / "out")
+        print(f"| {count} | {loop_rate:.1f} | {old_rate:.1f} | {old_rate / loop_rate:.2f} | {new_rate:.1f} | "
+              f"{new_rate / loop_rate:.2f} | {new_rate / old_rate:.2f}x |", flush=True)
 
 
-def start_up_seconds(settings: dict) -> float:
-    """Seconds a fresh process takes to build the local embedder (load both models, embed the 1,000 class texts):
-    what every worker pays once. Imports are excluded; they are the same for any setting."""
-    code = ("import sys, time; from transforms.backends.local import ConSEEmbedder, LocalBackend; "
-            "start = time.perf_counter(); ConSEEmbedder(LocalBackend(**eval(sys.argv[1]))); "
-            "print(time.perf_counter() - start)")
-    done = subprocess.run([sys.executable, "-c", code, repr(settings)], cwd=REPO, capture_output=True, text=True,
-                          check=True)
-    return float(done.stdout.split()[-1])
+def start_up(work: Path, before: Path, batch_size: int, tries: int = 3) -> None:
+    """Seconds of a whole job on one image, best of `tries`: before, now with the graph cached, now on a machine
+    that has not exported it yet."""
+    one = make_images(work / "one", 1, seed=5, max_side=160)
+
+    def best(**kwargs) -> float:
+        return min(whole_job(one, "everyday", batch_size, work / "out-one", **kwargs)[1] for _ in range(tries))
+
+    previous = best(checkout=before)
+    warm = best()
+    with tempfile.TemporaryDirectory() as cache:
+        cold = min(whole_job(one, "everyday", batch_size, work / "out-one",
+                             env={**os.environ, CACHE_ENV: tempfile.mkdtemp(dir=cache)})[1] for _ in range(tries))
+    print(f"\n| start-up: a whole job on 1 image, best of {tries} | seconds | ratio |\n| --- | ---: | ---: |")
+    print(f"| before ({BEFORE}) | {previous:.2f} | 1.00 |\n| now, graph cached | {warm:.2f} | {warm / previous:.2f} |")
+    print(f"| now, first job on a machine (graph exported) | {cold:.2f} | {cold / previous:.2f} |", flush=True)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000, help="images for the throughput comparison")
-    parser.add_argument("--label_images", type=int, default=300, help="images for the label-count comparison")
-    parser.add_argument("--job_images", type=int, default=3000,
-                        help="images for the longest whole job, where process start weighs least")
-    parser.add_argument("--loop_images", type=int, default=30, help="images for the (slow) seed-style loop")
-    parser.add_argument("--rss_images", type=int, nargs=2, default=[2000, 20000],
-                        help="the two bucket sizes whose peak RSS must match (small generated images)")
-    parser.add_argument("--only", choices=["rss"], help="run one part only (rss: the flat-memory check)")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--workdir", default=str(REPO / "bench-output"))
-    args = parser.parse_args(argv)
-    work = Path(args.workdir)
-    if args.only == "rss":
-        return print_rss(flat_memory(work, args.rss_images, args.batch_size))
+def runtimes(work: Path, args: argparse.Namespace) -> None:
+    """The image model on each runtime, the seed-style loop, and whole jobs by label count (--runtimes)."""
     big = make_images(work / f"images{args.images}", args.images)
     small = make_images(work / f"images{args.label_images}", args.label_images)
 
@@ -164,40 +189,63 @@ def main(argv=None) -> int:
     rows.append(("whole job, 1,000 labels", args.label_images, many_s, many_rate, many_rss,
                  f"{many_s / few_s:.2f}x the time of 12 labels"))
 
-    print(f"\n{datetime.date.today()} · {platform.node()} · {os.cpu_count()} cores · Python "
-          f"{platform.python_version()} · batch size {args.batch_size}\n")
-    print("| run | images | seconds | images/s | peak RSS MiB | ratio |")
+    print("\n| run | images | seconds | images/s | peak RSS MiB | ratio |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     for name, n, seconds, rate, rss, ratio in rows:
         print(f"| {name} | {n} | {seconds:.1f} | {rate:.1f} | {rss if rss is not None else ''} | {ratio} |")
-    previous = min(start_up_seconds(PREVIOUS_SETTINGS) for _ in range(3))
-    current = min(start_up_seconds({}) for _ in range(3))
-    print(f"\nworker start-up (models loaded, 1,000 class texts embedded; best of 3): previous settings "
-          f"{previous:.2f} s, current {current:.2f} s ({current - previous:+.2f} s)")
-    print(f"peak RSS, {args.label_images} vs {args.images} images (in-process, 12 labels): "
-          f"{few_rss} vs {job_rss} MiB ({job_rss / few_rss:.2f}x for {args.images / args.label_images:.1f}x images)")
-    return print_rss(flat_memory(work, args.rss_images, args.batch_size))
 
 
-def flat_memory(work: Path, counts: list[int], batch_size: int) -> list[tuple[int, float, float, int]]:
-    """(images, seconds, images/s, peak RSS MiB) of the whole job on buckets of small images of each size."""
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[300, 3000],
+                        help="image counts of the job-against-the-model comparison (small generated images)")
+    parser.add_argument("--rss_images", type=int, nargs=2, default=[2000, 20000],
+                        help="the two bucket sizes whose peak RSS must match (small generated images)")
+    parser.add_argument("--before", default=BEFORE, help=f"the commit to compare with (default {BEFORE})")
+    parser.add_argument("--runtimes", action="store_true", help="also the runtimes and the seed-style loop")
+    parser.add_argument("--images", type=int, default=1000, help="--runtimes: images for the throughput comparison")
+    parser.add_argument("--label_images", type=int, default=300, help="--runtimes: images for the label-count rows")
+    parser.add_argument("--job_images", type=int, default=3000, help="--runtimes: images for the longest job")
+    parser.add_argument("--loop_images", type=int, default=30, help="--runtimes: images for the seed-style loop")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--workdir", default=str(REPO / "bench-output"))
+    args = parser.parse_args(argv)
+    work = Path(args.workdir)
+    import onnxruntime
+
+    print(f"\n{datetime.date.today()} · {platform.node()} · {os.cpu_count()} cores · Python "
+          f"{platform.python_version()} · onnxruntime {onnxruntime.__version__} · batch size {args.batch_size} · "
+          f"python -m benchmarks.run {' '.join(argv if argv is not None else sys.argv[1:])}\n")
+    before = work / "before"
+    subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, capture_output=True)
+    subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=REPO, check=True,
+                   capture_output=True)
+    try:
+        model_floor(work, before, args.sizes, args.batch_size)
+        start_up(work, before, args.batch_size)
+        print_rss(flat_memory(work, args.rss_images, args.batch_size, before))
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, capture_output=True)
+    if args.runtimes:
+        runtimes(work, args)
+    return 0
+
+
+def flat_memory(work: Path, counts: list[int], batch_size: int, before: Path) -> list[tuple[int, int, int]]:
+    """(images, peak RSS MiB before, now) of the whole job on buckets of small images of each size."""
     rows = []
     for count in counts:
         folder = make_images(work / f"thumbs{count}", count, seed=3, max_side=128)
-        rate, seconds, rss = whole_job(folder, "everyday", batch_size, work / "out")
-        rows.append((count, seconds, rate, rss))
+        old = whole_job(folder, "everyday", batch_size, work / "out-before", checkout=before)[2]
+        rows.append((count, old, whole_job(folder, "everyday", batch_size, work / "out")[2]))
     return rows
 
 
-def print_rss(rows: list[tuple[int, float, float, int]]) -> int:
-    print("\n| whole job, in-process, 12 labels, images of at most 128 px | seconds | images/s | peak RSS MiB |")
-    print("| ---: | ---: | ---: | ---: |")
-    for count, seconds, rate, rss in rows:
-        print(f"| {count} | {seconds:.1f} | {rate:.1f} | {rss} |")
-    (small, *_, small_rss), (large, *_, large_rss) = rows[0], rows[-1]
-    print(f"peak RSS, {small} vs {large} images: {small_rss} vs {large_rss} MiB "
-          f"({large_rss / small_rss:.2f}x for {large / small:.0f}x images)")
-    return 0
+def print_rss(rows: list[tuple[int, int, int]]) -> None:
+    print(f"\n| whole job, in-process, 12 labels, images of at most 128 px | peak RSS MiB before ({BEFORE}) | "
+          "peak RSS MiB now |\n| ---: | ---: | ---: |")
+    for count, old, new in rows:
+        print(f"| {count} | {old} | {new} |")
 
 
 if __name__ == "__main__":
