@@ -21,6 +21,17 @@ def commit_gate(gate: Path) -> dict[str, str]:
     return {"PYTHONPATH": f"{REPO / 'tests' / 'inject'}{os.pathsep}{REPO}", "ZERO_SHOT_TEST_COMMIT_GATE": str(gate)}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory) -> Path:
+    """The exported image graph is cached in a folder of this session, not in the home folder of whoever runs the
+    tests; jobs the tests start in subprocesses inherit it."""
+    from transforms.backends.image_runtime import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("graph_cache")
+    os.environ[CACHE_ENV] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory) -> Path:
     """astronaut, chelsea, china, coffee, flower, motorcycle, rocket as JPEG files."""
