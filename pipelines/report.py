@@ -69,6 +69,12 @@ def thumbnail(uri: str, side: int = THUMB_SIDE) -> Optional[str]:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def thumbnails(uris: set[str]) -> dict[str, Optional[str]]:
+    """uri -> its thumbnail (or None), READERS fetched at a time."""
+    with ThreadPoolExecutor(READERS) as pool:
+        return dict(zip(uris, pool.map(thumbnail, uris)))
+
+
 def _top_prob(row: dict) -> float:
     return float(row["probs"][0]) if row["probs"] else 0.0
 
@@ -113,11 +119,12 @@ def map_svg(points: Sequence[tuple[float, float]], groups: Sequence[str], names:
     """The map: one circle per image at its point, coloured by its group, with its file name and group as a
     <title> (the browser's tooltip); then the legend, groups in `legend` order with their image counts."""
     colour = {group: PALETTE[i % len(PALETTE)] for i, group in enumerate(legend)}
-    xs, ys = [x for x, _ in points], [y for _, y in points]
+    xs, ys = zip(*points) if points else ((0.0,), (0.0,))
+    x_low, x_high, y_low, y_high = min(xs), max(xs), min(ys), max(ys)
     # One scale for both axes, so that distances on the map are distances between the vectors (as projected).
-    spans = (max(xs, default=0) - min(xs, default=0), max(ys, default=0) - min(ys, default=0))
-    scale = min((MAP_WIDTH - 2 * MAP_MARGIN) / (spans[0] or 1), (MAP_HEIGHT - 2 * MAP_MARGIN) / (spans[1] or 1))
-    centre = ((max(xs, default=0) + min(xs, default=0)) / 2, (max(ys, default=0) + min(ys, default=0)) / 2)
+    scale = min((MAP_WIDTH - 2 * MAP_MARGIN) / ((x_high - x_low) or 1),
+                (MAP_HEIGHT - 2 * MAP_MARGIN) / ((y_high - y_low) or 1))
+    centre = ((x_high + x_low) / 2, (y_high + y_low) / 2)
     marks = [f'<circle class="mark" cx="{MAP_WIDTH / 2 + (x - centre[0]) * scale:.1f}" '
              f'cy="{MAP_HEIGHT / 2 - (y - centre[1]) * scale:.1f}" r="3.5" fill="{colour[group]}">'
              f"<title>{html.escape(name)}: {html.escape(group)}</title></circle>"
@@ -198,10 +205,8 @@ def write_report(run: str, output: str, title: str = "Zero-shot labels", per_lab
         raise ConfigError(str(e)) from None
     shown = {row["uri"] for rows in _by_label(results).values() for row in rows[:per_label]}
     shown |= {row["uri"] for row in _least_sure(results, LEAST_SURE)}
-    with ThreadPoolExecutor(READERS) as pool:
-        thumbs = dict(zip(shown, pool.map(thumbnail, shown)))
     with fsspec.open(output, "w", encoding="utf-8") as f:
-        f.write(render(results, errors, thumbs, title, per_label, label_map=_label_map(run, results)))
+        f.write(render(results, errors, thumbnails(shown), title, per_label, label_map=_label_map(run, results)))
 
 
 def render_search(hits: Sequence[dict], thumbs: dict[str, Optional[str]], title: str) -> str:
@@ -227,11 +232,8 @@ def write_search_report(run: str, output: str, title: str = "Images found by tex
         hits = read_run(run)
     except RunFolderError as e:
         raise ConfigError(str(e)) from None
-    uris = sorted({hit["uri"] for hit in hits})
-    with ThreadPoolExecutor(READERS) as pool:
-        thumbs = dict(zip(uris, pool.map(thumbnail, uris)))
     with fsspec.open(output, "w", encoding="utf-8") as f:
-        f.write(render_search(hits, thumbs, title))
+        f.write(render_search(hits, thumbnails({hit["uri"] for hit in hits}), title))
 
 
 def render_topics(topics: Sequence[dict], images: Sequence[dict], thumbs: dict[str, Optional[str]],
@@ -245,19 +247,15 @@ def render_topics(topics: Sequence[dict], images: Sequence[dict], thumbs: dict[s
              "nearest its centre; the number under each image is its cosine to the centre.</p>",
              _map_section([(row["x"], row["y"]) for row in images], [name[row["topic"]] for row in images],
                           [PurePosixPath(row["uri"]).name for row in images], list(name.values()), "its topic")]
+    similarity = {image["uri"]: image["similarity"] for image in images}
     for row in topics:
-        figures = "".join(_figure({"uri": uri, "labels": [row["name"]], "probs": [similarity]}, thumbs)
-                          for uri, similarity in _examples(row, images))
+        figures = "".join(_figure({"uri": uri, "labels": [row["name"]], "probs": [similarity.get(uri, 0.0)]}, thumbs)
+                          for uri in row["examples"])
         parts.append(f'<section class="topic" data-topic="{row["topic"]}"><h2>{html.escape(name[row["topic"]])} '
                      f'({row["size"]})</h2><p>near: {html.escape(", ".join(row["words"]))}</p>'
                      f'<div class="sheet">{figures}</div></section>')
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def _examples(topic: dict, images: Sequence[dict]) -> list[tuple[str, float]]:
-    similarity = {row["uri"]: row["similarity"] for row in images}
-    return [(uri, similarity.get(uri, 0.0)) for uri in topic["examples"]]
 
 
 def write_topics_report(run: str, output: str, title: str = "Topics") -> None:
@@ -266,11 +264,8 @@ def write_topics_report(run: str, output: str, title: str = "Topics") -> None:
         topics, images = read_run(run, "topics"), read_run(run, "images")
     except RunFolderError as e:
         raise ConfigError(str(e)) from None
-    uris = sorted({uri for row in topics for uri in row["examples"]})
-    with ThreadPoolExecutor(READERS) as pool:
-        thumbs = dict(zip(uris, pool.map(thumbnail, uris)))
     with fsspec.open(output, "w", encoding="utf-8") as f:
-        f.write(render_topics(topics, images, thumbs, title))
+        f.write(render_topics(topics, images, thumbnails({uri for row in topics for uri in row["examples"]}), title))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
