@@ -114,22 +114,25 @@ def graph_key(weights_sha256: str) -> str:
 
 def cached_graph(key: str, export: Callable[[], bytes]) -> bytes:
     """The graph exported for `key`: read from the cache folder, or exported and written there (atomically: a
-    reader sees a whole file or none). A file whose name holds another digest than its bytes is not used; a cache
-    that cannot be read or written only costs the export."""
+    reader sees a whole file or none). A graph whose bytes are not the ones its .sha256 file names is not used; a
+    cache that cannot be read or written only costs the export."""
     folder = cache_folder()
     path = folder / f"efficientnet-lite0-{key[:32]}.onnx" if folder else None
     if path is not None and path.is_file():
-        graph = path.read_bytes()
-        digest = path.with_suffix(".sha256")
-        if digest.is_file() and digest.read_text().strip() == hashlib.sha256(graph).hexdigest():
+        try:
+            graph, digest = path.read_bytes(), path.with_suffix(".sha256").read_text().strip()
+        except OSError:  # no digest yet (a writer between its two files), or a file this user may not read
+            digest = None
+        if digest is not None and digest == hashlib.sha256(graph).hexdigest():
             return graph
     graph = export()
     if path is not None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            for target, data in ((path, graph), (path.with_suffix(".sha256"), hashlib.sha256(graph).hexdigest())):
+            digest = hashlib.sha256(graph).hexdigest().encode()
+            for target, data in ((path, graph), (path.with_suffix(".sha256"), digest)):
                 staging = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
-                staging.write_bytes(data if isinstance(data, bytes) else data.encode())
+                staging.write_bytes(data)
                 os.replace(staging, target)
         except OSError as e:  # a read-only home on a worker: export at every start instead
             _LOG.info("cannot cache the ONNX graph in %s (%s); it will be exported at every start", folder, e)
