@@ -78,6 +78,16 @@ def test_the_exported_graph_is_cached_keyed_by_the_weights_and_checked(tmp_path,
     assert image_runtime.cached_graph(key, export) == b"graph bytes" and len(exports) == 3
 
 
+def test_a_cached_graph_without_its_digest_is_exported_again(tmp_path, monkeypatch):
+    """A writer killed between the graph and its .sha256 file leaves a graph nobody can check: not used."""
+    monkeypatch.setenv(image_runtime.CACHE_ENV, str(tmp_path))
+    image_runtime.cached_graph("d" * 64, lambda: b"first")
+    (digest,) = tmp_path.glob("*.sha256")
+    digest.unlink()
+    assert image_runtime.cached_graph("d" * 64, lambda: b"second") == b"second"
+    assert digest.is_file()
+
+
 def test_a_cache_folder_that_cannot_be_written_only_costs_the_export(tmp_path, monkeypatch):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
