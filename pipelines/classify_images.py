@@ -21,6 +21,7 @@ from pipelines.cli import (  # noqa: E402
     RenamedFlag,
     add_backend_argument,
     add_backend_settings,
+    exit_job,
 )
 from pipelines.jobs import (  # noqa: E402
     BEAM_EPILOG,
@@ -35,6 +36,7 @@ from pipelines.jobs import (  # noqa: E402
     report_labels,
     result_settings,
     run_job,
+    workers_in_this_process,
 )
 from transforms.backends import Backend  # noqa: E402
 from transforms.classify import ZeroShotClassify, check_settings  # noqa: E402
@@ -192,10 +194,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             embeddings_dtype=args.embeddings_dtype if args.keep_embeddings else None,
                             max_error_fraction=args.max_error_fraction,
                             settings=plan.settings, skip_existing=plan.previous and plan.previous["run_id"])
+    if workers_in_this_process(beam_args):
+        plan.backend.warm_up()
     return report_labels(run_job(plan.run.output, beam_args, manifest,
                                  lambda pipeline: build_pipeline(pipeline, args, plan, manifest)), plan.run,
                          args.report, plan.labels)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

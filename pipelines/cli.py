@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import re
+import sys
+from typing import NoReturn
 
 from transforms.backends import BACKENDS
 
@@ -77,3 +80,10 @@ def one_line(error: BaseException) -> str:
     """'ExceptionType: the first line of its message', for errors whose detail (a traceback, a filesystem's
     several-line advice) would break the one line a user reads."""
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def exit_job(status: int) -> NoReturn:
+    """Ends a job's process with `status`. What is still alive dies with the process: frozen, the cyclic collector
+    does not walk all of it once more while the interpreter shuts down (0.5-0.7 s of every job; docs/BENCHMARKS.md)."""
+    gc.freeze()
+    sys.exit(status)

@@ -2,12 +2,12 @@
 set, and prints each one's top labels, why (the ImageNet classes behind it), and whether it is right."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from pipelines import classify_images
+from pipelines.cli import exit_job
 from pipelines.samples import write_sample_photos
 from transforms.run_folder import run_files
 
@@ -56,4 +56,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

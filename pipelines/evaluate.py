@@ -17,7 +17,7 @@ import fsspec
 import numpy as np
 
 from pipelines import classify_images
-from pipelines.cli import ConfigError, OneLineParser, add_backend_argument
+from pipelines.cli import ConfigError, OneLineParser, add_backend_argument, exit_job
 from transforms.label_sets import LabelSetError, load_label_set
 from transforms.run_folder import read_run
 
@@ -168,4 +168,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipelines.cli import (
     ConfigError,
@@ -52,6 +52,7 @@ SECRET_FLAG = re.compile(r"secret|token|passw|credential|connection_string|acces
 _URL_PASSWORD = re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+(?=@)", re.IGNORECASE)
 _SECRET_PARAMETER = re.compile(r"(?P<keep>(?:^|[?&;])[\w.-]*(?:sig|signature|token|secret|passw|pwd|key|credential)"
                                r"[\w.-]*=)[^&;\s]+", re.IGNORECASE)
+DIRECT_RUNNERS = (None, "DirectRunner", "direct", "SwitchingDirectRunner")  # None: Beam's default, the DirectRunner
 BEAM_EPILOG = "Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...)."
 
 
@@ -262,10 +263,17 @@ def checked_backend(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> 
     runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
     try:
         backend = BACKENDS[args.backend].from_options(args)
-        backend.check(workers_here=runner in (None, "DirectRunner", "direct", "SwitchingDirectRunner"))
+        backend.check(workers_here=runner in DIRECT_RUNNERS)
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"backend {args.backend!r} cannot run: {e}") from None
     return backend
+
+
+def workers_in_this_process(beam_args: Sequence[str]) -> bool:
+    """The job's workers are this process: the DirectRunner, unless it runs them as subprocesses."""
+    options = PipelineOptions(list(beam_args))
+    return (options.view_as(StandardOptions).runner in DIRECT_RUNNERS
+            and options.view_as(DirectOptions).direct_running_mode != "multi_processing")
 
 
 def finished_run(folder: str, flag: str) -> Optional[dict[str, Any]]:

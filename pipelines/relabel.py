@@ -16,7 +16,7 @@ logging.getLogger().addHandler(logging.NullHandler())
 import apache_beam as beam  # noqa: E402
 
 from pipelines import jobs  # noqa: E402
-from pipelines.cli import ConfigError  # noqa: E402
+from pipelines.cli import ConfigError, exit_job  # noqa: E402
 from transforms.label_sets import load_templates  # noqa: E402
 from transforms.rank import EmbedLabels, RankVectors  # noqa: E402
 from transforms.records import RESULTS, RESULTS_SCHEMA  # noqa: E402
@@ -55,4 +55,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

@@ -23,7 +23,7 @@ import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from pipelines.cli import ConfigError, OneLineParser
+from pipelines.cli import ConfigError, OneLineParser, exit_job
 from pipelines.jobs import unknown_beam_args
 from transforms.decode import decode_image
 from transforms.records import EMBEDDINGS
@@ -296,4 +296,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

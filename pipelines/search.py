@@ -17,7 +17,7 @@ logging.getLogger().addHandler(logging.NullHandler())
 import apache_beam as beam  # noqa: E402
 
 from pipelines import jobs  # noqa: E402
-from pipelines.cli import ConfigError, RenamedFlag  # noqa: E402
+from pipelines.cli import ConfigError, RenamedFlag, exit_job  # noqa: E402
 from transforms.records import RESULTS, SEARCH_SCHEMA  # noqa: E402
 from transforms.stored import ReadEmbeddings, SearchImages  # noqa: E402
 
@@ -65,4 +65,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

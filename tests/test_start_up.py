@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from labels import build_class_vectors
+from pipelines.jobs import workers_in_this_process
 from transforms.backends import image_runtime, local
 from transforms.backends.local import LocalBackend, class_vectors, packaged_class_vectors
 from transforms.backends.minilm import MiniLM
@@ -114,3 +115,36 @@ def test_a_warm_start_labels_without_importing_torch(photos, tmp_path):
 
 def test_settings_that_do_not_change_the_class_texts_keep_the_packaged_vectors():
     assert local.ConSEEmbedder(LocalBackend(top_t=5)).class_vectors is packaged_class_vectors()["vectors"]
+
+
+def test_a_job_whose_workers_are_this_process_starts_loading_the_model_at_once():
+    assert workers_in_this_process([]) and workers_in_this_process(["--runner", "DirectRunner"])
+    assert not workers_in_this_process(["--direct_running_mode", "multi_processing"])
+    assert not workers_in_this_process(["--runner", "PortableRunner"])
+
+
+def test_the_warm_up_loads_the_model_once_and_the_worker_gets_that_copy(monkeypatch):
+    built = []
+    monkeypatch.setattr(local, "ConSEEmbedder", lambda settings: built.append(settings) or object.__new__(Loaded))
+    backend = LocalBackend(top_t=7)  # a configuration nothing else in the process has loaded
+    backend.warm_up()
+    embedder = backend.load()  # the worker's load waits for the warm-up's instead of building a second one
+    assert built == [backend] and embedder.prepared and backend.load() is embedder
+
+
+def test_a_failed_warm_up_is_quiet_and_the_worker_reports_the_failure(monkeypatch, capfd):
+    monkeypatch.setattr(local, "ConSEEmbedder", lambda settings: (_ for _ in ()).throw(WeightsError("weights gone")))
+    backend = LocalBackend(top_t=8)
+    backend.warm_up()
+    with pytest.raises(WeightsError, match="weights gone"):
+        backend.load()
+    assert capfd.readouterr().err == ""
+
+
+class Loaded:
+    """What the warm-up's load returns in these tests: an embedder that notes that its image model was loaded."""
+
+    prepared = False
+
+    def prepare_images(self):
+        self.prepared = True

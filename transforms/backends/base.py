@@ -156,6 +156,10 @@ class Backend(abc.ABC):
         """Raises a readable error if this backend cannot run (missing weights, key...) before a job starts.
         `workers_here`: the job runs on this machine (DirectRunner), so its hardware can be checked too."""
 
+    def warm_up(self) -> None:
+        """Starts loading what embedding images needs, in the background: the classify job calls it when its workers
+        are this process, so that the model loads while Beam builds and starts the pipeline. By default nothing."""
+
     @classmethod
     def _options(cls) -> list[dataclasses.Field]:
         return [field for field in dataclasses.fields(cls) if "help" in field.metadata]

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any, Optional, Sequence
@@ -31,6 +32,7 @@ MINILM_FILES = (
     ("model/config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
 )
 CLASS_VECTORS_FILE = "imagenet_class_vectors.npz"
+_CLASSIFIER_LOCK = threading.Lock()
 
 
 class ConSEEmbedder(Embedder):
@@ -63,7 +65,8 @@ class ConSEEmbedder(Embedder):
     @functools.cached_property
     def classifier(self) -> "ImageClassifier":  # noqa: F821 - image_runtime imports torch: only where it runs
         """The image model, loaded on first use: relabeling stored image vectors needs only the text side."""
-        return _load_classifier(self.settings.runtime, self.settings.threads, self.settings.int8_calibration)
+        with _CLASSIFIER_LOCK:  # a warm-up thread may be loading it: wait for that one instead of a second copy
+            return _load_classifier(self.settings.runtime, self.settings.threads, self.settings.int8_calibration)
 
     @functools.cached_property
     def _preprocessors(self) -> ThreadPoolExecutor:
@@ -277,6 +280,15 @@ class LocalBackend(Backend):
                 raise ValueError("--local_runtime onnx-int8 needs --local_int8_calibration: images to calibrate on")
         if self.threads < 0:
             raise ValueError(f"--local_threads must be at least 0, got {self.threads}")
+
+    def warm_up(self) -> None:
+        threading.Thread(target=self._load_quietly, name="warm-up", daemon=True).start()
+
+    def _load_quietly(self) -> None:
+        try:
+            self.load().prepare_images()
+        except Exception:  # noqa: BLE001 - the worker loads it again, and reports the failure where it belongs
+            pass
 
     def _load(self) -> Embedder:
         return ConSEEmbedder(self)
