@@ -48,6 +48,7 @@ devsets: install
 
 accuracy: devsets
 	$(PY) -m benchmarks.accuracy
+	$(PY) -m benchmarks.class_mass
 	$(PY) -m benchmarks.topics
 
 clean:

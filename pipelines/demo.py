@@ -44,7 +44,8 @@ def main() -> int:
         right += ok
         if row["probs"][0] < MIN_PROB_EXAMPLE:
             unsure.append(f"{name} ({row['labels'][0]} {row['probs'][0]:.2f})")
-        why = ", ".join(f"{e['class']} {e['prob']:.2f}" for e in row["evidence"])
+        why = ", ".join(f"{e['class']} {e['prob']:.2f}" + (f" ({e['label']})" if e["label"] else "")
+                        for e in row["evidence"])
         print(f"  {'right' if ok else 'WRONG'}  {name + '.jpg':16} {best:52}  seen as: {why}")
     print("\n".join([
         f"\n{right} of {table.num_rows} photos right. Results: {', '.join(files)} "

@@ -120,7 +120,9 @@ def test_explain_fills_the_evidence_column_and_only_when_asked(good_args, tmp_pa
     rows = {Path(row["uri"]).stem: row for row in _read(str(tmp_path / "out")).to_pylist()}
     assert all(len(row["evidence"]) == 2 for row in rows.values())
     assert rows["chelsea"]["evidence"][0]["class"] in ("tabby cat", "tiger cat", "Egyptian Mau")
-    assert rows["coffee"]["evidence"][0] == {"class": "espresso", "prob": pytest.approx(0.95, abs=0.04)}
+    assert rows["chelsea"]["evidence"][0]["label"] == "animal"  # the label whose WordNet concept covers the class
+    assert rows["coffee"]["evidence"][0] == {"class": "espresso", "prob": pytest.approx(0.95, abs=0.04),
+                                             "label": None}  # no label of `everyday` covers espresso
     assert classify_images.main(_replace(good_args, "--output", str(tmp_path / "plain"))) == 0
     assert all(row["evidence"] == [] for row in _read(str(tmp_path / "plain")).to_pylist())
 

@@ -81,3 +81,39 @@ def test_imagenet_classes_get_the_most_specific_coarse_concept():
     assert coarse == {"tench": "fish", "Golden Retriever": "mammal", "acoustic guitar": "musical instrument",
                       "Granny Smith apple": "fruit", "airliner": "aircraft", "sports car": "vehicle",
                       "volcano": None}
+
+
+def test_a_label_finds_its_classes_by_every_name_it_gives():
+    """A small synthetic WordNet: two senses of "food", a drink, an apple cultivar, a class WordNet has no name for."""
+    synsets = {
+        "top": {"lemmas": ["entity"], "hypernyms": []},
+        "nutrient": {"lemmas": ["food", "nutrient"], "hypernyms": ["top"]},
+        "solid_food": {"lemmas": ["food", "solid food"], "hypernyms": ["top"]},
+        "pizza": {"lemmas": ["pizza", "pizza pie"], "hypernyms": ["nutrient"]},
+        "apple": {"lemmas": ["apple"], "hypernyms": ["solid_food"]},
+        "granny": {"lemmas": ["Granny Smith"], "hypernyms": ["apple"]},
+        "beverage": {"lemmas": ["beverage", "drink"], "hypernyms": ["top"]},
+        "espresso": {"lemmas": ["espresso"], "hypernyms": ["beverage"]},
+        "instrument": {"lemmas": ["musical instrument"], "hypernyms": ["top"]},
+        "guitar": {"lemmas": ["guitar"], "hypernyms": ["instrument"]},
+    }
+    hierarchy = ImageNetHierarchy(["pizza", "granny", "espresso", "guitar"], synsets,
+                                  ["pizza", "Granny Smith", "espresso", "six-string guitar"])
+    assert hierarchy.concept_classes("food") == [0, 1]  # both senses: pizza is nutrient, an apple solid food
+    assert hierarchy.concept_classes("food and drink") == [0, 1, 2]  # each part of a phrase
+    assert hierarchy.concept_classes("pizza or espresso") == [0, 2]
+    assert hierarchy.concept_classes("Drinks") == [2]  # plurals, any case
+    assert hierarchy.concept_classes("musical   instruments") == [3]  # multi-word names, spacing
+    assert hierarchy.concept_classes("Granny Smith apple") == [1]  # "A B": A, a kind of B
+    assert hierarchy.concept_classes("Granny Smith pizza") == []  # ... not when A is no kind of B
+    assert hierarchy.concept_classes("six-string guitar") == [3]  # a class's own name, though WordNet lacks it
+    assert hierarchy.concept_classes("outer space") == []
+
+
+def test_the_packaged_hierarchy_maps_the_labels_users_write():
+    hierarchy, names = imagenet_hierarchy(), load_label_set("imagenet")
+    food_and_drink = {names[i] for i in hierarchy.concept_classes("food and drink")}
+    assert {"espresso", "pizza", "Granny Smith apple", "banana"} <= food_and_drink
+    assert "Golden Retriever" not in food_and_drink
+    assert all(i in hierarchy.concept_classes(name) for i, name in enumerate(names))  # each class by its own name
+    assert {names[i] for i in hierarchy.concept_classes("sports equipment")} >= {"basketball", "dumbbell"}

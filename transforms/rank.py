@@ -30,6 +30,9 @@ class LabelMatrix(NamedTuple):
     # and a bias makes each label's probability a sigmoid of its own logit (SigLIP) instead of a softmax.
     logit_scale: Optional[float] = None
     logit_bias: Optional[float] = None
+    # The label each of the backend's concepts belongs to (an ImageNet class -> the label whose WordNet concept
+    # covers it), for the evidence column; empty where the backend has no such concepts.
+    class_labels: Mapping[str, str] = {}
 
 
 def build_label_matrix(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
@@ -50,8 +53,10 @@ def embed_label_set(label_phrases: Mapping[str, Sequence[str]], templates: Seque
     sums = np.zeros((len(phrases), vectors.shape[1]), dtype=np.float32)
     np.add.at(sums, owner, vectors)
     label_vectors = l2_normalize(sums)  # direction of the sum = direction of the mean
-    return LabelMatrix(list(label_phrases), label_vectors, embedder.background(phrases, label_vectors),
-                       embedder.logit_scale, embedder.logit_bias)
+    names = list(label_phrases)
+    class_labels = {concept: names[i] for concept, i in embedder.concept_labels(phrases).items()}
+    return LabelMatrix(names, label_vectors, embedder.background(phrases, label_vectors), embedder.logit_scale,
+                       embedder.logit_bias, class_labels)
 
 
 def warn_unreadable(label_phrases: Mapping[str, Sequence[str]], embedder: Embedder) -> None:
@@ -192,6 +197,7 @@ def rank_rows(batch: Sequence[tuple[ImageInfo, Embedded]], labels: LabelMatrix, 
             width=info.width,
             height=info.height,
             sha256=info.sha256,
-            evidence=[{"class": name, "prob": prob} for name, prob in embedded.evidence],
+            evidence=[{"class": name, "prob": prob, "label": labels.class_labels.get(name)}
+                      for name, prob in embedded.evidence],
         )))
     return rows

@@ -69,9 +69,11 @@ class ResultRow:
     width: int = column(pa.int32(), "upright width of the original image (after EXIF orientation)")
     height: int = column(pa.int32(), "upright height of the original image")
     sha256: str = column(pa.string(), "of the file's bytes")
-    evidence: list = column(pa.list_(pa.struct([("class", pa.string()), ("prob", pa.float32())])),
+    evidence: list = column(pa.list_(pa.struct([("class", pa.string()), ("prob", pa.float32()),
+                                                ("label", pa.string())])),
                             "with --explain on `local`: the ImageNet classes (and probabilities) behind the "
-                            "image's vector; empty otherwise")
+                            "image's vector, each with the label whose WordNet concept covers it (null: none "
+                            "does); empty otherwise")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,6 +80,11 @@ class Embedder(abc.ABC):
         "none of these" looks like for this label set. None where the backend knows no such concepts."""
         return None
 
+    def concept_labels(self, label_phrases: Sequence[Sequence[str]]) -> dict[str, int]:
+        """For the evidence: the label (its index) each of the backend's concepts (the names in its evidence)
+        belongs to; {} where the backend has none."""
+        return {}
+
     def unreadable_words(self, text: str) -> list[str]:
         """The words of `text` the text model cannot read (its tokenizer makes them unknown tokens): labels made of
         such words all get the same vector. A backend that cannot tell returns []."""

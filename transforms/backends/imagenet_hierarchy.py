@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from importlib import resources
-from typing import Optional
+from typing import Optional, Sequence
 
 # The top of WordNet's noun tree ("entity", "physical entity", "object", "whole", "artifact", ...) says nothing a
 # label could use; chains stop above this depth (the root is depth 0).
@@ -15,8 +16,10 @@ MIN_CHAIN_DEPTH = 5
 class ImageNetHierarchy:
     """Class index i is the i-th line of labels/imagenet.txt and the i-th id of the hierarchy file."""
 
-    def __init__(self, class_ids: list[str], synsets: dict[str, dict[str, list[str]]]):
+    def __init__(self, class_ids: list[str], synsets: dict[str, dict[str, list[str]]],
+                 class_names: Sequence[str] = ()):
         self.class_ids = class_ids
+        self._class_by_name = {" ".join(name.casefold().split()): i for i, name in enumerate(class_names)}
         self.synsets = synsets
         self._ancestors = [self._all_ancestors(class_id) for class_id in class_ids]
         self._covered: dict[str, list[int]] = {}
@@ -26,9 +29,9 @@ class ImageNetHierarchy:
                 self._by_lemma.setdefault(lemma.casefold(), set()).add(synset_id)
 
     @classmethod
-    def from_json(cls, text: str) -> "ImageNetHierarchy":
+    def from_json(cls, text: str, class_names: Sequence[str] = ()) -> "ImageNetHierarchy":
         data = json.loads(text)
-        return cls(data["classes"], data["synsets"])
+        return cls(data["classes"], data["synsets"], class_names)
 
     def _all_ancestors(self, synset_id: str) -> frozenset[str]:
         """The synset itself and every synset on any hypernym path above it."""
@@ -54,24 +57,49 @@ class ImageNetHierarchy:
         names = [self.synsets[synset_id]["lemmas"][0] for synset_id in informative]
         return names[:length] if length is not None else names
 
-    def concept_synsets(self, phrase: str) -> set[str]:
-        """The synsets a phrase names, trying the phrase as written and then as a singular ("mammals")."""
-        key = " ".join(phrase.casefold().replace("_", " ").split())
-        for candidate in (key, key[:-3] + "y" if key.endswith("ies") else None,
-                          key[:-2] if key.endswith("es") else None, key[:-1] if key.endswith("s") else None):
-            if candidate and candidate in self._by_lemma:
-                return self._by_lemma[candidate]
+    def _senses(self, name: str) -> set[str]:
+        """The synsets a name stands for, as written or with its last word made singular ("musical instruments").
+        Every sense counts: the packaged hierarchy only holds senses with ImageNet classes below them, and those of
+        one name often complement each other ("food" as nutrient holds pizza, as solid food holds fruit)."""
+        words = name.split()
+        last = words[-1] if words else ""
+        singulars = (last[:-3] + "y" if last.endswith("ies") else None, last[:-2] if last.endswith("es") else None,
+                     last[:-1] if last.endswith("s") else None)
+        for candidate in (name, *(" ".join(words[:-1] + [s]) for s in singulars if s)):
+            if synsets := self._by_lemma.get(candidate):
+                return set(synsets)
         return set()
 
+    def _named(self, name: str) -> set[int]:
+        """The classes a name covers: the class of that name (labels/imagenet.txt) and every class at or below a
+        synset of that name; for "A B" that WordNet does not list, A's, where A is a kind of B ("Granny Smith
+        apple")."""
+        senses = self._senses(name)
+        words = name.split()
+        if not senses and len(words) > 1:
+            head = self._senses(words[-1])
+            senses = {s for s in self._senses(" ".join(words[:-1])) if self._all_ancestors(s) & head}
+        named = {i for i, ancestors in enumerate(self._ancestors) if ancestors & senses}
+        return named | ({self._class_by_name[name]} if name in self._class_by_name else set())
+
     def concept_classes(self, phrase: str) -> list[int]:
-        """Indices of the ImageNet classes a phrase covers: those at or below any synset it names."""
+        """Indices of the ImageNet classes a phrase covers, found for the whole phrase or else for each of its parts
+        ("food and drink", "cats or dogs", "shades / sunglasses"): see `_named`."""
         if phrase not in self._covered:
-            synsets = self.concept_synsets(phrase)
-            self._covered[phrase] = [i for i, ancestors in enumerate(self._ancestors) if ancestors & synsets]
+            key = " ".join(phrase.casefold().replace("_", " ").split())
+            covered = self._named(key) or {i for part in _PARTS.split(key) if part for i in self._named(part)}
+            self._covered[phrase] = sorted(covered)
         return self._covered[phrase]
+
+
+# What joins the parts of a phrase that each name a concept: "food and drink", "cats or dogs", "shades / glasses".
+_PARTS = re.compile(r"\s*(?:,|/|&|\band\b|\bor\b)\s*")
 
 
 @functools.lru_cache(maxsize=1)
 def imagenet_hierarchy() -> ImageNetHierarchy:
-    """The packaged hierarchy, parsed once per process."""
-    return ImageNetHierarchy.from_json((resources.files("labels") / "imagenet_hierarchy.json").read_text("utf-8"))
+    """The packaged hierarchy with the class names of labels/imagenet.txt, parsed once per process."""
+    from transforms.label_sets import load_label_set
+
+    return ImageNetHierarchy.from_json((resources.files("labels") / "imagenet_hierarchy.json").read_text("utf-8"),
+                                       load_label_set("imagenet"))

@@ -103,6 +103,16 @@ class ConSEEmbedder(Embedder):
                 row[self.hierarchy.concept_classes(phrase)] = True
         return covered
 
+    def concept_labels(self, label_phrases: Sequence[Sequence[str]]) -> dict[str, int]:
+        """Each ImageNet class a label covers by WordNet -> that label; where several do, the most specific one
+        (fewest classes: "fruit" before "food"), the first of those on a tie."""
+        covered = [sorted({i for phrase in phrases for i in self.hierarchy.concept_classes(phrase)})
+                   for phrases in label_phrases]
+        owners: dict[str, int] = {}
+        for label in sorted(range(len(covered)), key=lambda label: (len(covered[label]), label), reverse=True):
+            owners.update({self.class_names[i]: label for i in covered[label]})  # the more specific overwrite
+        return owners
+
     def background(self, label_phrases: Sequence[Sequence[str]], label_vectors: np.ndarray) -> np.ndarray:
         """The ImageNet classes no label covers: an image that looks most like one of them fits no label."""
         return self.centred_class_vectors[~self.coverage(label_phrases, label_vectors).any(axis=0)]
