@@ -126,7 +126,8 @@ def test_labels_of_only_punctuation_are_refused_and_unreadable_ones_named(tmp_pa
 def _hostile_rows():
     results = [{"uri": f"/in/{name}", "labels": ["a, \"b\"", "c\nd"], "scores": [0.5, 0.25], "probs": [0.75, 0.125],
                 "model": "m", "width": 3, "height": 4, "sha256": "00ff",
-                "evidence": [{"class": "tabby, tabby cat", "prob": 0.5}]} for name in HOSTILE_NAMES]
+                "evidence": [{"class": "tabby, tabby cat", "prob": 0.5, "label": "a, \"b\""},
+                             {"class": "espresso", "prob": 0.25, "label": None}]} for name in HOSTILE_NAMES]
     errors = [{"uri": f"/in/{name}", "stage": "read", "error": "FileNotFoundError",
                "message": f"[Errno 2] No such file or directory: '/in/{name}'"} for name in HOSTILE_NAMES]
     errors.append({"uri": "/in/x.jpg", "stage": "decode", "error": "ValueError", "message": '{"looks": "like json"}'})
