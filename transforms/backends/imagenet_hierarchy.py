@@ -8,6 +8,8 @@ import re
 from importlib import resources
 from typing import Optional, Sequence
 
+from transforms.label_sets import load_label_set
+
 # The top of WordNet's noun tree ("entity", "physical entity", "object", "whole", "artifact", ...) says nothing a
 # label could use; chains stop above this depth (the root is depth 0).
 MIN_CHAIN_DEPTH = 5
@@ -99,7 +101,5 @@ _PARTS = re.compile(r"\s*(?:,|/|&|\band\b|\bor\b)\s*")
 @functools.lru_cache(maxsize=1)
 def imagenet_hierarchy() -> ImageNetHierarchy:
     """The packaged hierarchy with the class names of labels/imagenet.txt, parsed once per process."""
-    from transforms.label_sets import load_label_set
-
     return ImageNetHierarchy.from_json((resources.files("labels") / "imagenet_hierarchy.json").read_text("utf-8"),
                                        load_label_set("imagenet"))
