@@ -70,7 +70,7 @@ def without_truth(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return scores[keep].reshape(len(truth), -1)
 
 
-def _best_uncovered(class_cosines: np.ndarray, uncovered: np.ndarray) -> np.ndarray:
+def best_uncovered(class_cosines: np.ndarray, uncovered: np.ndarray) -> np.ndarray:
     """Per image, the best cosine over the classes its row of `uncovered` marks (-inf where none is)."""
     return np.where(uncovered, class_cosines, -np.inf).max(axis=1)
 
@@ -83,8 +83,8 @@ def outcomes(s: Scored, rule, overlap, margin) -> dict[str, np.ndarray]:
     if margin is not None:
         coverage = s.coverage[overlap]
         counts = coverage.sum(axis=0)
-        none_in = _best_uncovered(s.class_cosines, np.broadcast_to(counts == 0, s.class_cosines.shape)) - margin
-        none_absent = _best_uncovered(s.class_cosines, (counts - coverage[truth]) == 0) - margin
+        none_in = best_uncovered(s.class_cosines, np.broadcast_to(counts == 0, s.class_cosines.shape)) - margin
+        none_absent = best_uncovered(s.class_cosines, (counts - coverage[truth]) == 0) - margin
     probs = label_probabilities(s.scores, scale_for(rule, s.scores.shape[1]), none_in)
     absent = label_probabilities(without_truth(s.scores, truth), scale_for(rule, s.scores.shape[1] - 1), none_absent)
     return {"p_true": probs[np.arange(n), truth], "top_p": probs.max(axis=1), "correct": probs.argmax(axis=1) == truth,

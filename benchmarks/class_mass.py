@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.calibrate import best_uncovered, nll
 from benchmarks.devdata import load_devsets
 from pipelines.evaluate import expected_calibration_error
 from transforms.backends.base import softmax
@@ -80,7 +81,7 @@ def probabilities(s: DevScores, removed: int, rows: np.ndarray, alpha: float, te
     """(label probabilities, p(none of these)) of the images `rows` against the labels but `removed` (-1: all)."""
     keep = np.arange(s.scores.shape[1]) != removed
     coverage, scores, cosines = s.coverage[keep], s.scores[rows][:, keep], s.class_cosines[rows]
-    none = np.where(coverage.any(axis=0), -np.inf, cosines).max(axis=1) - backend.none_margin
+    none = best_uncovered(cosines, np.broadcast_to(~coverage.any(axis=0), cosines.shape)) - backend.none_margin
     conse = label_probabilities(scores, backend.logit_scale, none)
     conse_none = 1.0 - conse.sum(axis=1)
     claimed = s.class_probs[rows] @ s.claims[removed]
@@ -104,10 +105,6 @@ def outcomes(s: DevScores, alpha: float, temperature: float, backend: LocalBacke
         absent_top[rows], p_none[rows] = absent.max(axis=1), none
     return {"p_true": probs[np.arange(n), s.truth], "top_p": probs.max(axis=1),
             "correct": probs.argmax(axis=1) == s.truth, "absent_top_p": absent_top, "p_none": p_none}
-
-
-def nll(p: np.ndarray) -> float:
-    return float(-np.log(np.maximum(p, 1e-6)).mean())
 
 
 class Results:

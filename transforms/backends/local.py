@@ -92,25 +92,30 @@ class ConSEEmbedder(Embedder):
                     vectors[i] = l2_normalize((1 - weight) * vectors[i] + weight * concept)
         return vectors
 
-    def coverage(self, label_phrases: Sequence[Sequence[str]], label_vectors: np.ndarray) -> np.ndarray:
-        """(labels, 1000) bool: the ImageNet classes each label covers, by WordNet (a phrase names the class or a
-        concept above it) and, with a `background_overlap`, by meaning (class and label at least that close)."""
-        overlap = self.settings.background_overlap
-        covered = np.zeros((len(label_phrases), len(self.class_names)), dtype=bool) if overlap is None else \
-            (label_vectors @ self.centred_class_vectors.T) >= overlap
+    def wordnet_coverage(self, label_phrases: Sequence[Sequence[str]]) -> np.ndarray:
+        """(labels, 1000) bool: the ImageNet classes each label covers by WordNet (a phrase names the class or a
+        concept above it)."""
+        covered = np.zeros((len(label_phrases), len(self.class_names)), dtype=bool)
         for row, phrases in zip(covered, label_phrases):
             for phrase in phrases:
                 row[self.hierarchy.concept_classes(phrase)] = True
         return covered
 
+    def coverage(self, label_phrases: Sequence[Sequence[str]], label_vectors: np.ndarray) -> np.ndarray:
+        """(labels, 1000) bool: the ImageNet classes each label covers, by WordNet and, with a `background_overlap`,
+        by meaning (class and label at least that close)."""
+        covered = self.wordnet_coverage(label_phrases)
+        if self.settings.background_overlap is not None:
+            covered |= (label_vectors @ self.centred_class_vectors.T) >= self.settings.background_overlap
+        return covered
+
     def concept_labels(self, label_phrases: Sequence[Sequence[str]]) -> dict[str, int]:
         """Each ImageNet class a label covers by WordNet -> that label; where several do, the most specific one
         (fewest classes: "fruit" before "food"), the first of those on a tie."""
-        covered = [sorted({i for phrase in phrases for i in self.hierarchy.concept_classes(phrase)})
-                   for phrases in label_phrases]
+        covered = self.wordnet_coverage(label_phrases)
         owners: dict[str, int] = {}
-        for label in sorted(range(len(covered)), key=lambda label: (len(covered[label]), label), reverse=True):
-            owners.update({self.class_names[i]: label for i in covered[label]})  # the more specific overwrite
+        for label in sorted(range(len(covered)), key=lambda label: (covered[label].sum(), label), reverse=True):
+            owners.update({self.class_names[i]: label for i in np.flatnonzero(covered[label])})  # specific ones last
         return owners
 
     def background(self, label_phrases: Sequence[Sequence[str]], label_vectors: np.ndarray) -> np.ndarray:
