@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import gc
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+import pipelines
 from pipelines.cli import (
     ConfigError,
     OneLineParser,
@@ -351,6 +353,9 @@ def run_job(output: str, beam_args: Sequence[str], manifest: dict[str, Any],
     start = time.monotonic()
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     build(pipeline)
+    if pipelines.STARTED_AS_JOB and not gc.isenabled():  # see pipelines/__init__.py
+        gc.freeze()
+        gc.enable()
     try:
         result = pipeline.run()
         result.wait_until_finish()

@@ -132,7 +132,7 @@ def test_a_job_killed_before_its_commit_leaves_no_success_on_the_store(s3, photo
                            start_new_session=True)
     fs = fsspec.filesystem("s3")
     deadline = time.monotonic() + 300
-    while not (fs.glob("bkt/out/run-*/results-*-of-*") and fs.glob("bkt/out/run-*/errors-*-of-*")):
+    while not (fs.glob("bkt/out/run-*/results-*") and fs.glob("bkt/out/run-*/errors-*")):
         assert job.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
         fs.invalidate_cache()

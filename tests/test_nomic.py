@@ -93,7 +93,7 @@ def test_a_killed_job_leaves_no_key_on_disk(nomic_api, colour_photos, tmp_path):
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "TMPDIR": str(temp), **commit_gate(tmp_path / "never")})
     deadline = time.monotonic() + 300
-    while not list(out.glob("run-*/results-*-of-*")):  # every worker has logged in and embedded by then
+    while not list(out.glob("run-*/results-*")):  # every worker has logged in and embedded by then
         assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "job.log").read_text()[-3000:]
         time.sleep(0.05)
     os.killpg(job.pid, signal.SIGKILL)

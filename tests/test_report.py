@@ -5,6 +5,7 @@ from __future__ import annotations
 import html.parser
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -133,8 +134,8 @@ def test_the_job_says_where_its_rows_went(tmp_path, photos, capsys):
     out = capsys.readouterr().out
     (run_id,) = [p.name for p in run.iterdir() if p.is_dir()]
     assert f"run {run_id} in {run} (_SUCCESS written)" in out
-    assert f"results: 7 rows in {run_id}/results-00000-of-00001.parquet" in out
-    assert f"errors: 0 rows in {run_id}/errors-00000-of-00001.parquet" in out
+    assert re.search(rf"results: 7 rows in {run_id}/results-[0-9a-f]{{16}}\.parquet\n", out)
+    assert re.search(rf"errors: 0 rows in {run_id}/errors-[0-9a-f]{{16}}\.parquet\n", out)
 
 
 def test_progress_has_the_total_the_rate_and_the_time_left(caplog):

@@ -2,7 +2,6 @@
 readers, and jobs killed mid-labeling and in the finalize window."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -17,7 +16,8 @@ import pytest
 from benchmarks.run import make_images
 from pipelines import classify_images, jobs
 from tests.conftest import commit_gate
-from transforms.run_folder import SUCCESS, NoFinishedRun, read_manifest, read_run, remove_runs_before
+from transforms.run_folder import SUCCESS, NoFinishedRun, commit, read_manifest, read_run, remove_runs_before
+from transforms.write import Shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,8 +180,8 @@ def _kill_when(job: subprocess.Popen, ready) -> None:
 
 
 def _new_run_final(out: Path, finished: str = "") -> bool:
-    """Whether a run other than `finished` has its result and error shards final (renamed out of beam-temp)."""
-    return any(folder.name != finished and any(folder.glob("results-*-of-*")) and any(folder.glob("errors-*-of-*"))
+    """Whether a run other than `finished` has its result and error shards (the errors' empty one is written last)."""
+    return any(folder.name != finished and any(folder.glob("results-*")) and any(folder.glob("errors-*"))
                for folder in out.glob("run-*"))
 
 
@@ -235,16 +235,22 @@ def test_a_job_killed_in_the_finalize_window_commits_nothing_and_keeps_the_previ
     assert _run_folders(out) == [read_manifest(str(out))["run_id"]]
 
 
-def test_leftover_temp_folders_are_invisible_to_the_readers(tmp_path, photos):
+def test_a_partial_shard_is_invisible_to_the_readers_and_the_commit_deletes_it(tmp_path, photos):
+    """A bundle that fails and is retried leaves the shard it had begun in the run folder, under a name that no
+    manifest lists: readers never see it, and the commit deletes it."""
     out = tmp_path / "out"
     assert _classify(photos, out) == 0
     run_id = read_manifest(str(out))["run_id"]
-    stale = out / run_id / "beam-temp-results-0123" / "shard.parquet"  # what a killed write leaves behind
-    stale.parent.mkdir()
-    stale.write_bytes((next((out / run_id).glob("results-*"))).read_bytes())
-    assert readme_readers(out) == {"pandas": 7, "pyarrow": 7, "duckdb": 7}
-    assert pq.read_table(stale).num_rows == 7
-    assert json.loads((out / SUCCESS).read_text())["run_id"] == run_id
+    (listed,) = (out / run_id).glob("results-*")
+    partial = out / run_id / "results-0123456789abcdef.parquet"
+    partial.write_bytes(listed.read_bytes())
+    assert readme_readers(out) == {"pandas": 7, "pyarrow": 7, "duckdb": 7} and pq.read_table(partial).num_rows == 7
+    manifest = read_manifest(str(out))
+    shards = {table: [Shard(str(out / shard["path"]), shard["rows"]) for shard in manifest[table]]
+              for table in manifest["tables"]}
+    (out / SUCCESS).unlink()  # as it was just before this run's commit
+    commit(str(out), {key: manifest[key] for key in ("run_id", "version")}, None, shards)
+    assert not partial.exists() and listed.exists() and len(read_run(str(out))) == 7
 
 
 def test_a_commit_removes_the_replaced_and_older_runs_but_never_a_later_one(tmp_path):

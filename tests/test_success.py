@@ -13,8 +13,10 @@ from pathlib import Path
 
 import apache_beam as beam
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import classify_images, relabel, report
 from pipelines.jobs import redacted
@@ -23,7 +25,7 @@ from transforms import run_folder
 from transforms.backends import local
 from transforms.records import ERRORS_SCHEMA, RESULTS_SCHEMA, SEARCH_SCHEMA, embeddings_schema
 from transforms.run_folder import SUCCESS, commit, read_manifest, read_run
-from transforms.write import FORMATS, WriteRows, count_rows, read_rows
+from transforms.write import FORMATS, Shard, WriteRows, read_rows
 
 HOSTILE_NAMES = ["new\nline.jpg", "carriage\rreturn.jpg", 'quote",comma.jpg', "[Errno 2] looks like a list.jpg",
                  "{brace}.jpg", "tab\there.jpg", "ünïcødé 猫 🍕.jpg", " leading space.jpg", "line\u2028sep.jpg"]
@@ -138,15 +140,15 @@ def _hostile_rows():
 def test_every_format_gives_back_exactly_the_rows_it_was_given(tmp_path, file_format):
     results, errors = _hostile_rows()
     with TestPipeline() as p:
-        p | "Results" >> beam.Create(results) | "WriteResults" >> WriteRows(
+        written = p | "Results" >> beam.Create(results) | "WriteResults" >> WriteRows(
             str(tmp_path / "results"), RESULTS_SCHEMA, file_format)
+        assert_that(written | "Counts" >> beam.Map(lambda shard: shard.rows), equal_to([len(results)]))
         p | "Errors" >> beam.Create(errors) | "WriteErrors" >> WriteRows(
             str(tmp_path / "errors"), ERRORS_SCHEMA, file_format)
     for table, rows in (("results", results), ("errors", errors)):
         (shard,) = tmp_path.glob(f"{table}-*")
         assert sorted(read_rows(str(shard)), key=lambda r: r["uri"] + r.get("message", "")) == \
             sorted(rows, key=lambda r: r["uri"] + r.get("message", ""))
-        assert count_rows(str(shard)) == len(rows)
     if file_format == "csv":  # what a pandas user gets, following RFC 4180
         (shard,) = tmp_path.glob("results-*")
         assert sorted(pd.read_csv(shard)["uri"]) == sorted(row["uri"] for row in results)
@@ -225,7 +227,7 @@ def test_of_two_commits_racing_into_one_folder_exactly_one_wins(tmp_path, monkey
         shard.parent.mkdir()
         shard.write_text('{"uri": "x"}\n')
         try:
-            commit(str(out), {"run_id": run_id, "version": 2}, None, {"results": [str(shard)]})
+            commit(str(out), {"run_id": run_id, "version": 2}, None, {"results": [Shard(str(shard), 1)]})
             outcomes[run_id] = "committed"
         except Exception as e:  # noqa: BLE001 - the assertions below say which kind is right
             outcomes[run_id] = f"{type(e).__name__}: {e}"
@@ -251,7 +253,7 @@ def test_a_job_that_another_committed_under_fails_and_never_reports_its_rows(tmp
                               "--labels", "general", "--output", str(out)], cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env={**os.environ, **commit_gate(gate)})
     deadline = time.monotonic() + 300
-    while not list(out.glob("run-*/errors-*-of-*")):  # its shards are final: it waits at the gate
+    while not list(out.glob("run-*/errors-*")):  # its (empty) errors shard is written last: it waits at the gate
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     assert _classify("--input", str(photos / "chelsea.jpg"), "--labels", "general", "--output", str(out)) == 0
@@ -360,3 +362,24 @@ def test_every_schema_has_a_csv_parser_for_every_column():
 
     for schema in (RESULTS_SCHEMA, ERRORS_SCHEMA, SEARCH_SCHEMA, embeddings_schema(4)):
         assert set(schema.names) <= set(_CSV_PARSERS)
+
+
+def test_num_shards_gives_exactly_that_many_and_a_table_without_rows_one_empty_shard(tmp_path):
+    errors = [{"uri": f"/in/{i}.jpg", "stage": "decode", "error": "ValueError", "message": "bad"} for i in range(2)]
+    with TestPipeline() as p:
+        p | "Two" >> beam.Create(errors) | "InThree" >> WriteRows(str(tmp_path / "three"), ERRORS_SCHEMA,
+                                                                   num_shards=3)
+        p | "None" >> beam.Create([]) | "Empty" >> WriteRows(str(tmp_path / "empty"), ERRORS_SCHEMA, "csv")
+    shards = sorted(tmp_path.glob("three-*"))
+    assert [shard.name for shard in shards] == [f"three-0000{i}-of-00003.parquet" for i in range(3)]
+    assert sorted(len(list(read_rows(str(shard)))) for shard in shards) == [0, 1, 1]
+    assert all(pq.read_schema(shard) == ERRORS_SCHEMA for shard in shards)
+    (empty,) = tmp_path.glob("empty-*.csv")
+    assert empty.read_text().splitlines() == [",".join(ERRORS_SCHEMA.names)] and list(read_rows(str(empty))) == []
+
+
+def test_a_row_without_a_column_fails_the_write_instead_of_becoming_null(tmp_path):
+    with pytest.raises(Exception, match="has no 'message' column"):
+        with TestPipeline() as p:
+            p | beam.Create([{"uri": "/in/a.jpg", "stage": "decode", "error": "ValueError"}]) | WriteRows(
+                str(tmp_path / "errors"), ERRORS_SCHEMA)

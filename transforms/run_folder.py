@@ -1,11 +1,12 @@
 """Run folder: each job writes into its own folder under the output, and a `_SUCCESS` manifest written last names it.
 
     OUTPUT/_SUCCESS                                    JSON: run id, times, command, model, label set, shards
-    OUTPUT/run-20261125T160102.481516Z-3f9a1c/results-00000-of-00002.parquet
-    OUTPUT/run-20261125T160102.481516Z-3f9a1c/errors-00000-of-00001.parquet
+    OUTPUT/run-20261125T160102.481516Z-3f9a1c/results-4c1e9a07d2b35f18.parquet
+    OUTPUT/run-20261125T160102.481516Z-3f9a1c/errors-9b03e6d1a4c87f52.parquet
 
-A reader goes through `_SUCCESS`, so it reads exactly one finished run or nothing: shards of a killed run, Beam's
-`beam-temp-*` folders and the previous run (until the new one is committed) sit in folders no manifest names.
+A reader goes through `_SUCCESS`, so it reads exactly one finished run or nothing: shards of a killed run and the
+previous run (until the new one is committed) sit in folders no manifest names. That is also why the sinks write
+each shard straight into the run folder, under its final name (write.py).
 Committing is one write of `_SUCCESS`, so `--overwrite` switches readers from the old run to the new one at once and
 only then deletes the old folder. Each manifest has a generation; a commit first claims the next one by creating
 OUTPUT/_COMMIT-<generation> exclusively, so of two jobs that finish at once into one folder exactly one commits and
@@ -29,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import ERRORS, RESULTS
 from transforms.stores import is_local, use_worker_options
-from transforms.write import count_rows, read_rows
+from transforms.write import Shard, read_rows
 
 SUCCESS = "_SUCCESS"
 RUN_PREFIX = "run-"
@@ -76,7 +77,7 @@ def _join(output: str, *names: str) -> str:
 
 
 def table_prefix(output: str, run_id: str, table: str) -> str:
-    """The shard prefix of one table of one run: OUTPUT/RUN_ID/results, giving results-SSSSS-of-NNNNN.FORMAT."""
+    """The shard prefix of one table of one run: OUTPUT/RUN_ID/results, giving results-*.FORMAT."""
     return _join(output, run_id, table)
 
 
@@ -244,8 +245,9 @@ def check_error_fraction(output: str, manifest: dict[str, Any], rows: dict[str, 
 
 
 def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
-           shards: dict[str, list[str]]) -> dict[str, Any]:
-    """Writes `_SUCCESS` for the run whose final shards are `shards` (table -> files), then removes older runs.
+           shards: dict[str, list[Shard]]) -> dict[str, Any]:
+    """Writes `_SUCCESS` for the run whose shards are `shards` (table -> what its sink wrote), then removes older
+    runs and the files of this run that no shard names (partial shards of bundles that failed and were retried).
 
     `replaces`: the run id that held the folder when the job started (None: none did); any other committed run
     means a second job wrote here meanwhile, and this one fails rather than hide it."""
@@ -257,14 +259,8 @@ def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
                                  f"{output!r} while this one ran; this run stays uncommitted in "
                                  f"{manifest['run_id']}/")
     start = len(output.rstrip("/")) + 1
-    try:
-        tables = {table: [{"path": path[start:], "rows": count_rows(path)} for path in sorted(files)]
-                  for table, files in shards.items()}
-    except FileNotFoundError:  # a job that committed meanwhile removes the folders of runs older than its own
-        if (committed := read_manifest(output)) and committed["run_id"] != replaces:
-            raise ConcurrentRunError(f"another job committed run {committed['run_id']} to {output!r} while this "
-                                     f"one ran; this run stays uncommitted") from None
-        raise
+    tables = {table: [{"path": shard.path[start:], "rows": shard.rows} for shard in sorted(written)]
+              for table, written in shards.items()}
     rows = {table: sum(shard["rows"] for shard in listed) for table, listed in tables.items()}
     manifest = dict(manifest, tables=list(shards), **tables)
     check_error_fraction(output, manifest, rows)
@@ -282,14 +278,18 @@ def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
     removed = remove_runs_before(output, manifest["run_id"], replaces)
     if removed:
         _LOG.info("removed older run folders under %s: %s", output, ", ".join(removed))
+    named = {shard["path"].rsplit("/", 1)[-1] for table in manifest["tables"] for shard in manifest[table]}
+    in_run = FileSystems.match([_join(output, manifest["run_id"], "*")])[0].metadata_list
+    if unnamed := [m.path for m in in_run if m.path.rsplit("/", 1)[-1] not in named]:
+        FileSystems.delete(unnamed)
     return manifest
 
 
 class CommitRun(beam.PTransform):
-    """{table: PCollection of the final shard names its sink returned} -> writes `_SUCCESS` once all are final.
+    """{table: PCollection of the Shards its sink wrote} -> writes `_SUCCESS` once all are written.
 
-    The shard names arrive as side inputs, so the commit runs only after every sink has finalized, on any runner,
-    whether or not the launcher waits for the job."""
+    The shards arrive as side inputs, so the commit runs only after every sink has written all of its own, on any
+    runner, whether or not the launcher waits for the job."""
 
     def __init__(self, output: str, manifest: dict[str, Any], replaces: Optional[str]):
         super().__init__()

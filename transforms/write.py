@@ -5,16 +5,20 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
+import random
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms.records import ROW_TYPES, embeddings_schema
 from transforms.stores import use_worker_options
@@ -54,33 +58,162 @@ _CSV_PARSERS = {field.name: _csv_parser(field.metadata["arrow"])
                 for row_type in ROW_TYPES for field in dataclasses.fields(row_type)}
 
 
-class WriteRows(beam.PTransform):
-    """Rows as dicts -> shards PREFIX-SSSSS-of-NNNNN.{parquet,jsonl,csv}: Parquet with the explicit schema, one JSON
-    object per line, or CSV with a header row in every shard."""
+class Shard(NamedTuple):
+    """One shard a sink wrote: its path, and how many rows it holds."""
+    path: str
+    rows: int
 
-    def __init__(self, prefix: str, schema: pa.Schema, file_format: str = "parquet", num_shards: int = 0):
+
+class _ShardFile:
+    """One shard being written through Beam's FileSystems (the layer every store plugs into), rows appended in
+    batches: a Parquet row group per batch, or lines of JSON or CSV."""
+
+    def __init__(self, path: str, schema: pa.Schema, file_format: str):
+        self.path, self.schema, self.file_format, self.rows = path, schema, file_format, 0
+        self._handle = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        self._parquet = pq.ParquetWriter(self._handle, schema) if file_format == "parquet" else None
+        if file_format == "csv":
+            self._handle.write(f"{_csv_line(schema.names)}\n".encode("utf-8"))
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        names = self.schema.names
+        if self._parquet:
+            # from_pylist reads a missing key as null: a row without a column is a bug upstream, not a null.
+            if missing := [name for row in rows for name in names if name not in row][:1]:
+                raise KeyError(f"a row for {self.path} has no {missing[0]!r} column")
+            self._parquet.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+        else:
+            line = _json_line if self.file_format == "jsonl" else _csv_record
+            self._handle.write("".join(f"{line(row, names)}\n" for row in rows).encode("utf-8"))
+        self.rows += len(rows)
+
+    def close(self) -> Shard:
+        if self._parquet:
+            self._parquet.close()
+        self._handle.close()
+        return Shard(self.path, self.rows)
+
+
+def _csv_record(row: dict[str, Any], names: list[str]) -> str:
+    return _csv_line([row[name] for name in names])
+
+
+class _WriteShards(beam.DoFn):
+    """Rows -> one shard per bundle, PREFIX-<random>.SUFFIX, written as the rows come (in batches of
+    `rows_per_write`) and closed when the bundle ends; emits its Shard. Elements that are (shard index, rows) write
+    PREFIX-SSSSS-of-NNNNN.SUFFIX instead, one per element."""
+
+    def __init__(self, prefix: str, schema: pa.Schema, file_format: str, num_shards: int, rows_per_write: int):
+        self.prefix, self.schema, self.file_format = prefix, schema, file_format
+        self.num_shards, self.rows_per_write = num_shards, rows_per_write
+
+    def start_bundle(self):
+        self._shard: Optional[_ShardFile] = None
+        self._pending: list[dict[str, Any]] = []
+
+    def process(self, element):
+        if self.num_shards:
+            index, rows = element
+            yield self._write_all(shard_path(self.prefix, self.file_format, index, self.num_shards), rows)
+            return
+        self._pending.append(element)
+        if len(self._pending) >= self.rows_per_write:
+            self._flush()
+
+    def _write_all(self, path: str, rows: Iterable[dict[str, Any]]) -> Shard:
+        shard = _ShardFile(path, self.schema, self.file_format)
+        for batch in _batches(rows, self.rows_per_write):
+            shard.write(batch)
+        return shard.close()
+
+    def _flush(self) -> None:
+        if self._shard is None:
+            self._shard = _ShardFile(shard_path(self.prefix, self.file_format), self.schema, self.file_format)
+        self._shard.write(self._pending)
+        self._pending = []
+
+    def finish_bundle(self):
+        if self._pending:
+            self._flush()
+        if self._shard is not None:
+            yield GlobalWindows.windowed_value(self._shard.close())
+
+
+def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    iterator = iter(rows)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def shard_path(prefix: str, file_format: str, index: Optional[int] = None, num_shards: int = 0) -> str:
+    """PREFIX-SSSSS-of-NNNNN.FORMAT for shard `index` of a fixed `num_shards`; else PREFIX-<16 hex digits>.FORMAT,
+    a name no other bundle, worker or retry picks."""
+    name = f"{index:05d}-of-{num_shards:05d}" if num_shards else uuid.uuid4().hex[:16]
+    return f"{prefix}-{name}.{file_format}"
+
+
+class _RoundRobin(beam.DoFn):
+    """row -> (shard index, row), the indexes taken in turn from a random start in each bundle: every shard gets
+    rows while there are as many rows as shards."""
+
+    def __init__(self, num_shards: int):
+        self.num_shards = num_shards
+
+    def start_bundle(self):
+        self._next = random.randrange(self.num_shards)
+
+    def process(self, row):
+        self._next = (self._next + 1) % self.num_shards
+        yield self._next, row
+
+
+class WriteRows(beam.PTransform):
+    """Rows as dicts -> shard files of `prefix` -> one Shard (path, rows) for each: Parquet with the explicit schema,
+    one JSON object per line, or CSV with a header row in every shard.
+
+    Each bundle writes its rows into its own shard PREFIX-<random>.FORMAT as they come, where the rows are: no
+    shuffle, no temporary copy to rename (a copy of every byte on an object store). Jobs write into a run folder
+    that no reader sees until its manifest names the shards (run_folder.py), so a shard never needs a second
+    name; a bundle that fails and is retried can leave a partial shard there, which the commit deletes. With
+    `num_shards`, rows are shuffled into exactly that many shards PREFIX-SSSSS-of-NNNNN.FORMAT. A table with no
+    rows gets one empty shard, so its readers still find its columns."""
+
+    def __init__(self, prefix: str, schema: pa.Schema, file_format: str = "parquet", num_shards: int = 0,
+                 rows_per_write: int = 10_000):
         super().__init__()
         if file_format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {file_format!r}")
         self.prefix, self.schema, self.file_format, self.num_shards = prefix, schema, file_format, num_shards
+        self.rows_per_write = rows_per_write
 
     def expand(self, rows):
-        suffix = f".{self.file_format}"
-        if self.file_format == "parquet":
-            return rows | beam.io.WriteToParquet(self.prefix, self.schema, file_name_suffix=suffix,
-                                                 num_shards=self.num_shards)
-        names = self.schema.names
-        if self.file_format == "jsonl":
-            lines, header = rows | "ToJson" >> beam.Map(_json_line, names), None
-        else:
-            lines = rows | "ToCsv" >> beam.Map(lambda row: _csv_line([row[name] for name in names]))
-            header = _csv_line(names)
-        return lines | beam.io.WriteToText(self.prefix, file_name_suffix=suffix, num_shards=self.num_shards,
-                                           header=header)
+        writer = _WriteShards(self.prefix, self.schema, self.file_format, self.num_shards, self.rows_per_write)
+        if self.num_shards:
+            rows = (rows
+                    | "RoundRobin" >> beam.ParDo(_RoundRobin(self.num_shards))
+                    | "ToShards" >> beam.GroupByKey())
+        shards = rows | "Write" >> beam.ParDo(writer)
+        missing = (rows.pipeline
+                   | "Once" >> beam.Create([None])
+                   | "Missing" >> beam.FlatMap(_write_missing, beam.pvalue.AsList(shards), self.prefix, self.schema,
+                                               self.file_format, self.num_shards))
+        return (shards, missing) | "AllShards" >> beam.Flatten()
+
+
+def _write_missing(_, written: list[Shard], prefix: str, schema: pa.Schema, file_format: str,
+                   num_shards: int) -> list[Shard]:
+    """Empty shards for the shard indexes no row went to; one empty shard if no bundle had a row."""
+    if num_shards:
+        paths = [shard_path(prefix, file_format, index, num_shards) for index in range(num_shards)]
+    else:
+        paths = [] if written else [shard_path(prefix, file_format)]
+    done = {shard.path for shard in written}
+    return [_ShardFile(path, schema, file_format).close() for path in paths if path not in done]
 
 
 class WriteEmbeddings(beam.PTransform):
-    """Embedding rows -> Parquet shards PREFIX-SSSSS-of-NNNNN.parquet, vectors as fixed-size lists of `dtype`."""
+    """Embedding rows -> Parquet shards of `prefix` (as WriteRows writes them), vectors as fixed-size lists of
+    `dtype` -> one Shard for each."""
 
     def __init__(self, prefix: str, dim: int, dtype: str = "float32", num_shards: int = 0):
         super().__init__()
@@ -89,8 +222,8 @@ class WriteEmbeddings(beam.PTransform):
     def expand(self, rows):
         return (rows
                 | "Cast" >> beam.Map(_cast_embedding, self.dim, np.dtype(self.dtype))
-                | beam.io.WriteToParquet(self.prefix, embeddings_schema(self.dim, self.dtype),
-                                         file_name_suffix=".parquet", num_shards=self.num_shards))
+                | "Write" >> WriteRows(self.prefix, embeddings_schema(self.dim, self.dtype), "parquet",
+                                       self.num_shards))
 
 
 def _cast_embedding(row: dict[str, Any], dim: int, dtype: np.dtype) -> dict[str, Any]:
@@ -139,15 +272,3 @@ def read_vector_batches(path: str, batch_size: int) -> Iterator[tuple[list[str],
             vectors = batch.column("embedding")
             matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), vectors.type.list_size)
             yield batch.column("uri").to_pylist(), matrix.astype(np.float32, copy=False)
-
-
-def count_rows(path: str) -> int:
-    """Rows in one shard, from the Parquet footer or by counting lines."""
-    use_worker_options()
-    with fsspec.open(path, "rb") as f:
-        if path.endswith(".parquet"):
-            return pq.ParquetFile(f).metadata.num_rows
-        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
-        if path.endswith(".csv"):  # a quoted cell may hold a line break: count records, not lines
-            return sum(1 for _ in csv.reader(text)) - 1
-        return sum(1 for line in text if line.strip())
