@@ -65,7 +65,9 @@ class ZeroShotClassify(beam.PTransform):
         vectors, embed_errors = decoded.images | "Embed" >> EmbedImages(self.backend, self.batch_size, self.explain)
         results = vectors | "Rank" >> RankVectors(
             label_matrix, self.backend, self.decision, self.batch_size,
-            total_inputs=inputs | "CountInputs" >> beam.combiners.Count.Globally())
+            # without_defaults: no count at all for no inputs (Rank then has nothing to rank), and one stage less
+            total_inputs=inputs | "CountInputs" >> beam.CombineGlobally(beam.combiners.CountCombineFn())
+            .without_defaults())
         errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()
         if not self.keep_embeddings:
             return {RESULTS: results, ERRORS: errors}

@@ -169,7 +169,7 @@ class RankVectors(beam.PTransform):
     def expand(self, vectors):
         side_inputs = {"labels": beam.pvalue.AsSingleton(self.label_matrix)}
         if self.total_inputs is not None:
-            side_inputs["total_inputs"] = beam.pvalue.AsSingleton(self.total_inputs)
+            side_inputs["total_inputs"] = beam.pvalue.AsSingleton(self.total_inputs, default_value=None)
         return (vectors
                 | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
                 | "Rank" >> beam.ParDo(RankLabels(self.backend.logit_scale, self.backend.model_id, self.decision,

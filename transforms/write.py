@@ -192,23 +192,23 @@ class WriteRows(beam.PTransform):
             rows = (rows
                     | "RoundRobin" >> beam.ParDo(_RoundRobin(self.num_shards))
                     | "ToShards" >> beam.GroupByKey())
-        shards = rows | "Write" >> beam.ParDo(writer)
-        missing = (rows.pipeline
-                   | "Once" >> beam.Create([None])
-                   | "Missing" >> beam.FlatMap(_write_missing, beam.pvalue.AsList(shards), self.prefix, self.schema,
-                                               self.file_format, self.num_shards))
-        return (shards, missing) | "AllShards" >> beam.Flatten()
+        written = rows | "Write" >> beam.ParDo(writer)
+        # Once every bundle's shard is written (a side input waits for that), the full list, empty shards added.
+        return (rows.pipeline
+                | "Once" >> beam.Create([None])
+                | "Complete" >> beam.FlatMap(_with_missing, beam.pvalue.AsList(written), self.prefix, self.schema,
+                                             self.file_format, self.num_shards))
 
 
-def _write_missing(_, written: list[Shard], prefix: str, schema: pa.Schema, file_format: str,
-                   num_shards: int) -> list[Shard]:
-    """Empty shards for the shard indexes no row went to; one empty shard if no bundle had a row."""
+def _with_missing(_, written: list[Shard], prefix: str, schema: pa.Schema, file_format: str,
+                  num_shards: int) -> list[Shard]:
+    """The shards written, and an empty one for each shard index no row went to; one if no bundle had a row."""
     if num_shards:
         paths = [shard_path(prefix, file_format, index, num_shards) for index in range(num_shards)]
     else:
         paths = [] if written else [shard_path(prefix, file_format)]
     done = {shard.path for shard in written}
-    return [_ShardFile(path, schema, file_format).close() for path in paths if path not in done]
+    return written + [_ShardFile(path, schema, file_format).close() for path in paths if path not in done]
 
 
 class WriteEmbeddings(beam.PTransform):
