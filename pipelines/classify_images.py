@@ -161,14 +161,11 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
     outputs = to_label | "Classify" >> ZeroShotClassify(
         plan.labels.phrases, plan.backend, plan.templates, decision=plan.labels.decision, batch_size=args.batch_size,
         explain=args.explain, keep_embeddings=args.keep_embeddings)
-    rows = {}
-    for table, labeled in outputs.items():
-        parts = [labeled | f"Copy{table.title()}" >> CopyRows(distinct[COPIES], table)]
-        if table in kept:  # rows kept from the previous run: their copies count as kept too
-            parts.append(kept[table] | f"CopyKept{table.title()}" >> CopyRows(distinct[COPIES], table,
-                                                                             counted_as=CARRIED_METRIC))
-        parts += errors if table == ERRORS else []
-        rows[table] = parts | f"All{table.title()}" >> beam.Flatten()
+    copied = [outputs | "Copy" >> CopyRows(distinct[COPIES])]
+    if kept:  # rows kept from the previous run: their copies count as kept too
+        copied.append(kept | "CopyKept" >> CopyRows(distinct[COPIES], counted_as=CARRIED_METRIC))
+    rows = {table: ([parts[table] for parts in copied if table in parts] + (errors if table == ERRORS else []))
+            | f"All{table.title()}" >> beam.Flatten() for table in outputs}
     run, run_id = plan.run, manifest["run_id"]
     written = {
         RESULTS: rows[RESULTS] | "WriteResults" >> WriteRows(table_prefix(run.output, run_id, RESULTS),

@@ -87,28 +87,36 @@ def copied_metric(counted: str) -> str:
     return f"copied_{counted}"
 
 
-def _with_copies(element: tuple[str, dict[str, Iterable]], table: str, counted_as: str):
+def _with_copies(element: tuple[str, dict[str, Iterable]], counted_as: str):
+    """(uri, {table: its rows, 'copies': the other uris with its bytes}) -> each row tagged with its table, and
+    again for each other uri."""
     _, found = element
-    copies = list(found["copies"])
-    for row in found["rows"]:
-        yield row
-        if copies and table in (RESULTS, ERRORS):
-            counted = counted_as if table == RESULTS else copied_metric(errors_metric(row["stage"]))
-            Metrics.counter(NAMESPACE, counted).inc(len(copies))
-        for other in copies:
-            yield {**row, "uri": other}
+    copies = list(found[COPIES])
+    for table, rows in found.items():
+        if table == COPIES:
+            continue
+        for row in rows:
+            yield beam.pvalue.TaggedOutput(table, row)
+            if copies and table in (RESULTS, ERRORS):
+                counted = counted_as if table == RESULTS else copied_metric(errors_metric(row["stage"]))
+                Metrics.counter(NAMESPACE, counted).inc(len(copies))
+            for other in copies:
+                yield beam.pvalue.TaggedOutput(table, {**row, "uri": other})
 
 
 class CopyRows(beam.PTransform):
-    """Rows of one table (dicts with a `uri`) -> the same rows plus, for each copy (uri, other uri), the row again
-    for `other`. Copied result rows count under `counted_as` (labeled, by default; rows kept from a previous run
-    count as kept)."""
+    """{table: rows (dicts with a `uri`)} -> {table: the same rows plus, for each copy (uri, other uri), the row again
+    for `other`}, every table in one join with the copies. Copied result rows count under `counted_as` (labeled, by
+    default; rows kept from a previous run count as kept), copied error rows per failed stage."""
 
-    def __init__(self, copies, table: str, counted_as: str = copied_metric(RESULTS)):
+    def __init__(self, copies, counted_as: str = copied_metric(RESULTS)):
         super().__init__()
-        self.copies, self.table, self.counted_as = copies, table, counted_as
+        self.copies, self.counted_as = copies, counted_as
 
-    def expand(self, rows):
-        return ({"rows": rows | "ByUri" >> beam.Map(lambda row: (row["uri"], row)), "copies": self.copies}
-                | "Join" >> beam.CoGroupByKey()
-                | "Copy" >> beam.FlatMap(_with_copies, self.table, self.counted_as))
+    def expand(self, tables: dict[str, beam.PCollection]):
+        keyed = {table: rows | f"ByUri{table.title()}" >> beam.Map(lambda row: (row["uri"], row))
+                 for table, rows in tables.items()}
+        copied = ({**keyed, COPIES: self.copies}
+                  | "Join" >> beam.CoGroupByKey()
+                  | "Copy" >> beam.FlatMap(_with_copies, self.counted_as).with_outputs(*tables))
+        return {table: copied[table] for table in tables}

@@ -81,8 +81,9 @@ class EmbedLabels(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "LabelSet" >> beam.Create([self.label_phrases])
-            | "Embed" >> beam.Map(build_label_matrix, self.templates, self.backend)
+            | "Once" >> beam.Impulse()  # one element; Create would add two more steps to every job
+            | "Embed" >> beam.Map(lambda _, *args: build_label_matrix(*args), self.label_phrases, self.templates,
+                                  self.backend)
         )
 
 

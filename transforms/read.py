@@ -128,10 +128,11 @@ class MatchFiles(beam.PTransform):
         self.pattern, self.checksums = pattern, checksums
 
     def expand(self, pbegin):
+        listing = list_files if self.checksums else expand_pattern
         return (
             pbegin
-            | "Pattern" >> beam.Create([self.pattern])
-            | "Expand" >> beam.FlatMap(list_files if self.checksums else expand_pattern)
+            | "Once" >> beam.Impulse()  # one element; Create would add two more steps to every job
+            | "Expand" >> beam.FlatMap(lambda _, pattern: listing(pattern), self.pattern)
             | "Spread" >> beam.Reshuffle()
         )
 

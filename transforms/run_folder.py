@@ -303,5 +303,5 @@ class CommitRun(beam.PTransform):
 
         side_inputs = [beam.pvalue.AsList(written[table]) for table in tables]
         return (written[tables[0]].pipeline
-                | "Once" >> beam.Create([None])
+                | "Once" >> beam.Impulse()
                 | "WriteSuccess" >> beam.Map(commit_all, *side_inputs))

@@ -195,7 +195,7 @@ class WriteRows(beam.PTransform):
         written = rows | "Write" >> beam.ParDo(writer)
         # Once every bundle's shard is written (a side input waits for that), the full list, empty shards added.
         return (rows.pipeline
-                | "Once" >> beam.Create([None])
+                | "Once" >> beam.Impulse()
                 | "Complete" >> beam.FlatMap(_with_missing, beam.pvalue.AsList(written), self.prefix, self.schema,
                                              self.file_format, self.num_shards))
 
