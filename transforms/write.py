@@ -79,8 +79,8 @@ class _ShardFile:
         names = self.schema.names
         if self._parquet:
             # from_pylist reads a missing key as null: a row without a column is a bug upstream, not a null.
-            if missing := [name for row in rows for name in names if name not in row][:1]:
-                raise KeyError(f"a row for {self.path} has no {missing[0]!r} column")
+            if missing := next((name for row in rows for name in names if name not in row), None):
+                raise KeyError(f"a row for {self.path} has no {missing!r} column")
             self._parquet.write_table(pa.Table.from_pylist(rows, schema=self.schema))
         else:
             line = _json_line if self.file_format == "jsonl" else _csv_record
@@ -98,33 +98,38 @@ def _csv_record(row: dict[str, Any], names: list[str]) -> str:
     return _csv_line([row[name] for name in names])
 
 
-class _WriteShards(beam.DoFn):
-    """Rows -> one shard per bundle, PREFIX-<random>.SUFFIX, written as the rows come (in batches of
-    `rows_per_write`) and closed when the bundle ends; emits its Shard. Elements that are (shard index, rows) write
-    PREFIX-SSSSS-of-NNNNN.SUFFIX instead, one per element."""
+def _write_shard(path: str, rows: Iterable[dict[str, Any]], schema: pa.Schema, file_format: str,
+                 rows_per_write: int) -> Shard:
+    """Writes `rows` (none: an empty shard) as one shard at `path`, `rows_per_write` at a time."""
+    shard = _ShardFile(path, schema, file_format)
+    iterator = iter(rows)
+    while batch := list(itertools.islice(iterator, rows_per_write)):
+        shard.write(batch)
+    return shard.close()
 
-    def __init__(self, prefix: str, schema: pa.Schema, file_format: str, num_shards: int, rows_per_write: int):
-        self.prefix, self.schema, self.file_format = prefix, schema, file_format
-        self.num_shards, self.rows_per_write = num_shards, rows_per_write
+
+def _write_numbered(grouped: tuple[int, Iterable[dict[str, Any]]], prefix: str, schema: pa.Schema, file_format: str,
+                    num_shards: int, rows_per_write: int) -> Shard:
+    """(shard index, its rows) -> shard `index` of `num_shards`, PREFIX-SSSSS-of-NNNNN.FORMAT."""
+    index, rows = grouped
+    return _write_shard(shard_path(prefix, file_format, index, num_shards), rows, schema, file_format, rows_per_write)
+
+
+class _WriteBundles(beam.DoFn):
+    """Rows -> one shard per bundle, PREFIX-<random>.FORMAT, written as the rows come (in batches of
+    `rows_per_write`) and closed when the bundle ends; emits its Shard."""
+
+    def __init__(self, prefix: str, schema: pa.Schema, file_format: str, rows_per_write: int):
+        self.prefix, self.schema, self.file_format, self.rows_per_write = prefix, schema, file_format, rows_per_write
 
     def start_bundle(self):
         self._shard: Optional[_ShardFile] = None
         self._pending: list[dict[str, Any]] = []
 
-    def process(self, element):
-        if self.num_shards:
-            index, rows = element
-            yield self._write_all(shard_path(self.prefix, self.file_format, index, self.num_shards), rows)
-            return
-        self._pending.append(element)
+    def process(self, row):
+        self._pending.append(row)
         if len(self._pending) >= self.rows_per_write:
             self._flush()
-
-    def _write_all(self, path: str, rows: Iterable[dict[str, Any]]) -> Shard:
-        shard = _ShardFile(path, self.schema, self.file_format)
-        for batch in _batches(rows, self.rows_per_write):
-            shard.write(batch)
-        return shard.close()
 
     def _flush(self) -> None:
         if self._shard is None:
@@ -137,12 +142,6 @@ class _WriteShards(beam.DoFn):
             self._flush()
         if self._shard is not None:
             yield GlobalWindows.windowed_value(self._shard.close())
-
-
-def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    iterator = iter(rows)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
 
 
 def shard_path(prefix: str, file_format: str, index: Optional[int] = None, num_shards: int = 0) -> str:
@@ -187,12 +186,15 @@ class WriteRows(beam.PTransform):
         self.rows_per_write = rows_per_write
 
     def expand(self, rows):
-        writer = _WriteShards(self.prefix, self.schema, self.file_format, self.num_shards, self.rows_per_write)
         if self.num_shards:
-            rows = (rows
-                    | "RoundRobin" >> beam.ParDo(_RoundRobin(self.num_shards))
-                    | "ToShards" >> beam.GroupByKey())
-        written = rows | "Write" >> beam.ParDo(writer)
+            written = (rows
+                       | "RoundRobin" >> beam.ParDo(_RoundRobin(self.num_shards))
+                       | "ToShards" >> beam.GroupByKey()
+                       | "Write" >> beam.Map(_write_numbered, self.prefix, self.schema, self.file_format,
+                                             self.num_shards, self.rows_per_write))
+        else:
+            written = rows | "Write" >> beam.ParDo(_WriteBundles(self.prefix, self.schema, self.file_format,
+                                                                 self.rows_per_write))
         # Once every bundle's shard is written (a side input waits for that), the full list, empty shards added.
         return (rows.pipeline
                 | "Once" >> beam.Impulse()
@@ -208,7 +210,7 @@ def _with_missing(_, written: list[Shard], prefix: str, schema: pa.Schema, file_
     else:
         paths = [] if written else [shard_path(prefix, file_format)]
     done = {shard.path for shard in written}
-    return written + [_ShardFile(path, schema, file_format).close() for path in paths if path not in done]
+    return written + [_write_shard(path, [], schema, file_format, 1) for path in paths if path not in done]
 
 
 class WriteEmbeddings(beam.PTransform):
