@@ -2,8 +2,10 @@
 
 Beam's optional ModelManager module (apache_beam/ml/inference/model_manager.py, used only with RunInference's
 use_model_manager=True, which no job here sets) imports torch at the top, 1.8 s on 2 cores (and then scipy, whose
-absence Beam catches). Marking it absent makes Beam take that same path at once, so a job whose image graph is
-cached starts without torch.
+absence Beam catches). In its place goes a module whose ModelManager is None, the value Beam's own fallback gives
+it, so a job whose image graph is cached starts without torch. (Marking the module absent instead made Beam's
+fallback also drop the `resource` module it imports beside it: RunInference then logged "Resource module is not
+available" twice per job and lost its memory metric.)
 
 Python's cyclic garbage collector walks every object the process holds each time the heap has grown by a quarter:
 while Beam, pyarrow and the models are imported and the pipeline is built, that is four walks over a growing heap
@@ -15,8 +17,12 @@ The library (transforms/) does neither: it never changes a user's process.
 """
 import gc
 import sys
+import types
 
-sys.modules.setdefault("apache_beam.ml.inference.model_manager", None)
+_NO_MODEL_MANAGER = types.ModuleType("apache_beam.ml.inference.model_manager",
+                                     "Not loaded: no job sets RunInference's use_model_manager (see pipelines).")
+_NO_MODEL_MANAGER.ModelManager = None
+sys.modules.setdefault(_NO_MODEL_MANAGER.__name__, _NO_MODEL_MANAGER)
 
 # Started as `python -m pipelines.<job>`: Python sets sys.argv[0] to "-m" while it locates the job's module, which
 # imports this package first. Imported any other way (tests, a user's program), the collector is left alone.
