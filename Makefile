@@ -39,8 +39,9 @@ bench: install
 	$(PY) -m benchmarks.nomic_api
 	$(PY) -m benchmarks.buckets
 
-# Two dev sources come from outside PyPI: Debian's openclipart-png (as root) and the npm package
-# emoji-datasource-google (fetched once with `npm pack` into devsets/.cache).
+# Three dev sources come from outside PyPI: Debian's openclipart-png (as root), Debian's opencv-doc (fetched once
+# with `apt-get download` into devsets/.cache, no root) and the npm package emoji-datasource-google (fetched once
+# with `npm pack` into devsets/.cache).
 devsets: install
 	@test -d /usr/share/openclipart/png || apt-get install -y -q openclipart-png || \
 		{ echo "error: install Debian's openclipart-png (sudo apt-get install openclipart-png)"; exit 2; }

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.devsets import read_index
+from benchmarks.devsets import image_glob, read_index
 from pipelines import evaluate
 
 # The defaults before the leave-one-source-out search: bare class names, no WordNet mixing, scale 15, no "none".
@@ -29,9 +29,8 @@ RUNS = {"before": BEFORE, "after": []}
 
 def evaluate_set(devsets: Path, name: str, output: Path, extra: list[str]) -> dict:
     folder = devsets / name
-    extension = next(p.suffix for p in sorted(folder.iterdir()) if p.name not in ("truth.csv", "labels.txt"))
     with redirect_stdout(StringIO()):
-        status = evaluate.main(["--input", str(folder / f"*{extension}"), "--truth", str(folder / "truth.csv"),
+        status = evaluate.main(["--input", str(folder / image_glob(folder)), "--truth", str(folder / "truth.csv"),
                                 "--labels", str(folder / "labels.txt"), "--output", str(output / name), *extra])
     if status:
         raise SystemExit(f"evaluation of {name} failed with status {status}")

