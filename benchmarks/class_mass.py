@@ -167,25 +167,24 @@ def calibration(outcome: dict[str, np.ndarray]) -> tuple[float, float, float, fl
     return ece, open_set, float(kept.mean()), float(outcome["correct"][kept].mean()) if kept.any() else float("nan")
 
 
-def map_inputs(outcome: dict[str, np.ndarray], inputs: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(features, right or not) of a map: the images as they are, then again with their true label taken out (the
-    top-1 probability is then `absent_top_p`, and always wrong)."""
+def map_inputs(outcome: dict[str, np.ndarray], inputs: tuple[str, ...],
+               open_set: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(features, right or not) of a map: the images as they are and, with `open_set`, then again with their true
+    label taken out (the top-1 probability is then `absent_top_p`, and always wrong)."""
     def logit(p: np.ndarray) -> np.ndarray:
         p = np.clip(p, 1e-6, 1 - 1e-6)
         return np.log(p / (1 - p))
 
-    absent = {**outcome, "top_p": outcome["absent_top_p"]}
-    features = np.concatenate([np.stack([logit(o[name]) for name in inputs], axis=1) for o in (outcome, absent)])
-    return features, np.concatenate([outcome["correct"], np.zeros_like(outcome["correct"])])
+    cases = [outcome] + ([{**outcome, "top_p": outcome["absent_top_p"]}] if open_set else [])
+    features = np.concatenate([np.stack([logit(o[name]) for name in inputs], axis=1) for o in cases])
+    return features, np.concatenate([outcome["correct"]] + [np.zeros_like(outcome["correct"])] * (len(cases) - 1))
 
 
 def fit_map(outcomes_by_source: list[dict[str, np.ndarray]], inputs: tuple[str, ...],
             open_set: bool = True) -> LogisticRegression:
     """Unregularized logistic regression (Platt scaling) of rightness on the inputs, each source weighing the same;
     on the images as they are and, with `open_set`, with their true label taken out."""
-    parts = [map_inputs(outcome, inputs) for outcome in outcomes_by_source]
-    if not open_set:
-        parts = [(x[: len(x) // 2], y[: len(y) // 2]) for x, y in parts]
+    parts = [map_inputs(outcome, inputs, open_set) for outcome in outcomes_by_source]
     weights = np.concatenate([np.full(len(y), 1.0 / len(y)) for _, y in parts])
     return LogisticRegression(C=np.inf).fit(np.concatenate([x for x, _ in parts]),
                                             np.concatenate([y for _, y in parts]), sample_weight=weights)
@@ -222,7 +221,7 @@ def print_fitted_maps(results: Results, sources: list[str]) -> None:
         row += [mapped_eces(itself, held_out, last)]
         # The confidences of a map fitted to these very images as they are: as calibrated as these inputs allow.
         in_set = fit_map([held_out], last, open_set=False)
-        floor = calibrated_floor(in_set.predict_proba(map_inputs(held_out, last)[0])[: len(held_out["correct"]), 1])
+        floor = calibrated_floor(in_set.predict_proba(map_inputs(held_out, last, open_set=False)[0])[:, 1])
         rows.append(row)
         floors.append(floor)
         print(f"| {source} | {len(held_out['correct'])} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in row)

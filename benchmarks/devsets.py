@@ -226,20 +226,22 @@ def _decodable_size(path: Path) -> bool:
         return False
 
 
-def _emoji_tarball(cache: Path) -> Path:
-    """The npm package's tarball, fetched once with `npm pack` into the cache folder."""
+def _fetched_once(cache: Path, pattern: str, command: list[str], hint: str) -> Path:
+    """The package file matching `pattern` in the cache folder, fetched there by `command` the first time."""
     cache.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache.glob("emoji-datasource-google-*.tgz"))
+    found = sorted(cache.glob(pattern))
     if not found:
-        if not shutil.which("npm"):
-            raise SystemExit("error: npm is needed once to fetch the emoji dev set (apt-get install npm)")
-        subprocess.run(["npm", "pack", "--silent", EMOJI_PACKAGE], cwd=cache, check=True, stdout=subprocess.DEVNULL)
-        found = sorted(cache.glob("emoji-datasource-google-*.tgz"))
+        if not shutil.which(command[0]):
+            raise SystemExit(f"error: {command[0]} is needed once to fetch {hint}")
+        subprocess.run(command, cwd=cache, check=True, stdout=subprocess.DEVNULL)
+        found = sorted(cache.glob(pattern))
     return found[-1]
 
 
 def build_emoji_sets(output: Path, cache: Path) -> None:
-    with tarfile.open(_emoji_tarball(cache)) as tar:
+    package = _fetched_once(cache, "emoji-datasource-google-*.tgz", ["npm", "pack", "--silent", EMOJI_PACKAGE],
+                            "the emoji dev set (apt-get install npm)")
+    with tarfile.open(package) as tar:
         emoji = json.load(tar.extractfile("package/emoji.json"))
         coarse, fine = {}, {}
         for entry in emoji:
@@ -254,22 +256,12 @@ def build_emoji_sets(output: Path, cache: Path) -> None:
     _write_set(output / "emoji-fine", sorted({label for _, label in fine.values()}), fine)
 
 
-def _opencv_package(cache: Path) -> Path:
-    """Debian's opencv-doc package, fetched once with `apt-get download` (no root needed) into the cache folder."""
-    cache.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache.glob("opencv-doc_*.deb"))
-    if not found:
-        if not shutil.which("apt-get"):
-            raise SystemExit(f"error: apt-get is needed once to fetch the opencv dev set ({OPENCV_PACKAGE})")
-        subprocess.run(["apt-get", "download", "-q", OPENCV_PACKAGE], cwd=cache, check=True, stdout=subprocess.DEVNULL)
-        found = sorted(cache.glob("opencv-doc_*.deb"))
-    return found[-1]
-
-
 def build_opencv_set(output: Path, cache: Path) -> None:
     """opencv-coarse from the sample photos in the package's file tree, read without installing it."""
     wanted, images = {OPENCV_DATA + name: name for name in OPENCV_COARSE_TRUTH}, {}
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", _opencv_package(cache)], stdout=subprocess.PIPE) as unpack:
+    package = _fetched_once(cache, "opencv-doc_*.deb", ["apt-get", "download", "-q", OPENCV_PACKAGE],
+                            f"the opencv dev set ({OPENCV_PACKAGE}; no root needed)")
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", package], stdout=subprocess.PIPE) as unpack:
         with tarfile.open(fileobj=unpack.stdout, mode="r|") as tar:  # a stream: the 270 MB tree is never held
             for member in tar:
                 if name := wanted.get(member.name):
