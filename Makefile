@@ -38,6 +38,7 @@ bench: install
 	$(PY) -m benchmarks.reuse
 	$(PY) -m benchmarks.nomic_api
 	$(PY) -m benchmarks.buckets
+	$(PY) -m benchmarks.resume
 
 # Three dev sources come from outside PyPI: Debian's openclipart-png (as root), Debian's opencv-doc (fetched once
 # with `apt-get download` into devsets/.cache, no root) and the npm package emoji-datasource-google (fetched once

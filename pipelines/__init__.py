@@ -13,7 +13,10 @@ of modules and graph (0.26 s of a 300-image job, 2 cores), for a few dozen garba
 `python -m pipelines.<job>` collects nothing until its pipeline is built; `jobs.run_job` then freezes what exists
 (it lives to the end of the job) and turns collection back on for what the run creates.
 
-The library (transforms/) does neither: it never changes a user's process.
+A job also writes everything it prints (errors, logs, tracebacks) through pipelines.redact, with the values of its
+secret flags: a secret never reaches a terminal or a log file.
+
+The library (transforms/) does none of this: it never changes a user's process.
 """
 import gc
 import sys
@@ -29,3 +32,7 @@ sys.modules.setdefault(_NO_MODEL_MANAGER.__name__, _NO_MODEL_MANAGER)
 STARTED_AS_JOB = sys.argv[:1] == ["-m"]
 if STARTED_AS_JOB:
     gc.disable()
+    from pipelines.redact import RedactingStream, secret_values
+
+    sys.stdout = RedactingStream(sys.stdout, secret_values(sys.argv[1:]))
+    sys.stderr = RedactingStream(sys.stderr, secret_values(sys.argv[1:]))

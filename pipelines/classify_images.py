@@ -22,6 +22,7 @@ from pipelines.cli import (  # noqa: E402
     add_backend_argument,
     add_backend_settings,
     exit_job,
+    one_line,
 )
 from pipelines.jobs import (  # noqa: E402
     BEAM_EPILOG,
@@ -40,11 +41,12 @@ from pipelines.jobs import (  # noqa: E402
 )
 from transforms.backends import Backend  # noqa: E402
 from transforms.classify import ZeroShotClassify, check_settings  # noqa: E402
-from transforms.dedupe import COPIES, ContentKeys, CopyRows, OnePerContent  # noqa: E402
+from transforms.dedupe import COPIES, RESUMED, ContentKeys, CopyRows, OnePerContent  # noqa: E402
 from transforms.label_sets import load_templates  # noqa: E402
+from transforms.progress import ReadProgress, resumable, write_started  # noqa: E402
 from transforms.read import MatchFiles, first_match  # noqa: E402
 from transforms.records import EMBEDDING_DTYPES, EMBEDDINGS, ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA  # noqa: E402
-from transforms.run_folder import SUCCESS, CommitRun, run_files, table_prefix  # noqa: E402
+from transforms.run_folder import SUCCESS, CommitRun, run_files, table_prefix, unfinished_runs  # noqa: E402
 from transforms.skip import CARRIED_METRIC, TO_LABEL, SkipExisting  # noqa: E402
 from transforms.write import WriteEmbeddings, WriteRows  # noqa: E402
 
@@ -52,6 +54,7 @@ PROG = "python -m pipelines.classify_images"
 # A few unreadable files are normal in a bucket; more than one in ten says the set-up is wrong (a format Pillow
 # cannot decode, a model that rejects everything, a glob that matches sidecar files), not the files.
 DEFAULT_MAX_ERROR_FRACTION = 0.1
+_LOG = logging.getLogger("zero_shot")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the rows of a finished run (same model, labels, settings and --format) for "
                              "files whose uri and sha256 are unchanged, and label only the rest; may be --output "
                              "itself, with --overwrite")
+    parser.add_argument("--fresh", action="store_true",
+                        help="embed every image again, instead of resuming from the vectors that unfinished runs "
+                             "in --output (killed, failed) with the same settings saved")
     parser.add_argument("--keep_embeddings", action="store_true",
                         help="also keep every image's vector (an `embeddings` table in the run folder, Parquet) for "
                              "pipelines.relabel and pipelines.search")
@@ -74,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "cosines within about 1e-3)")
     parser.add_argument("--max_error_fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION, metavar="F",
                         help="fail the job, committing nothing, when more than this fraction of the inputs ends in "
-                             f"the errors table (default {DEFAULT_MAX_ERROR_FRACTION:g}; 1 never fails for errors)")
+                             f"the errors table (default {DEFAULT_MAX_ERROR_FRACTION:g}; 1 never fails for errors); "
+                             "checked as the job runs too: it stops as soon as it is sure to end over F")
     parser.add_argument("--report", metavar="PATH", help="also write an HTML report of the run to PATH")
     parser.add_argument("--batch_size", type=int, help="images per model call (default: the backend's choice)")
     parser.add_argument("--explain", type=int, nargs="?", const=5, default=0, metavar="N",
@@ -95,6 +102,7 @@ class Plan(NamedTuple):
     settings: dict[str, Any]
     replaces: Optional[str]  # the run id --overwrite replaces
     previous: Optional[dict[str, Any]]  # the manifest of --skip_existing's run
+    progress: list[str]  # the progress files of the unfinished runs this one resumes
 
 
 def validate(args: argparse.Namespace, beam_args: Sequence[str]) -> Plan:
@@ -123,8 +131,21 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str]) -> Plan:
         raise ConfigError(f"--skip_existing {args.skip_existing!r} holds no finished run (no {SUCCESS})")
     if previous:
         check_reusable(previous, settings, run.file_format, args.keep_embeddings and args.embeddings_dtype)
+    progress = [] if args.fresh else resume_from(run.output, settings)
     run.probe()
-    return Plan(labels, templates, backend, run, settings, replaces, previous)
+    return Plan(labels, templates, backend, run, settings, replaces, previous, progress)
+
+
+def resume_from(output: str, settings: dict[str, Any]) -> list[str]:
+    """The progress files of the unfinished runs under `output` made with these settings, said in the log."""
+    try:
+        runs, files = resumable(output, unfinished_runs(output), settings)
+    except Exception as e:  # noqa: BLE001 - a folder that cannot be listed cannot be written either
+        raise ConfigError(f"cannot read --output {output!r}: {one_line(e)}") from None
+    if files:
+        _LOG.info("resuming: %d progress files of the unfinished run(s) %s; only the images they do not hold are "
+                  "read and embedded (--fresh embeds everything again)", len(files), ", ".join(runs))
+    return files
 
 
 def check_reusable(previous: dict[str, Any], settings: dict[str, Any], file_format: str,
@@ -149,8 +170,10 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
     """List (with the store's checksums) -> one file per content -> [keep the rows of unchanged files] -> classify
     -> copy rows to duplicate files -> write results, errors [and embeddings] -> commit. An object in a bucket is
     fetched once: to compare it with the previous run and to label it, from the same bytes."""
-    keyed = pipeline | "Match" >> MatchFiles(args.input, checksums=True) | "ContentKeys" >> ContentKeys()
-    distinct = keyed["keys"] | "OnePerContent" >> OnePerContent()
+    listed = pipeline | "Match" >> MatchFiles(args.input, checksums=True, exclude=plan.run.output)
+    keyed = listed | "ContentKeys" >> ContentKeys()
+    saved = pipeline | "ReadProgress" >> ReadProgress(plan.progress) if plan.progress else None
+    distinct = keyed["keys"] | "OnePerContent" >> OnePerContent(saved)
     to_label, kept, errors = distinct.main, {}, [keyed[ERRORS]]
     if plan.previous:
         carried = [RESULTS, EMBEDDINGS] if args.keep_embeddings else [RESULTS]
@@ -160,7 +183,11 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
         kept[ERRORS] = split[ERRORS]  # a file that could not be read to compare: copied to its duplicates too
     outputs = to_label | "Classify" >> ZeroShotClassify(
         plan.labels.phrases, plan.backend, plan.templates, decision=plan.labels.decision, batch_size=args.batch_size,
-        explain=args.explain, keep_embeddings=args.keep_embeddings)
+        explain=args.explain, keep_embeddings=args.keep_embeddings, max_error_fraction=args.max_error_fraction,
+        # every listed file gets one row: its count is the job's number of inputs, known before any is read
+        input_count=listed | "CountListed" >> beam.combiners.Count.Globally(),
+        save_progress_to=f"{plan.run.output.rstrip('/')}/{manifest['run_id']}",
+        resumed=distinct[RESUMED] if saved is not None else None)
     copied = [outputs | "Copy" >> CopyRows(distinct[COPIES])]
     if kept:  # rows kept from the previous run: their copies count as kept too
         copied.append(kept | "CopyKept" >> CopyRows(distinct[COPIES], counted_as=CARRIED_METRIC))
@@ -191,6 +218,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             embeddings_dtype=args.embeddings_dtype if args.keep_embeddings else None,
                             max_error_fraction=args.max_error_fraction,
                             settings=plan.settings, skip_existing=plan.previous and plan.previous["run_id"])
+    try:
+        write_started(plan.run.output, manifest)
+    except Exception as e:  # noqa: BLE001 - the probe wrote there a moment ago; say what changed, as a config error
+        print(f"error: cannot write --output {plan.run.output!r}: {one_line(e)}", file=sys.stderr)
+        return 2
     if workers_in_this_process(beam_args):
         plan.backend.warm_up()
     return report_labels(run_job(plan.run.output, beam_args, manifest,

@@ -9,7 +9,8 @@ import gc
 import hashlib
 import json
 import logging
-import re
+import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -28,6 +29,7 @@ from pipelines.cli import (
     failure_line,
     one_line,
 )
+from pipelines.redact import redacted, scrubbed
 from transforms.backends import BACKENDS, Backend
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
 from transforms.rank import Decision
@@ -42,20 +44,14 @@ from transforms.run_folder import (
     utc_now,
 )
 from transforms.stored import DEFAULT_BATCH, EmbeddingsMismatch, embeddings_of
-from transforms.stores import use_job_options
+from transforms.stores import is_local, store_retry_s, use_job_options
 from transforms.summary import summary
 from transforms.write import FORMATS, WriteRows, probe_writable
 
-# Values of flags with these words in their names never reach the manifest: Beam's --s3_access_key_id,
-# --s3_secret_access_key, --s3_session_token and --azure_connection_string, and any flag named like them.
-SECRET_FLAG = re.compile(r"secret|token|passw|credential|connection_string|access_key|_key$", re.IGNORECASE)
-# Secrets inside any other value: the password of a URL (https://user:PASS@host) and signature, token or key
-# parameters of a URL or a connection string (?X-Amz-Signature=..., ;AccountKey=...).
-_URL_PASSWORD = re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+(?=@)", re.IGNORECASE)
-_SECRET_PARAMETER = re.compile(r"(?P<keep>(?:^|[?&;])[\w.-]*(?:sig|signature|token|secret|passw|pwd|key|credential)"
-                               r"[\w.-]*=)[^&;\s]+", re.IGNORECASE)
 DIRECT_RUNNERS = (None, "DirectRunner", "direct", "SwitchingDirectRunner")  # None: Beam's default, the DirectRunner
-BEAM_EPILOG = "Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...)."
+BEAM_EPILOG = ("Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...), and "
+               "--store_retry_s S: how long a store that fails (unreachable, timing out, throttling, refusing the "
+               "credentials) is retried before the job stops, committing nothing (default 60).")
 
 
 def add_label_options(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +151,8 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
     args, beam_args = parser.parse_known_args(argv)
     use_job_options(PipelineOptions(beam_args))  # the checks before the job reach the stores the job will
     check_command_line(args, beam_args, parser, required)
+    if store_retry_s() < 0:
+        raise ConfigError(f"--store_retry_s must be at least 0, got {store_retry_s():g}")
     return argv, args, beam_args
 
 
@@ -220,7 +218,7 @@ def report_labels(status: int, run: RunFolder, report: Optional[str], labels: La
     if status == 0 and report:
         from pipelines.report import write_report  # only runs that ask for a report import its renderer
 
-        write_report(run.output, report, title=f"labels: {labels.source}")
+        write_report(run.output, report, title=f"labels: {scrubbed(labels.source)}")
         print(f"report: {report}")
     return status
 
@@ -250,7 +248,8 @@ def check_command_line(args: argparse.Namespace, beam_args: Sequence[str], parse
     if flags := [arg for arg in unknown if arg.startswith("-")]:
         close = difflib.get_close_matches(flags[0].split("=")[0], list(parser._option_string_actions), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"unknown option(s): {' '.join(flags)}{hint} (see --help)")
+        names = " ".join(flag.split("=")[0] for flag in flags)  # never the value: it may be a misspelled secret's
+        raise ConfigError(f"unknown option(s): {names}{hint} (see --help)")
     if unknown:
         raise ConfigError(f"unexpected argument(s): {' '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; "
                           "a glob must be quoted (--input 'photos/*.jpg'), or the shell expands it into file names")
@@ -297,29 +296,6 @@ def result_settings(backend: Backend, labels: LabelChoice, templates: Sequence[s
             "explain": explain, "backend_settings": backend.result_settings()}
 
 
-def scrubbed(value: str) -> str:
-    """`value` with the secrets a URL or connection string may carry replaced by <redacted>."""
-    value = _URL_PASSWORD.sub(r"\g<keep><redacted>", value)
-    return _SECRET_PARAMETER.sub(r"\g<keep><redacted>", value)
-
-
-def redacted(argv: Sequence[str]) -> list[str]:
-    """The command line with the value of every secret-looking flag replaced, and secrets inside other values
-    scrubbed, as the manifest records it."""
-    out, hide_next = [], False
-    for arg in argv:
-        flag, equals, value = arg.partition("=")
-        secret = arg.startswith("-") and bool(SECRET_FLAG.search(flag.lstrip("-")))
-        if hide_next:
-            out.append("<redacted>")
-        elif arg.startswith("-") and equals:
-            out.append(f"{flag}=<redacted>" if secret else f"{flag}={scrubbed(value)}")
-        else:
-            out.append(scrubbed(arg))
-        hide_next = secret and not equals
-    return out
-
-
 def new_manifest(prog: str, argv: Sequence[str], run: RunFolder, model: str, **facts: Any) -> dict[str, Any]:
     """What `_SUCCESS` says about a run, less what only its end knows (finish time, shards and row counts)."""
     return {"version": MANIFEST_VERSION, "run_id": new_run_id(), "started": utc_now(),
@@ -346,6 +322,32 @@ def _why_it_failed(output: str, manifest: dict[str, Any], error: Exception) -> s
     return failure_line(error)
 
 
+def _say_why_on_stop(output: str, manifest: dict[str, Any]) -> None:
+    """SIGTERM (a preempted machine, a scheduler's stop) and Ctrl-C end the job with one line saying what is kept,
+    instead of a silent exit 143 or a traceback."""
+    def stop(signum: int, _frame) -> None:
+        name = signal.Signals(signum).name
+        print(f"error: stopped by {name}: nothing of run {manifest['run_id']} was committed, and {output!r} still "
+              "holds what it held; run the same command again to continue from the images already embedded",
+              file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(128 + signum)  # the runner's threads would hold an ordinary exit
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def _if_disk_full(output: str, manifest: dict[str, Any], error: Exception) -> str:
+    """For a job that failed because the disk of a local --output filled up: where this run's files are, and what
+    to do; '' otherwise."""
+    if "No space left on device" not in str(error) or not is_local(output):
+        return ""
+    folder = os.path.join(output.removeprefix("file://"), manifest["run_id"])
+    size = sum(entry.stat().st_size for entry in os.scandir(folder)) if os.path.isdir(folder) else 0
+    return (f"; this run's unfinished files are in {folder} ({size / 1e6:.0f} MB): free space elsewhere and run "
+            "again to continue from them, or delete that folder")
+
+
 def run_job(output: str, beam_args: Sequence[str], manifest: dict[str, Any],
             build: Callable[[beam.Pipeline], None]) -> int:
     """Builds the pipeline with `build`, runs it, and prints the summary and what the committed run holds; a failed
@@ -353,6 +355,8 @@ def run_job(output: str, beam_args: Sequence[str], manifest: dict[str, Any],
     start = time.monotonic()
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     build(pipeline)
+    if pipelines.STARTED_AS_JOB:
+        _say_why_on_stop(output, manifest)
     if pipelines.STARTED_AS_JOB and not gc.isenabled():  # see pipelines/__init__.py
         gc.freeze()
         gc.enable()
@@ -360,7 +364,8 @@ def run_job(output: str, beam_args: Sequence[str], manifest: dict[str, Any],
         result = pipeline.run()
         result.wait_until_finish()
     except Exception as e:  # noqa: BLE001 - a failed job ends with one line, the runner has logged the rest
-        print(f"error: the job failed: {_why_it_failed(output, manifest, e)}", file=sys.stderr)
+        print(f"error: the job failed: {_why_it_failed(output, manifest, e)}{_if_disk_full(output, manifest, e)}",
+              file=sys.stderr)
         return 1
     print(summary(result, time.monotonic() - start))
     committed = read_manifest(output)

@@ -42,7 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     manifest = jobs.new_manifest(PROG, argv, job.run, job.backend.model_id, labels=labels.source,
-                            embeddings=job.stored_run, settings=jobs.result_settings(job.backend, labels, templates))
+                                 embeddings_run=job.stored_run,
+                                 settings=jobs.result_settings(job.backend, labels, templates))
 
     def build(pipeline: beam.Pipeline) -> None:
         label_matrix = pipeline | "EmbedLabels" >> EmbedLabels(labels.phrases, templates, job.backend)

@@ -47,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     manifest = jobs.new_manifest(PROG, argv, job.run, job.backend.model_id, queries=args.query,
-                            images_per_query=args.images_per_query, embeddings=job.stored_run)
+                            images_per_query=args.images_per_query, embeddings_run=job.stored_run)
 
     def build(pipeline: beam.Pipeline) -> None:
         hits = (pipeline

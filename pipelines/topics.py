@@ -22,10 +22,11 @@ import apache_beam as beam  # noqa: E402
 
 from pipelines import jobs  # noqa: E402
 from pipelines.cli import ConfigError, exit_job  # noqa: E402
+from transforms import files  # noqa: E402
 from transforms.label_sets import LabelSetError, load_label_phrases, load_templates  # noqa: E402
 from transforms.rank import EmbedLabels  # noqa: E402
 from transforms.records import EMBEDDINGS, IMAGE_TOPICS_SCHEMA, TOPICS_SCHEMA  # noqa: E402
-from transforms.run_folder import read_manifest, read_run, write_atomically  # noqa: E402
+from transforms.run_folder import read_manifest, read_run  # noqa: E402
 from transforms.topics import FindTopics  # noqa: E402
 
 PROG = "python -m pipelines.topics"
@@ -76,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    manifest = jobs.new_manifest(PROG, argv, job.run, job.backend.model_id, embeddings=job.stored_run,
+    manifest = jobs.new_manifest(PROG, argv, job.run, job.backend.model_id, embeddings_run=job.stored_run,
                                  topics=args.topics, iterations=args.iterations, seed=args.seed,
                                  vocabulary=args.vocabulary)
 
@@ -92,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return status
     # Written after the commit, from the committed rows; its first line names the run it comes from.
     suggested = f"{job.run.output.rstrip('/')}/{SUGGESTED_LABELS}"
-    write_atomically(suggested, suggested_labels(read_run(job.run.output, "topics"), vocabulary,
+    files.write(suggested, suggested_labels(read_run(job.run.output, "topics"), vocabulary,
                                                  manifest["run_id"]).encode("utf-8"))
     print(f"suggested labels: {suggested}")
     if args.report:

@@ -78,7 +78,7 @@ def _replace(args, flag, value):
     (lambda a, t: a + ["--local_runtime", "onnx-int8"], "needs --local_int8_calibration"),
     (lambda a, t: _replace(a, "--labels", "oci://bucket/labels.txt"), "(ImportError: Install ocifs"),
     (lambda a, t: _replace(a, "--output", "nosuchfs://bucket/out"),
-     "cannot read --output 'nosuchfs://bucket/out': ValueError: Unable to get filesystem"),
+     "cannot read --output 'nosuchfs://bucket/out': ValueError: Protocol not known: nosuchfs"),
     (lambda a, t: _replace(a, "--output", str(_write(t / "a_file", "x") / "out")), "cannot write --output"),
     (lambda a, t: a + ["--local_threads", "-1"], "--local_threads must be at least 0"),
 ])

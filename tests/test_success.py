@@ -76,8 +76,9 @@ def test_too_many_errors_fail_the_job_and_the_summary_prints_the_fraction(tmp_pa
     out = tmp_path / "out"
     assert _classify("--input", f"{inputs}/*.jpg", "--labels", "general", "--output", str(out)) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("error: the job failed: TooManyErrorsError: 2 of 5 inputs failed (40.0%), more than "
-                           "--max_error_fraction 0.1; commonest: decode UnidentifiedImageError (2)"), last
+    assert last.startswith("error: the job failed: TooManyErrorsError: 1 of the job's 5 inputs have failed already, "
+                           "more than --max_error_fraction 0.1 of them whatever the rest do; commonest: decode "
+                           "UnidentifiedImageError (1)"), last
     assert not (out / SUCCESS).exists()
     assert _classify("--input", f"{inputs}/*.jpg", "--labels", "general", "--output", str(out),
                      "--max_error_fraction", "0.4") == 0

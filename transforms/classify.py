@@ -1,6 +1,7 @@
 """Runner: composes read -> decode -> embed -> rank into one PTransform with a dead-letter output."""
 from __future__ import annotations
 
+import uuid
 from typing import Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
@@ -9,7 +10,9 @@ from PIL import Image
 from transforms.backends import Backend
 from transforms.decode import DEFAULT_MAX_SIDE, DecodeImages
 from transforms.embed import EmbedImages
+from transforms.faults import WatchErrors
 from transforms.label_sets import check_label_names, load_templates
+from transforms.progress import SaveProgress
 from transforms.rank import Decision, EmbedLabels, RankVectors
 from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
 from transforms.records import EMBEDDINGS, ERRORS, RESULTS, embedding_row
@@ -37,10 +40,16 @@ class ZeroShotClassify(beam.PTransform):
                  templates: Optional[Sequence[str]] = None, decision: Decision = Decision(),
                  batch_size: Optional[int] = None, explain: int = 0, keep_embeddings: bool = False,
                  max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE):
+                 max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
+                 max_error_fraction: Optional[float] = None, input_count: Optional[beam.PCollection] = None,
+                 save_progress_to: Optional[str] = None, resumed: Optional[beam.PCollection] = None):
         """`labels`: label names, or label -> phrases to embed for it; `templates`: prompts with one `{}`
         (default: the backend's own choice); `batch_size`: images per model call (default: the backend's);
-        `explain`: evidence items per image in the `evidence` column."""
+        `explain`: evidence items per image in the `evidence` column; `max_error_fraction` with `input_count` (a
+        one-element count of the job's inputs): stop the job (TooManyErrorsError) as soon as it is sure to end with
+        more errors than that (faults.WatchErrors); `save_progress_to`: a run folder where the
+        embed stage saves its vectors as it goes, for a rerun to resume from (transforms.progress); `resumed`:
+        (ImageInfo, Embedded) of images a rerun does not embed again, ranked with the others."""
         super().__init__()
         if not labels:
             raise ValueError("ZeroShotClassify needs at least one label")
@@ -56,6 +65,11 @@ class ZeroShotClassify(beam.PTransform):
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.max_side = max_side
+        self.max_error_fraction = max_error_fraction
+        self.input_count = input_count
+        self.watch_key = uuid.uuid4().hex  # the workers' tallies of this step
+        self.save_progress_to = save_progress_to
+        self.resumed = resumed
 
     def expand(self, inputs):
         label_matrix = inputs.pipeline | "EmbedLabels" >> EmbedLabels(self.label_phrases, self.templates, self.backend)
@@ -63,12 +77,25 @@ class ZeroShotClassify(beam.PTransform):
         decoded = read.files | "Decode" >> beam.ParDo(
             DecodeImages(self.max_pixels, self.max_side, self.backend.image_side)).with_outputs(ERRORS, main="images")
         vectors, embed_errors = decoded.images | "Embed" >> EmbedImages(self.backend, self.batch_size, self.explain)
+        if self.save_progress_to:  # in the embed stage itself: on the DirectRunner nothing after it runs until the end
+            vectors = vectors | "SaveProgress" >> beam.ParDo(SaveProgress(self.save_progress_to))
+        counted = inputs
+        if self.resumed is not None:
+            vectors = (vectors, self.resumed) | "WithResumed" >> beam.Flatten()
+            counted = (inputs, self.resumed) | "AllInputs" >> beam.Flatten()
         results = vectors | "Rank" >> RankVectors(
             label_matrix, self.backend, self.decision, self.batch_size,
             # without_defaults: no count at all for no inputs (Rank then has nothing to rank), and one stage less
-            total_inputs=inputs | "CountInputs" >> beam.CombineGlobally(beam.combiners.CountCombineFn())
+            total_inputs=counted | "CountInputs" >> beam.CombineGlobally(beam.combiners.CountCombineFn())
             .without_defaults())
-        errors = (read[ERRORS], decoded[ERRORS], embed_errors) | "AllErrors" >> beam.Flatten()
+        errors = [read[ERRORS], decoded[ERRORS], embed_errors]
+        if self.max_error_fraction is not None and self.input_count is not None:
+            # In each stage that makes them, not after the Flatten: its consumer may run only once they all ended.
+            watch = WatchErrors(self.watch_key, self.max_error_fraction)
+            count = beam.pvalue.AsSingleton(self.input_count)
+            errors = [rows | f"Watch{stage}Errors" >> beam.ParDo(watch, count)
+                      for stage, rows in zip(("Read", "Decode", "Embed"), errors)]
+        errors = tuple(errors) | "AllErrors" >> beam.Flatten()
         if not self.keep_embeddings:
             return {RESULTS: results, ERRORS: errors}
         embeddings = vectors | "EmbeddingRows" >> beam.Map(embedding_row, self.backend.model_id)

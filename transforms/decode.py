@@ -111,4 +111,5 @@ class DecodeImages(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, exception_row(uri, "decode", e))
             return
         self.metrics.passed.inc()
-        yield ImageInfo(uri, hashlib.sha256(data).hexdigest(), width, height), image
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        yield ImageInfo(uri, hashlib.sha256(data).hexdigest(), width, height, md5), image

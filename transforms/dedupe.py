@@ -3,7 +3,7 @@ rows. "The same bytes" comes from the store's listing where it can (its MD5), so
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from typing import Iterable, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -15,6 +15,8 @@ from transforms.stores import is_local
 
 COPIES_METRIC = "duplicates_not_embedded"
 COPIES = "copies"
+RESUMED = "resumed"  # images whose vector an unfinished run saved (transforms.progress)
+RESUMED_METRIC = "resumed_not_embedded"
 _TO_HASH = "to_hash"
 
 
@@ -57,14 +59,26 @@ class ContentKeys(beam.PTransform):
 
 
 class _FirstOfEach(beam.DoFn):
-    """(sha256, uris) -> the first uri, to be labeled; ('copies') (first uri, other uri) for each other one."""
+    """(content key, {'uris': its uris, 'saved': vectors a rerun's progress holds for it}) -> the first uri, to be
+    labeled, or (RESUMED) the saved (ImageInfo, Embedded) of that content, as the first uri's; (COPIES) (first uri,
+    other uri) for each other one. Saved vectors of content no longer listed are dropped."""
 
     def setup(self):
         self.copies = Metrics.counter(NAMESPACE, COPIES_METRIC)
+        self.resumed = Metrics.counter(NAMESPACE, RESUMED_METRIC)
 
-    def process(self, element: tuple[str, Iterable[str]]):
-        first, *others = sorted(element[1])
-        yield first
+    def process(self, element: tuple[str, dict[str, Iterable]]):
+        uris = sorted(element[1]["uris"])
+        if not uris:
+            return
+        first, *others = uris
+        saved = next(iter(element[1].get("saved", ())), None)
+        if saved is None:
+            yield first
+        else:
+            self.resumed.inc()
+            info, embedded = saved
+            yield beam.pvalue.TaggedOutput(RESUMED, (info._replace(uri=first), embedded))
         for other in others:
             self.copies.inc()
             yield beam.pvalue.TaggedOutput(COPIES, (first, other))
@@ -72,13 +86,22 @@ class _FirstOfEach(beam.DoFn):
 
 class OnePerContent(beam.PTransform):
     """(uri, content key) -> {'main': one uri per distinct content, 'copies': (that uri, a uri with the same
-    bytes)}."""
+    bytes)}; given `saved` ((content key, (ImageInfo, Embedded)) from transforms.progress), also 'resumed': the
+    saved vector of each listed content that has one, in place of its uri in 'main'."""
+
+    def __init__(self, saved: Optional[beam.PCollection] = None):
+        super().__init__()
+        self.saved = saved
 
     def expand(self, keys):
-        return (keys
-                | "ByContent" >> beam.Map(lambda pair: (pair[1], pair[0]))
-                | "Group" >> beam.GroupByKey()
-                | "FirstOfEach" >> beam.ParDo(_FirstOfEach()).with_outputs(COPIES, main="main"))
+        by_content = keys | "ByContent" >> beam.Map(lambda pair: (pair[1], pair[0]))
+        if self.saved is None:
+            grouped = (by_content
+                       | "Group" >> beam.GroupByKey()
+                       | "Uris" >> beam.MapTuple(lambda key, uris: (key, {"uris": uris})))
+        else:
+            grouped = {"uris": by_content, "saved": self.saved} | "GroupWithSaved" >> beam.CoGroupByKey()
+        return grouped | "FirstOfEach" >> beam.ParDo(_FirstOfEach()).with_outputs(COPIES, RESUMED, main="main")
 
 
 def copied_metric(counted: str) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -16,6 +17,8 @@ from transforms.metrics import NAMESPACE, ProgressLog, StageMetrics
 from transforms.records import Embedded, ImageInfo, ResultRow, as_dict
 
 _LOG = logging.getLogger("zero_shot")
+PHRASES_PER_CALL = 1024  # label phrases per call to the text model: memory bounded by this, not by the label set
+PROGRESS_EVERY_S = 5.0
 
 
 class LabelMatrix(NamedTuple):
@@ -45,10 +48,10 @@ def build_label_matrix(label_phrases: Mapping[str, Sequence[str]], templates: Se
 def embed_label_set(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
                     embedder: Embedder) -> LabelMatrix:
     """The zero-shot classifier: each label's vector is the normalized mean of its phrases' vectors, every phrase
-    embedded in all templates. All phrases of all labels go to the embedder in one call."""
+    embedded in all templates, PHRASES_PER_CALL phrases per call to the embedder."""
     phrases = [list(label_phrases[label]) for label in label_phrases]
     warn_unreadable(label_phrases, embedder)
-    vectors = embedder.embed_phrases([phrase for group in phrases for phrase in group], templates)
+    vectors = embed_phrases_in_batches([phrase for group in phrases for phrase in group], templates, embedder)
     owner = np.repeat(np.arange(len(phrases)), [len(group) for group in phrases])
     sums = np.zeros((len(phrases), vectors.shape[1]), dtype=np.float32)
     np.add.at(sums, owner, vectors)
@@ -57,6 +60,19 @@ def embed_label_set(label_phrases: Mapping[str, Sequence[str]], templates: Seque
     class_labels = {concept: names[i] for concept, i in embedder.concept_labels(phrases).items()}
     return LabelMatrix(names, label_vectors, embedder.background(phrases, label_vectors), embedder.logit_scale,
                        embedder.logit_bias, class_labels)
+
+
+def embed_phrases_in_batches(phrases: Sequence[str], templates: Sequence[str], embedder: Embedder) -> np.ndarray:
+    """embedder.embed_phrases over PHRASES_PER_CALL phrases at a time, so that memory stays bounded whatever the size
+    of the label set, with a progress line every PROGRESS_EVERY_S seconds (20,000 labels take minutes)."""
+    parts, last = [], time.monotonic()
+    for start in range(0, len(phrases), PHRASES_PER_CALL):
+        parts.append(embedder.embed_phrases(phrases[start:start + PHRASES_PER_CALL], templates))
+        if time.monotonic() - last >= PROGRESS_EVERY_S:
+            last = time.monotonic()
+            _LOG.info("embedded %d of %d label phrases (x %d templates)", start + len(parts[-1]), len(phrases),
+                      len(templates))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
 def warn_unreadable(label_phrases: Mapping[str, Sequence[str]], embedder: Embedder) -> None:

@@ -1,24 +1,23 @@
 """Reader: expands an input pattern into file URIs inside the pipeline, spreads them out, reads bytes via fsspec."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import apache_beam as beam
 import fsspec
 from fsspec.utils import glob_translate
 
+from transforms.faults import FileTooLargeError, NotAFileError, StoreError, with_retries
 from transforms.metrics import StageMetrics
 from transforms.records import ERRORS, ListingFailure, error_row, exception_row
 from transforms.stores import is_local, use_worker_options
 
 DEFAULT_MAX_BYTES = 64 << 20
-
-
-class FileTooLargeError(ValueError):
-    """The file is larger than the reader accepts; it would not be decoded safely anyway."""
+_LOG = logging.getLogger("zero_shot")
 
 
 def _has_glob(path: str) -> bool:
@@ -81,27 +80,46 @@ def _printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def list_files(pattern: str) -> Iterator[Union[tuple[str, Optional[str]], ListingFailure]]:
-    """(uri, content checksum from the listing or None) of every file a pattern names, sorted. A folder that cannot
-    be listed, or a file whose name is not UTF-8, comes as a ListingFailure: it must reach the errors output, never
-    vanish from the run."""
+def _inside(pattern: str, folder: Optional[str]) -> Callable[[str], bool]:
+    """Whether a path the pattern's filesystem lists lies in `folder` (None: never)."""
+    if not folder or (fsspec.core.split_protocol(pattern)[0] or "file") != (
+            fsspec.core.split_protocol(folder)[0] or "file"):
+        return lambda path: False
+    prefix = fsspec.core.url_to_fs(folder)[1].rstrip("/") + "/"
+    return lambda path: path.startswith(prefix)
+
+
+def list_files(pattern: str, exclude: Optional[str] = None) -> Iterator[Union[tuple[str, Optional[str]],
+                                                                               ListingFailure]]:
+    """(uri, content checksum from the listing or None) of every file a pattern names, sorted, less those in the
+    folder `exclude` (a job's own --output: its runs are never its inputs). A folder that cannot be listed, or a
+    file whose name is not UTF-8, comes as a ListingFailure: it must reach the errors output, never vanish from the
+    run."""
     use_worker_options()
     unlisted: list[OSError] = []
+    excluded = _inside(pattern, exclude)
+    left_out = 0
     for fs, file, info in sorted(_candidates(pattern, unlisted), key=lambda found: found[1]):
+        if excluded(file):
+            left_out += 1
+            continue
         if not _is_utf8(file):
             yield ListingFailure(_to_uri(fs, pattern, _printable(file)), "FileNameError",
                                  "the file name is not valid UTF-8 (shown with its bytes as \\xNN); rename it")
             continue
         yield _to_uri(fs, pattern, file), content_checksum(info)
+    if left_out:
+        _LOG.warning("--input %s also matches %d files in --output %s: they are left out (a job's output is never "
+                     "its input)", pattern, left_out, exclude)
     fs = fsspec.core.url_to_fs(pattern)[0]
     for error in unlisted:
         yield ListingFailure(_to_uri(fs, pattern, _printable(str(error.filename))), type(error).__name__,
                              f"cannot list this folder, so the files in it are not labeled: {error.strerror or error}")
 
 
-def expand_pattern(pattern: str) -> Iterator[Union[str, ListingFailure]]:
-    """Every file a pattern names (its uri), sorted; ListingFailures as in list_files."""
-    for listed in list_files(pattern):
+def expand_pattern(pattern: str, exclude: Optional[str] = None) -> Iterator[Union[str, ListingFailure]]:
+    """Every file a pattern names (its uri), sorted; `exclude` and ListingFailures as in list_files."""
+    for listed in list_files(pattern, exclude):
         yield listed if isinstance(listed, ListingFailure) else listed[0]
 
 
@@ -121,24 +139,21 @@ def _is_utf8(path: str) -> bool:
 
 class MatchFiles(beam.PTransform):
     """pattern -> file URIs (with `checksums`, (uri, checksum or None) pairs: see list_files), expanded by a worker
-    at run time and reshuffled so reads spread over workers."""
+    at run time and reshuffled so reads spread over workers; files in the folder `exclude` are left out."""
 
-    def __init__(self, pattern: str, checksums: bool = False):
+    def __init__(self, pattern: str, checksums: bool = False, exclude: Optional[str] = None):
         super().__init__()
-        self.pattern, self.checksums = pattern, checksums
+        self.pattern, self.checksums, self.exclude = pattern, checksums, exclude
 
     def expand(self, pbegin):
         listing = list_files if self.checksums else expand_pattern
         return (
             pbegin
             | "Once" >> beam.Impulse()  # one element; Create would add two more steps to every job
-            | "Expand" >> beam.FlatMap(lambda _, pattern: listing(pattern), self.pattern)
+            | "Expand" >> beam.FlatMap(lambda _, pattern, exclude: listing(pattern, exclude), self.pattern,
+                                       self.exclude)
             | "Spread" >> beam.Reshuffle()
         )
-
-
-class NotAFileError(OSError):
-    """The path names a FIFO, a socket or a device, not a file with bytes to read."""
 
 
 def _check_regular_file(uri: str) -> None:
@@ -184,11 +199,14 @@ class ReadFiles(beam.DoFn):
         yield beam.pvalue.TaggedOutput(ERRORS, read) if isinstance(read, dict) else (element, read)
 
     def read(self, uri: str) -> Union[bytes, dict[str, str]]:
-        """The bytes of `uri`, or its `read` error row; counted in the read stage's metrics."""
+        """The bytes of `uri`, or its `read` error row; counted in the read stage's metrics. A fault of the store is
+        retried, then ends the job (StoreError): it is no file's row."""
         try:
             with self.metrics.timed():
-                data = read_bytes(uri, self.max_bytes)
-        except Exception as e:  # noqa: BLE001 - any failure of one file belongs in the dead-letter output
+                data = with_retries(uri, lambda: read_bytes(uri, self.max_bytes))
+        except StoreError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any other failure is the file's own: its dead-letter row
             self.metrics.failed.inc()
             return exception_row(uri, "read", e)
         self.metrics.passed.inc()

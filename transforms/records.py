@@ -16,12 +16,14 @@ EMBEDDING_DTYPES = ("float32", "float16")
 
 
 class ImageInfo(NamedTuple):
-    """Facts about one input image that are carried to the output row."""
+    """Facts about one input image that are carried to the output row, and its MD5, by which a rerun finds the
+    vector it saved (an object store lists that, not the sha256)."""
 
     uri: str
     sha256: str
     width: int
     height: int
+    md5: str = ""
 
 
 class Embedded(NamedTuple):

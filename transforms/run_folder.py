@@ -10,8 +10,9 @@ each shard straight into the run folder, under its final name (write.py).
 Committing is one write of `_SUCCESS`, so `--overwrite` switches readers from the old run to the new one at once and
 only then deletes the old folder. Each manifest has a generation; a commit first claims the next one by creating
 OUTPUT/_COMMIT-<generation> exclusively, so of two jobs that finish at once into one folder exactly one commits and
-the other fails. Shards and the manifest go through Beam's FileSystems, the layer the sinks write with; the claim is
-a hard link on a local disk and a conditional PUT (fsspec's "xb" mode) on an object store.
+the other fails. Shards and the manifest go through transforms.files (fsspec; a store's outage is retried for
+--store_retry_s, then ends the job); the claim is a hard link on a local disk and a conditional PUT (fsspec's "xb"
+mode) on an object store.
 """
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ from typing import Any, Optional
 
 import apache_beam as beam
 import fsspec
-from apache_beam.io.filesystems import FileSystems
+import pyarrow.parquet as pq
 
+from transforms import files
+from transforms.faults import StoreError, TooManyErrorsError, commonest
 from transforms.records import ERRORS, RESULTS
 from transforms.stores import is_local, use_worker_options
 from transforms.write import Shard, read_rows
@@ -35,7 +38,7 @@ from transforms.write import Shard, read_rows
 SUCCESS = "_SUCCESS"
 RUN_PREFIX = "run-"
 CLAIM_PREFIX = "_COMMIT-"
-MANIFEST_VERSION = 2  # 2: a generation per commit, and the error fraction
+MANIFEST_VERSION = 3  # 2: a generation per commit, and the error fraction; 3: embeddings_run names a source run
 # Error rows read to name the commonest causes when a run has too many.
 _CAUSES_SAMPLE = 10_000
 
@@ -57,10 +60,6 @@ class DamagedRun(RunFolderError):
 
 class ConcurrentRunError(RuntimeError):
     """Another job committed, or is committing, a run into the same folder: this one's rows stay uncommitted."""
-
-
-class TooManyErrorsError(RuntimeError):
-    """More of the inputs failed than --max_error_fraction allows: the run is not committed."""
 
 
 def utc_now() -> str:
@@ -88,11 +87,10 @@ def _damaged(output: str, why: str) -> DamagedRun:
 
 def read_manifest(output: str) -> Optional[dict[str, Any]]:
     """The finished run's manifest under `output`, or None if there is none; DamagedRun if it is not a whole one."""
-    path = _join(output, SUCCESS)
-    if not FileSystems.exists(path):
+    try:
+        data = files.read(_join(output, SUCCESS))
+    except (FileNotFoundError, NotADirectoryError):  # no run there; a file where the folder should be
         return None
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        data = f.read()
     try:
         manifest = json.loads(data.decode("utf-8"))
         run_id, tables = manifest["run_id"], manifest["tables"]
@@ -116,10 +114,27 @@ def _finished_manifest(output: str) -> dict[str, Any]:
 
 def _present_files(output: str, manifest: dict[str, Any], table: str) -> list[str]:
     """manifest_files, after checking that each is there; DamagedRun if one is missing."""
-    files = manifest_files(output, manifest, table)
-    if missing := [path for path in files if not FileSystems.exists(path)]:
+    shards = manifest_files(output, manifest, table)
+    if missing := [path for path in shards if not files.exists(path)]:
         raise _damaged(output, f"its shard {missing[0]!r} is missing")
-    return files
+    return shards
+
+
+def check_shard(output: str, path: str, rows: int) -> None:
+    """DamagedRun unless the Parquet shard `path` is there, whole (its footer reads) and holds `rows` rows: read
+    from its footer alone, so a job can check every shard it will read before it starts."""
+    use_worker_options()
+    try:
+        with fsspec.open(path, "rb") as f:
+            found = pq.ParquetFile(f).metadata.num_rows
+    except StoreError:
+        raise
+    except FileNotFoundError:
+        raise _damaged(output, f"its shard {path!r} is missing") from None
+    except Exception as e:  # noqa: BLE001 - cut short, overwritten: not a shard this run wrote
+        raise _damaged(output, f"its shard {path!r} cannot be read ({type(e).__name__}: {e})") from None
+    if found != rows:
+        raise _damaged(output, f"its shard {path!r} holds {found} rows, the manifest says {rows}")
 
 
 def run_files(output: str, table: str = "results") -> list[str]:
@@ -140,49 +155,36 @@ def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path, shard in zip(_present_files(output, manifest, table), manifest.get(table, [])):
         before = len(rows)
-        rows.extend(read_rows(path))
+        try:
+            rows.extend(read_rows(path))
+        except StoreError:
+            raise
+        except Exception as e:  # noqa: BLE001 - cut short, overwritten: not the shard this run wrote
+            raise _damaged(output, f"its shard {path!r} cannot be read ({type(e).__name__}: {e})") from None
         if len(rows) - before != shard["rows"]:
             raise _damaged(output, f"its shard {path!r} holds {len(rows) - before} rows, the manifest says "
                                    f"{shard['rows']}")
     return rows
 
 
-def _run_folders(output: str) -> dict[str, list[str]]:
-    """run id -> the files under OUTPUT/run-*/: on object stores the files are all there is; a local folder may also
-    hold run folders with no file left in them."""
-    found: dict[str, list[str]] = {}
-    for metadata in FileSystems.match([_join(output, f"{RUN_PREFIX}*", "**")])[0].metadata_list:
-        run_id = metadata.path[len(output.rstrip("/")) + 1:].split("/")[0]
-        found.setdefault(run_id, []).append(metadata.path)
-    if "://" not in output and os.path.isdir(output):  # a local folder can outlive its files (a killed run's temp)
-        for name in os.listdir(output):
-            if name.startswith(RUN_PREFIX):
-                found.setdefault(name, [])
-    return found
+def _run_folders(output: str) -> list[str]:
+    """The ids of the run folders under `output`, finished or not."""
+    return [path.rstrip("/").rsplit("/", 1)[-1] for path in files.glob(_join(output, f"{RUN_PREFIX}*"))]
+
+
+def unfinished_runs(output: str) -> list[str]:
+    """The ids of the run folders under `output` that its `_SUCCESS` does not name: runs that failed, were killed,
+    or are still running."""
+    finished = read_manifest(output)
+    return sorted(run_id for run_id in _run_folders(output) if not finished or run_id != finished["run_id"])
 
 
 def remove_runs_before(output: str, run_id: str, replaced: Optional[str]) -> list[str]:
     """Deletes the folder of the `replaced` run and of runs that started before `run_id` (killed runs); never a
     later one, which may be a job still running. Returns the run ids removed."""
-    removed = []
-    for old, files in sorted(_run_folders(output).items()):
-        if old < run_id or old == replaced:
-            if files:
-                FileSystems.delete(files)
-            if FileSystems.exists(_join(output, old)):  # a local folder outlives its files
-                FileSystems.delete([_join(output, old)])
-            removed.append(old)
+    removed = [old for old in sorted(_run_folders(output)) if old < run_id or old == replaced]
+    files.delete([_join(output, old) for old in removed])
     return removed
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Writes `path` beside, then renames it over the old one: a reader sees the old file or the new one, never half
-    of one and never none (a local rename replaces atomically; an object store's copy replaces the object whole)."""
-    staging = f"{path}.{uuid.uuid4().hex}.tmp"
-    handle = FileSystems.create(staging)
-    handle.write(data)
-    handle.close()
-    FileSystems.rename([staging], [path])
 
 
 def _link_new(path: str, data: bytes) -> None:
@@ -201,7 +203,7 @@ def _link_new(path: str, data: bytes) -> None:
 def _claim(output: str, generation: int, run_id: str) -> None:
     """Creates OUTPUT/_COMMIT-<generation> holding `run_id`, only if no such file exists: the one step two
     committing jobs cannot both pass. Where fsspec has no exclusive create for the store (no driver installed, or
-    none for "xb"), Beam's FileSystems write it after a look: best effort, as a store without it allows."""
+    none for "xb"), it is written after a look: best effort, as a store without it allows."""
     path = _join(output, f"{CLAIM_PREFIX}{generation:08d}")
     use_worker_options()
     try:
@@ -214,15 +216,12 @@ def _claim(output: str, generation: int, run_id: str) -> None:
     except FileExistsError:
         pass
     except (ImportError, NotImplementedError, ValueError) as e:
-        if not FileSystems.exists(path):
+        if not files.exists(path):
             _LOG.warning("no exclusive create on %s (%s): claiming commit %d without it", output,
                          type(e).__name__, generation)
-            handle = FileSystems.create(path)
-            handle.write(run_id.encode("utf-8"))
-            handle.close()
+            files.write(path, run_id.encode("utf-8"))
             return
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        holder = f.read().decode("utf-8")
+    holder = files.read(path).decode("utf-8")
     if holder != run_id:  # else: this run's own commit, retried after it claimed
         raise ConcurrentRunError(
             f"another job (run {holder}) is committing to {output!r}, or was killed while it did: this run "
@@ -238,10 +237,11 @@ def check_error_fraction(output: str, manifest: dict[str, Any], rows: dict[str, 
         return
     error_rows = (row for path in manifest_files(output, manifest, ERRORS) for row in read_rows(path))
     causes = Counter(f"{row['stage']} {row['error']}" for row in itertools.islice(error_rows, _CAUSES_SAMPLE))
-    commonest = ", ".join(f"{cause} ({count})" for cause, count in causes.most_common(3))
     raise TooManyErrorsError(f"{errors} of {inputs} inputs failed ({errors / inputs:.1%}), more than "
-                             f"--max_error_fraction {limit:g}; commonest: {commonest}. The run stays uncommitted "
-                             f"in {manifest['run_id']}/ (its errors table says why)")
+                             f"--max_error_fraction {limit:g}; commonest: {commonest(causes)}. The run stays "
+                             f"uncommitted in {manifest['run_id']}/ (its errors table says why); to commit it, run "
+                             "the same command again with a higher --max_error_fraction: the images already "
+                             "embedded are not embedded again")
 
 
 def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
@@ -269,19 +269,17 @@ def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
     manifest["generation"] = (current or {}).get("generation", 0) + 1
     _claim(output, manifest["generation"], manifest["run_id"])
     manifest["finished"] = utc_now()
-    write_atomically(_join(output, SUCCESS), json.dumps(manifest, indent=2).encode("utf-8"))
-    stale = [m.path for m in FileSystems.match([_join(output, f"{SUCCESS}.*.tmp")])[0].metadata_list]
-    stale += [m.path for m in FileSystems.match([_join(output, f"{CLAIM_PREFIX}*")])[0].metadata_list
-              if m.path < _join(output, f"{CLAIM_PREFIX}{manifest['generation']:08d}")]
-    if stale:
-        FileSystems.delete(stale)  # a manifest half-written by a commit that was killed; claims of earlier commits
+    files.write(_join(output, SUCCESS), json.dumps(manifest, indent=2).encode("utf-8"))
+    stale = files.glob(_join(output, f"{SUCCESS}.*.tmp"))
+    stale += [path for path in files.glob(_join(output, f"{CLAIM_PREFIX}*"))
+              if path.rsplit("/", 1)[-1] < f"{CLAIM_PREFIX}{manifest['generation']:08d}"]
+    files.delete(stale)  # a manifest half-written by a commit that was killed; claims of earlier commits
     removed = remove_runs_before(output, manifest["run_id"], replaces)
     if removed:
         _LOG.info("removed older run folders under %s: %s", output, ", ".join(removed))
     named = {shard["path"].rsplit("/", 1)[-1] for table in manifest["tables"] for shard in manifest[table]}
-    in_run = FileSystems.match([_join(output, manifest["run_id"], "*")])[0].metadata_list
-    if unnamed := [m.path for m in in_run if m.path.rsplit("/", 1)[-1] not in named]:
-        FileSystems.delete(unnamed)
+    files.delete([path for path in files.glob(_join(output, manifest["run_id"], "*"))
+                  if path.rsplit("/", 1)[-1] not in named])
     return manifest
 
 

@@ -13,7 +13,7 @@ from transforms.backends import Backend, get_backend, l2_normalize
 from transforms.label_sets import check_label_names, load_templates
 from transforms.rank import Decision, LabelMatrix, embed_label_set, rank_rows
 from transforms.records import EMBEDDINGS, Embedded, ImageInfo, SearchHit, as_dict
-from transforms.run_folder import SUCCESS, manifest_files, read_manifest
+from transforms.run_folder import SUCCESS, check_shard, manifest_files, read_manifest
 from transforms.write import read_rows
 
 DEFAULT_BATCH = 1024  # stored vectors per matrix product
@@ -34,7 +34,10 @@ def embeddings_of(run: str, backend: Backend) -> tuple[str, list[str]]:
     if manifest["model"] != backend.model_id:
         raise EmbeddingsMismatch(f"the embeddings in {run!r} were made by model {manifest['model']!r}; "
                                  f"backend {backend.name!r} as configured is {backend.model_id!r}")
-    return manifest["run_id"], manifest_files(run, manifest, EMBEDDINGS)
+    shards = manifest_files(run, manifest, EMBEDDINGS)
+    for path, listed in zip(shards, manifest[EMBEDDINGS]):
+        check_shard(run, path, listed["rows"])
+    return manifest["run_id"], shards
 
 
 def stored_vector(row: Mapping[str, Any]) -> tuple[ImageInfo, Embedded]:

@@ -9,6 +9,25 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, S3Options
 
 _applied: Optional[int] = None  # id() of the options last given to fsspec in this process
+DEFAULT_STORE_RETRY_S = 60.0  # with the store client's own retries of the last attempt (s3fs: about 20 s), an
+# outage ends the job within 2 minutes
+_retry_s = DEFAULT_STORE_RETRY_S  # this process's --store_retry_s
+
+
+class StoreOptions(PipelineOptions):
+    """--store_retry_s, a pipeline option so that every worker has it: how long a failing store is retried."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):  # Beam's hook for declaring options
+        parser.add_argument("--store_retry_s", type=float, default=DEFAULT_STORE_RETRY_S,
+                            help="how long a store that fails (unreachable, timing out, throttling, refusing the "
+                                 "credentials) is retried before the job stops, committing nothing (default "
+                                 f"{DEFAULT_STORE_RETRY_S:g} s)")
+
+
+def store_retry_s() -> float:
+    """This process's --store_retry_s (the job's, once use_job_options has seen its options)."""
+    return _retry_s
 
 
 def is_local(uri: str) -> bool:
@@ -24,6 +43,9 @@ def fsspec_settings(options: PipelineOptions) -> dict[str, dict[str, Any]]:
                                    ("s3_session_token", "token"), ("s3_endpoint_url", "endpoint_url")):
         if getattr(s3, beam_name):
             s3fs[fsspec_name] = getattr(s3, beam_name)
+    # botocore waits 60 s for a connection by default, and s3fs tries 5 times: a store that stopped answering would
+    # hold each read for minutes before faults.StoreRetries could count it.
+    s3fs["config_kwargs"] = {"connect_timeout": 10}
     client = {name: value for name, value in (("region_name", s3.s3_region_name),
                                                ("verify", s3.s3_verify), ("use_ssl", False if s3.s3_disable_ssl
                                                                                     else None))
@@ -39,10 +61,11 @@ def fsspec_settings(options: PipelineOptions) -> dict[str, dict[str, Any]]:
 
 def use_job_options(options: Optional[PipelineOptions]) -> None:
     """Gives Beam's FileSystems and fsspec the job's store settings, in this process (the launcher; a worker)."""
-    global _applied
+    global _applied, _retry_s
     if options is None or id(options) == _applied:
         return
     FileSystems.set_options(options)
+    _retry_s = options.view_as(StoreOptions).store_retry_s
     for protocol, settings in fsspec_settings(options).items():
         if settings:  # fsspec gives them to every filesystem class serving the protocol (s3 and s3a alike)
             fsspec.config.conf.setdefault(protocol, {}).update(settings)

@@ -6,7 +6,7 @@ from typing import Optional
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from transforms.dedupe import COPIES_METRIC, copied_metric
+from transforms.dedupe import COPIES_METRIC, RESUMED_METRIC, copied_metric
 from transforms.metrics import BACKEND_NAMESPACE, NAMESPACE, STAGES, errors_metric, msec_metric, ok_metric
 from transforms.records import RESULTS
 from transforms.skip import CARRIED_METRIC
@@ -36,6 +36,7 @@ def job_counts(result: PipelineResult) -> dict[str, int]:
     bytes of another, and errors of every stage that can fail an image (copies included): one count per row."""
     return {"labeled": _counter(result, ok_metric(STAGES[-1])) + _counter(result, copied_metric(RESULTS)),
             "kept": _counter(result, CARRIED_METRIC), "copies": _counter(result, COPIES_METRIC),
+            "resumed": _counter(result, RESUMED_METRIC),
             **{stage: _counter(result, errors_metric(stage)) + _counter(result, copied_metric(errors_metric(stage)))
                for stage in ERROR_STAGES}}
 
@@ -73,6 +74,9 @@ def summary(result: PipelineResult, seconds: float) -> str:
     if counts["copies"]:
         lines.append(f"{counts['copies']} files had the same bytes as another file: read, decoded and embedded once, "
                      "their rows copied")
+    if counts["resumed"]:
+        lines.append(f"resumed {counts['resumed']} images from the vectors an unfinished run saved: not read, "
+                     "decoded or embedded again")
     if counts["kept"]:
         lines.append(f"kept {counts['kept']} rows of the previous run (--skip_existing): files whose bytes it labeled")
     if counters := backend_counters(result):

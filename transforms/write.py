@@ -16,10 +16,9 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms import files
 from transforms.records import ROW_TYPES, embeddings_schema
 from transforms.stores import use_worker_options
 
@@ -65,12 +64,12 @@ class Shard(NamedTuple):
 
 
 class _ShardFile:
-    """One shard being written through Beam's FileSystems (the layer every store plugs into), rows appended in
-    batches: a Parquet row group per batch, or lines of JSON or CSV."""
+    """One shard being written through fsspec (transforms.files), rows appended in batches: a Parquet row group per
+    batch, or lines of JSON or CSV."""
 
     def __init__(self, path: str, schema: pa.Schema, file_format: str):
         self.path, self.schema, self.file_format, self.rows = path, schema, file_format, 0
-        self._handle = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        self._handle = files.open_write(path)
         self._parquet = pq.ParquetWriter(self._handle, schema) if file_format == "parquet" else None
         if file_format == "csv":
             self._handle.write(f"{_csv_line(schema.names)}\n".encode("utf-8"))
@@ -236,16 +235,13 @@ def _cast_embedding(row: dict[str, Any], dim: int, dtype: np.dtype) -> dict[str,
 
 
 def probe_writable(folder: str) -> None:
-    """Creates and deletes a small file in `folder` through Beam's FileSystems, the layer the sinks write with:
-    a missing filesystem extra or a refused write raises here, before any image is read."""
+    """Creates and deletes a small file in `folder`, as the sinks write: a missing filesystem extra or a refused
+    write raises here, before any image is read."""
     probe = f"{folder.rstrip('/')}/_probe-{uuid.uuid4().hex}.tmp"
-    handle = FileSystems.create(probe)
     try:
-        handle.write(b"probe")
-        handle.close()
+        files.write(probe, b"probe")
     finally:
-        if FileSystems.exists(probe):
-            FileSystems.delete([probe])
+        files.delete([probe])
 
 
 def read_rows(path: str) -> Iterator[dict[str, Any]]:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 import uuid
 from pathlib import Path
@@ -82,6 +83,23 @@ def weights_digest(folder: str) -> str:
         digest.update(str(path.relative_to(folder)).encode())
         hash_file(digest, path)
     return digest.hexdigest()
+
+
+def check_safetensors(folder: str) -> None:
+    """ModelFolderError naming the first .safetensors file of `folder` whose header does not read or whose data is
+    not as long as its header says (cut short, overwritten): checked from the header alone, before the job."""
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        try:
+            with open(path, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(length))
+            end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
+                      default=0)
+            if path.stat().st_size != 8 + length + end:
+                raise ValueError(f"{path.stat().st_size} bytes, its header describes {8 + length + end}")
+        except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as e:
+            raise ModelFolderError(f"the weights file {str(path)!r} is damaged ({type(e).__name__}: {e}); "
+                                   "download or save the model again") from None
 
 
 def _config(folder: str) -> dict[str, Any]:
@@ -244,11 +262,13 @@ class HFBackend(Backend):
     def check(self, workers_here: bool = True) -> None:
         config = _config(self.folder)
         weights_digest(self.folder)
+        check_safetensors(self.folder)
         if "text_config" not in config and not self.text_model:
             raise ModelFolderError(f"{self.model!r} is an image model only ({config.get('model_type')}): give its "
                                    "text tower with --hf_text_model")
         if self.text_model:
             weights_digest(model_folder(self.text_model, self.revision))
+            check_safetensors(model_folder(self.text_model, self.revision))
         _image_side(self.folder)
         if self.device == "cuda" and workers_here:
             import torch

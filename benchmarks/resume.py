@@ -1,0 +1,107 @@
+"""`make bench`, resume: a job SIGKILLed once 85% of its images are embedded, then the same command again, against a
+clean run of the same images; and a job that fails its commit on --max_error_fraction, run again with a higher one.
+
+Every figure is measured in this one run, on this machine, each job a fresh process, and printed as markdown with
+ratios; the rows of every rerun are checked against the clean run's.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.run import make_images
+from transforms.progress import PROGRESS_PREFIX, SAVE_EVERY
+from transforms.run_folder import read_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _command(images: Path, output: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines.classify_images", "--input", f"{images}/*.jpg", "--labels", "everyday",
+            "--output", str(output), *flags]
+
+
+def timed(command: list[str], expect: int = 0) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != expect:
+        raise RuntimeError(f"exit {done.returncode}, not {expect}: {done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def killed_at(command: list[str], output: Path, fraction: float, images: int) -> int:
+    """Starts the job and SIGKILLs it once its saved progress holds `fraction` of the images; returns how many."""
+    needed = int(np.ceil(fraction * images / SAVE_EVERY))
+    job = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    while len(list(output.glob(f"run-*/{PROGRESS_PREFIX}*.parquet"))) < needed:
+        if job.poll() is not None:
+            raise RuntimeError("the job ended before it could be killed")
+        time.sleep(0.02)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    return needed * SAVE_EVERY
+
+
+def same_rows(output: Path, clean: Path) -> bool:
+    """Whether the run in `output` labeled every image of the clean run, by file name, as the clean run did."""
+    got = {Path(row["uri"]).name: row for row in read_run(str(output))}
+    want = {Path(row["uri"]).name: row for row in read_run(str(clean))}
+    return got.keys() == want.keys() and all(
+        got[name]["labels"] == row["labels"] and np.allclose(got[name]["scores"], row["scores"], atol=1e-6)
+        for name, row in want.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2400)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=REPO / "bench-output" / "resume")
+    args = parser.parse_args()
+    images = make_images(args.work / "images", args.images, max_side=640)
+    broken = args.work / "with-errors"
+    if not broken.exists():  # 12% of the inputs do not decode: over the default --max_error_fraction 0.1
+        shutil.copytree(images, broken)
+        for i in range(int(0.12 * args.images / 0.88)):
+            (broken / f"broken{i:05d}.jpg").write_bytes(b"\xff\xd8\xff not a photo %d" % i)
+    rows = []
+    for round_ in range(args.rounds):
+        clean, killed, failed = (args.work / f"{name}-{round_}" for name in ("clean", "killed", "failed"))
+        for folder in (clean, killed, failed):
+            shutil.rmtree(folder, ignore_errors=True)
+        clean_s = timed(_command(images, clean))
+        saved = killed_at(_command(images, killed), killed, 0.85, args.images)
+        rerun_s = timed(_command(images, killed))
+        failed_s = timed(_command(broken, failed), expect=1)
+        retry_s = timed(_command(broken, failed, "--max_error_fraction", "0.15"))
+        rows.append((clean_s, saved, rerun_s, same_rows(killed, clean), failed_s, retry_s,
+                     same_rows(failed, clean)))
+        print(f"round {round_ + 1}: clean {clean_s:.1f} s; killed with {saved} saved, rerun {rerun_s:.1f} s "
+              f"({rerun_s / clean_s:.2f}); failed commit {failed_s:.1f} s, rerun {retry_s:.1f} s "
+              f"({retry_s / failed_s:.2f})", file=sys.stderr)
+    median = statistics.median
+    print(f"\n### Resume ({datetime.date.today()}, {platform.node() or 'this machine'}, {os.cpu_count()} cores, "
+          f"{args.images} images of at most 640 px, `local`, median of {args.rounds} rounds)\n")
+    print("| case | first job | same command again | ratio | rows equal a clean run's |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    print(f"| SIGKILL with {rows[0][1]} of {args.images} images saved ({rows[0][1] / args.images:.0%}) | clean run "
+          f"{median(r[0] for r in rows):.1f} s | {median(r[2] for r in rows):.1f} s | "
+          f"**{median(r[2] / r[0] for r in rows):.2f}** | {all(r[3] for r in rows)} |")
+    print(f"| TooManyErrorsError at the commit (12% broken), rerun with --max_error_fraction 0.15 | "
+          f"{median(r[4] for r in rows):.1f} s (failed) | {median(r[5] for r in rows):.1f} s | "
+          f"**{median(r[5] / r[0] for r in rows):.2f}** of the clean run | {all(r[6] for r in rows)} |")
+
+
+if __name__ == "__main__":
+    main()

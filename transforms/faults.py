@@ -1,0 +1,190 @@
+"""Faults: what is a file's own (its error row) and what is the store's (retried within a budget, then the job stops).
+
+A store that refuses connections, times out, throttles, answers 5xx or no longer accepts the job's credentials fails
+every file alike: turning that into error rows would commit a run whose rows an outage made. Only a file's own
+fault is its row: gone since it was listed, no permission on that object, too large, not a regular file, bytes that
+do not decode (decode.py), an image the model refuses (embed.py).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Callable, TypeVar
+
+import apache_beam as beam
+import fsspec
+
+from transforms.stores import is_local, store_retry_s
+
+# Credentials refused for the whole store, not for one object: the store's fault, though a 403 like a denied object.
+_CREDENTIAL_CODES = {"ExpiredToken", "InvalidAccessKeyId", "InvalidToken", "SignatureDoesNotMatch",
+                     "TokenRefreshRequired", "AccountProblem", "AllAccessDisabled", "InvalidSecurity",
+                     "RequestTimeTooSkewed", "ExpiredTokenException"}
+# Exceptions of these libraries are the store's answers (botocore's EndpointConnectionError, gcsfs's HttpError...).
+_STORE_CLIENTS = {"botocore", "aiobotocore", "boto3", "aiohttp", "s3fs", "gcsfs", "google", "requests", "urllib3"}
+_LOG = logging.getLogger("zero_shot")
+T = TypeVar("T")
+
+
+class StoreError(RuntimeError):
+    """The store stayed unreachable or refused the job past the retry budget: the job stops, committing nothing."""
+
+
+class FileTooLargeError(ValueError):
+    """The file is larger than the reader accepts; it would not be decoded safely anyway."""
+
+
+class NotAFileError(OSError):
+    """The path names a FIFO, a socket or a device, not a file with bytes to read."""
+
+
+class FileChangedError(OSError):
+    """The object changed while it was read, twice: its row says so; a rerun reads it again."""
+
+
+def store_of(uri: str) -> str:
+    """'s3://bucket' for an object's uri (the part the user can check), the uri itself otherwise."""
+    protocol, _, path = uri.partition("://")
+    return f"{protocol}://{path.split('/')[0]}" if path else uri
+
+
+def _error_codes(error: BaseException) -> set[str]:
+    """The store's error codes in an exception and its causes (s3fs keeps botocore's ClientError as the cause)."""
+    codes = set()
+    while error is not None:
+        response = getattr(error, "response", None)
+        if isinstance(response, dict):
+            codes.add(str(response.get("Error", {}).get("Code", "")))
+        error = error.__cause__ or error.__context__
+    return codes
+
+
+def is_file_fault(uri: str, error: BaseException) -> bool:
+    """Whether `error`, raised reading `uri`, is that file's own fault rather than its store's. A local disk has no
+    outage to wait out: its every error is the file's."""
+    if is_local(uri):
+        return True
+    if isinstance(error, PermissionError):
+        return not (_error_codes(error) & _CREDENTIAL_CODES)
+    return isinstance(error, (FileNotFoundError, IsADirectoryError, FileTooLargeError, NotAFileError,
+                              FileChangedError))
+
+
+def is_store_fault(uri: str, error: BaseException) -> bool:
+    """Whether `error` is a fault of the store `uri` lives in: an OS or network error (refused, reset, timed out,
+    a 5xx or throttling answer as s3fs translates it) or one of its client libraries' own, and not the file's."""
+    client = type(error).__module__.split(".")[0] in _STORE_CLIENTS
+    return (isinstance(error, OSError) or client) and not is_file_fault(uri, error)
+
+
+def _is_changed(error: BaseException) -> bool:
+    """An object rewritten between its listing (or its open) and its read: fsspec's FileExpired, a 412."""
+    return type(error).__name__ == "FileExpired" or "PreconditionFailed" in _error_codes(error)
+
+
+_failing_since: dict[str, float] = {}  # store -> when its requests began to fail, in this process
+_lock = threading.Lock()
+
+
+def with_retries(uri: str, request: Callable[[], T]) -> T:
+    """`request()` (a request for `uri`), made again while its store fails, for at most --store_retry_s seconds of
+    failing in this process (a success resets the clock), then StoreError naming the store, the cause and how long
+    it tried. The clock is per store and shared by every request of the process, so an outage costs one budget, not
+    one per remaining file. Anything else is raised at once; an object that changed while it was read is read
+    once more, with fresh metadata, then FileChangedError."""
+    store, changed, wait = store_of(uri), False, 0.5
+    while True:
+        try:
+            result = request()
+        except Exception as e:  # noqa: BLE001 - sorted below: the file's own fault goes back to the caller
+            if _is_changed(e) and not changed:
+                changed = True  # the listing's metadata was stale
+                fs, path = fsspec.core.url_to_fs(uri)
+                fs.invalidate_cache(path)
+                continue
+            if _is_changed(e):
+                raise FileChangedError(f"the object changed while it was read, twice: {e}") from e
+            if not is_store_fault(uri, e):
+                raise  # the file's own fault, or a bug: not something waiting helps
+            wait = _wait_or_give_up(store, e, wait)
+            continue
+        with _lock:
+            _failing_since.pop(store, None)
+        return result
+
+
+def _wait_or_give_up(store: str, error: Exception, wait: float) -> float:
+    now = time.monotonic()
+    with _lock:
+        since = _failing_since.setdefault(store, now)
+    budget_s = store_retry_s()
+    if now - since >= budget_s:
+        cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        raise StoreError(f"the store {store} failed for {now - since:.0f} s ({cause}); the job stops and commits "
+                         "nothing (--store_retry_s sets how long to retry; a rerun resumes)") from None
+    if since == now:
+        _LOG.warning("the store %s failed (%s: %s); retrying for up to %.0f s", store, type(error).__name__, error,
+                     budget_s)
+    time.sleep(min(wait, max(0.0, since + budget_s - now)))
+    return min(wait * 2, 10.0)
+
+
+class TooManyErrorsError(RuntimeError):
+    """More of the inputs failed than --max_error_fraction allows: the run is not committed."""
+
+
+# The error fraction is watched while the job runs, and the job stops as soon as it is certain to end over the
+# limit: when the error rows one worker has seen are more than the limit's share of all the job's inputs, whatever
+# the rest do. Only a certain bound will do: the inputs do not come in random order (the DirectRunner hands them on
+# in the listing's order), so the first few hundred of them say nothing sure of the rest: a folder of sidecar files
+# that sorts first would look like a broken bucket.
+_tallies: dict[str, "ErrorTally"] = {}
+
+
+def commonest(causes: Counter, n: int = 3) -> str:
+    return ", ".join(f"{cause} ({count})" for cause, count in causes.most_common(n))
+
+
+class ErrorTally:
+    """The error rows this process has seen for one job's classify step, and the check on them."""
+
+    def __init__(self, limit: float):
+        self.limit, self.errors, self.causes = limit, 0, Counter()
+        self._lock = threading.Lock()
+
+    def add_error(self, row: dict[str, str], inputs: int) -> None:
+        """Counts one error row of a job with `inputs` inputs in all; TooManyErrorsError once the job is sure to end
+        over the limit."""
+        with self._lock:
+            self.errors += 1
+            self.causes[f"{row['stage']} {row['error']}"] += 1
+            errors = self.errors
+        if errors > self.limit * inputs:
+            raise TooManyErrorsError(
+                f"{errors} of the job's {inputs} inputs have failed already, more than --max_error_fraction "
+                f"{self.limit:g} of them whatever the rest do; commonest: {commonest(self.causes)}. The job stops "
+                "before labeling the rest and commits nothing; the images already embedded are kept: fix the cause, "
+                "or raise --max_error_fraction, and run the same command again to continue")
+
+
+def error_tally(key: str, limit: float) -> ErrorTally:
+    """This process's tally for the watch `key` (one per classify step of a job)."""
+    with _lock:
+        return _tallies.setdefault(key, ErrorTally(limit))
+
+
+class WatchErrors(beam.DoFn):
+    """Error rows -> the same, passed on, each counted in this process's tally for `key` against the job's number of
+    inputs (a side input), which stops the job once it is sure to end over the limit (TooManyErrorsError)."""
+
+    def __init__(self, key: str, limit: float):
+        self.key, self.limit = key, limit
+
+    def setup(self):
+        self.tally = error_tally(self.key, self.limit)
+
+    def process(self, row: dict[str, str], inputs: int):
+        self.tally.add_error(row, inputs)
+        yield row
