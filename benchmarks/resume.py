@@ -70,37 +70,47 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "bench-output" / "resume")
     args = parser.parse_args()
     images = make_images(args.work / "images", args.images, max_side=640)
-    broken = args.work / "with-errors"
-    if not broken.exists():  # 12% of the inputs do not decode: over the default --max_error_fraction 0.1
-        shutil.copytree(images, broken)
-        for i in range(int(0.12 * args.images / 0.88)):
-            (broken / f"broken{i:05d}.jpg").write_bytes(b"\xff\xd8\xff not a photo %d" % i)
+    # 12% of the inputs do not decode, over the default --max_error_fraction 0.1: spread among the photos (the job
+    # is sure to fail only late, when most of them are embedded), or sorted first (it fails at once)
+    spread, first = args.work / "errors-spread", args.work / "errors-first"
+    if not first.exists():
+        shutil.copytree(images, spread)
+        shutil.copytree(images, first)
+        count = int(0.12 * args.images / 0.88)
+        for i in range(count):
+            data = b"\xff\xd8\xff not a photo %d" % i
+            (spread / f"img{i * args.images // count:05d}-broken.jpg").write_bytes(data)
+            (first / f"broken{i:05d}.jpg").write_bytes(data)
     rows = []
     for round_ in range(args.rounds):
-        clean, killed, failed = (args.work / f"{name}-{round_}" for name in ("clean", "killed", "failed"))
-        for folder in (clean, killed, failed):
+        outputs = {name: args.work / f"{name}-{round_}" for name in ("clean", "killed", "spread", "first")}
+        for folder in outputs.values():
             shutil.rmtree(folder, ignore_errors=True)
-        clean_s = timed(_command(images, clean))
-        saved = killed_at(_command(images, killed), killed, 0.85, args.images)
-        rerun_s = timed(_command(images, killed))
-        failed_s = timed(_command(broken, failed), expect=1)
-        retry_s = timed(_command(broken, failed, "--max_error_fraction", "0.15"))
-        rows.append((clean_s, saved, rerun_s, same_rows(killed, clean), failed_s, retry_s,
-                     same_rows(failed, clean)))
-        print(f"round {round_ + 1}: clean {clean_s:.1f} s; killed with {saved} saved, rerun {rerun_s:.1f} s "
-              f"({rerun_s / clean_s:.2f}); failed commit {failed_s:.1f} s, rerun {retry_s:.1f} s "
-              f"({retry_s / failed_s:.2f})", file=sys.stderr)
+        clean_s = timed(_command(images, outputs["clean"]))
+        saved = killed_at(_command(images, outputs["killed"]), outputs["killed"], 0.85, args.images)
+        row = {"clean": clean_s, "saved": saved, "killed": timed(_command(images, outputs["killed"])),
+               "killed rows": same_rows(outputs["killed"], outputs["clean"])}
+        for case, inputs in (("spread", spread), ("first", first)):
+            row[f"{case} failed"] = timed(_command(inputs, outputs[case]), expect=1)
+            row[case] = timed(_command(inputs, outputs[case], "--max_error_fraction", "0.15"))
+            row[f"{case} rows"] = same_rows(outputs[case], outputs["clean"])
+        rows.append(row)
+        print(f"round {round_ + 1}: {row}", file=sys.stderr)
     median = statistics.median
+    n = len(rows)
     print(f"\n### Resume ({datetime.date.today()}, {platform.node() or 'this machine'}, {os.cpu_count()} cores, "
-          f"{args.images} images of at most 640 px, `local`, median of {args.rounds} rounds)\n")
-    print("| case | first job | same command again | ratio | rows equal a clean run's |")
+          f"{args.images} images of at most 640 px, `local`, median of {n} rounds)\n")
+    print(f"Clean run: {median(r['clean'] for r in rows):.1f} s.\n")
+    print("| what ended the first job | first job | same command again | again / clean run | rows equal a clean "
+          "run's |")
     print("| --- | ---: | ---: | ---: | --- |")
-    print(f"| SIGKILL with {rows[0][1]} of {args.images} images saved ({rows[0][1] / args.images:.0%}) | clean run "
-          f"{median(r[0] for r in rows):.1f} s | {median(r[2] for r in rows):.1f} s | "
-          f"**{median(r[2] / r[0] for r in rows):.2f}** | {all(r[3] for r in rows)} |")
-    print(f"| TooManyErrorsError at the commit (12% broken), rerun with --max_error_fraction 0.15 | "
-          f"{median(r[4] for r in rows):.1f} s (failed) | {median(r[5] for r in rows):.1f} s | "
-          f"**{median(r[5] / r[0] for r in rows):.2f}** of the clean run | {all(r[6] for r in rows)} |")
+    print(f"| SIGKILL with {rows[0]['saved']} of {args.images} images saved ({rows[0]['saved'] / args.images:.0%}) "
+          f"| killed | {median(r['killed'] for r in rows):.1f} s | "
+          f"**{median(r['killed'] / r['clean'] for r in rows):.2f}** | {all(r['killed rows'] for r in rows)} |")
+    for case, what in (("spread", "12% broken files among the photos"), ("first", "12% broken files, sorted first")):
+        print(f"| TooManyErrorsError ({what}), then `--max_error_fraction 0.15` | "
+              f"{median(r[f'{case} failed'] for r in rows):.1f} s | {median(r[case] for r in rows):.1f} s | "
+              f"**{median(r[case] / r['clean'] for r in rows):.2f}** | {all(r[f'{case} rows'] for r in rows)} |")
 
 
 if __name__ == "__main__":
