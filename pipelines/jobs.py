@@ -44,7 +44,7 @@ from transforms.run_folder import (
     utc_now,
 )
 from transforms.stored import DEFAULT_BATCH, EmbeddingsMismatch, embeddings_of
-from transforms.stores import is_local, store_retry_s, use_job_options
+from transforms.stores import is_local, use_job_options
 from transforms.summary import summary
 from transforms.write import FORMATS, WriteRows, probe_writable
 
@@ -149,11 +149,24 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
     logging.getLogger("zero_shot").setLevel(logging.INFO)
     argv = list(sys.argv[1:] if argv is None else argv)
     args, beam_args = parser.parse_known_args(argv)
+    check_store_retry(beam_args)
     use_job_options(PipelineOptions(beam_args))  # the checks before the job reach the stores the job will
     check_command_line(args, beam_args, parser, required)
-    if store_retry_s() < 0:
-        raise ConfigError(f"--store_retry_s must be at least 0, got {store_retry_s():g}")
     return argv, args, beam_args
+
+
+def check_store_retry(beam_args: Sequence[str]) -> None:
+    """ConfigError unless --store_retry_s, a pipeline option, is a number of seconds: Beam's own parser would print
+    its usage and exit on a word."""
+    finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    finder.add_argument("--store_retry_s")
+    value = finder.parse_known_args(list(beam_args))[0].store_retry_s
+    try:
+        seconds = float(value) if value is not None else 0.0
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise ConfigError(f"--store_retry_s must be a number of seconds, at least 0, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

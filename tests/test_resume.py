@@ -448,3 +448,11 @@ def test_a_rerun_counts_the_resumed_images_among_the_inputs_the_error_watch_judg
     assert classify_images.main(flags) == 0, capsys.readouterr().err[-2000:]
     assert "resumed 800 images" in capsys.readouterr().out
     assert len(read_run(str(out), "errors")) == 220
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+def test_store_retry_s_is_a_number_of_seconds(tmp_path, photos, capsys, value):
+    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday", "--output",
+                                 str(tmp_path / "out"), "--store_retry_s", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --store_retry_s must be a number of seconds, at least 0, got {value!r}", err
