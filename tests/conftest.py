@@ -92,6 +92,17 @@ def hostile_files(photo: Path) -> dict[str, tuple[bytes, bool]]:
     return files
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, photos) -> Path:
+    """A finished classify run of the sample photos (labels `general`) that kept its embeddings."""
+    from pipelines import classify_images
+
+    out = tmp_path_factory.mktemp("finished") / "out"
+    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "general", "--output", str(out),
+                                 "--keep_embeddings"]) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def hostile_dir(tmp_path_factory, photos) -> Path:
     folder = tmp_path_factory.mktemp("hostile")

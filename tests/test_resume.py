@@ -19,10 +19,10 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from benchmarks.run import make_images
-from pipelines import classify_images, jobs, relabel, report, search, topics
+from pipelines import classify_images, jobs, relabel, report
 from tests.conftest import REPO
 from transforms import faults, progress, rank
-from transforms.run_folder import SUCCESS, read_manifest, read_run, run_files
+from transforms.run_folder import SUCCESS, read_manifest, read_run
 from transforms.stores import use_job_options
 
 
@@ -55,20 +55,30 @@ def _same_rows(resumed: list[dict], clean: list[dict]) -> None:
 
 # --- Resume -------------------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_a_killed_job_run_again_embeds_only_the_rest_and_gives_a_clean_runs_rows(tmp_path):
+def _saving(tmp_path: Path) -> tuple[subprocess.Popen, list[str], Path]:
+    """(a job over 400 images, its flags, its --output), once the job has saved its first progress file."""
     images = make_images(tmp_path / "images", 400, max_side=96)
     out = tmp_path / "out"
     flags = ["--input", f"{images}/*.jpg", "--labels", "everyday", "--output", str(out), "--batch_size", "8"]
     job = _job(*flags)
     _wait_for(job, lambda: any(out.glob(f"run-*/{progress.PROGRESS_PREFIX}*.parquet")))
+    return job, flags, out
+
+
+def _again(flags: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.classify_images", *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_killed_job_run_again_embeds_only_the_rest_and_gives_a_clean_runs_rows(tmp_path):
+    job, flags, out = _saving(tmp_path)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(timeout=60)
     killed = [folder.name for folder in out.glob("run-*")]
     assert not (out / SUCCESS).exists() and len(killed) == 1
 
-    rerun = subprocess.run([sys.executable, "-m", "pipelines.classify_images", *flags], cwd=REPO,
-                           capture_output=True, text=True, timeout=600)
+    rerun = _again(flags)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming: 1 progress files of the unfinished run(s) {killed[0]}" in rerun.stderr
     resumed = int(re.search(r"resumed (\d+) images from the vectors an unfinished run saved", rerun.stdout)[1])
@@ -249,6 +259,19 @@ def test_a_bug_is_neither_retried_nor_a_store_fault():
     assert time.monotonic() - start < 1
 
 
+def _answering(*answers):
+    """A request that raises or returns each of `answers` in turn."""
+    pending = iter(answers)
+
+    def request():
+        answer = next(pending)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return request
+
+
 def test_a_failing_store_is_retried_within_the_budget_then_stops_the_job():
     use_job_options(PipelineOptions(["--store_retry_s", "1.5"]))
     calls = []
@@ -262,15 +285,7 @@ def test_a_failing_store_is_retried_within_the_budget_then_stops_the_job():
                                                 r"connection refused\).*--store_retry_s"):
         faults.with_retries("s3://bkt/photos/a.jpg", refused)
     assert 1.5 <= time.monotonic() - start < 5 and len(calls) >= 2
-    answers = iter([ConnectionResetError("reset"), b"bytes"])
-
-    def recovers():
-        answer = next(answers)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    assert faults.with_retries("s3://other/a.jpg", recovers) == b"bytes"
+    assert faults.with_retries("s3://other/a.jpg", _answering(ConnectionResetError("reset"), b"bytes")) == b"bytes"
     use_job_options(PipelineOptions([]))
 
 
@@ -278,60 +293,24 @@ def test_an_object_rewritten_after_listing_is_read_again_and_one_still_changing_
     class FileExpired(OSError):  # s3fs's exception for an object whose ETag changed since it was opened
         pass
 
-    answers = iter([FileExpired("changed"), b"new bytes"])
-
-    def read_once_changed():
-        answer = next(answers)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    assert faults.with_retries("memory://bkt/a.jpg", read_once_changed) == b"new bytes"
+    assert faults.with_retries("memory://bkt/a.jpg", _answering(FileExpired("changed"), b"new")) == b"new"
     with pytest.raises(faults.FileChangedError, match="changed while it was read, twice"):
-        faults.with_retries("memory://bkt/a.jpg", lambda: (_ for _ in ()).throw(FileExpired("changed")))
+        faults.with_retries("memory://bkt/a.jpg", _answering(FileExpired("changed"), FileExpired("again")))
     assert faults.is_file_fault("memory://bkt/a.jpg", faults.FileChangedError("still changing"))
 
 
 # --- Every other way a job lost work, hung, leaked or crashed --------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def kept(tmp_path_factory, photos):
-    folder = tmp_path_factory.mktemp("kept") / "run"
-    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "general", "--output", str(folder),
-                                 "--keep_embeddings"]) == 0
-    return folder
-
-
-def test_relabel_with_a_report_writes_the_page(kept, tmp_path):
+def test_relabel_with_a_report_writes_the_page(finished_run, tmp_path):
     page = tmp_path / "page.html"
-    assert relabel.main(["--embeddings", str(kept), "--labels", "everyday", "--output", str(tmp_path / "relabeled"),
+    assert relabel.main(["--embeddings", str(finished_run), "--labels", "everyday", "--output",
+                         str(tmp_path / "relabeled"),
                          "--report", str(page)]) == 0
     assert page.stat().st_size > 1000 and page.read_text().count("data:image/jpeg;base64,") >= 7
-    assert read_manifest(str(tmp_path / "relabeled"))["embeddings_run"] == read_manifest(str(kept))["run_id"]
+    assert read_manifest(str(tmp_path / "relabeled"))["embeddings_run"] == read_manifest(str(finished_run))["run_id"]
     again = tmp_path / "again.html"
     assert report.main(["--run", str(tmp_path / "relabeled"), "--output", str(again)]) == 0
     assert again.stat().st_size > 1000
-
-
-@pytest.mark.parametrize("damage", ["delete", "cut"])
-def test_a_damaged_embeddings_shard_stops_every_reader_before_the_job(kept, tmp_path, capsys, damage):
-    run = tmp_path / "run"
-    shutil.copytree(kept, run)
-    (shard,) = run_files(str(run), "embeddings")
-    if damage == "delete":
-        os.unlink(shard)
-    else:
-        Path(shard).write_bytes(Path(shard).read_bytes()[: os.path.getsize(shard) // 2])
-    for main, flags in ((relabel.main, ["--labels", "everyday"]), (search.main, ["--query", "a cat"]),
-                        (topics.main, ["--topics", "2"])):
-        assert main(["--embeddings", str(run), "--output", str(tmp_path / "out"), *flags]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error: --embeddings: ") and "is damaged" in err and "\n" not in err, err
-    (results,) = run_files(str(run))
-    Path(results).write_bytes(Path(results).read_bytes()[:100])
-    assert report.main(["--run", str(run), "--output", str(tmp_path / "page.html")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "is damaged" in err and "\n" not in err, err
 
 
 def test_the_output_folder_inside_the_input_is_never_an_input(tmp_path, photos, capsys):
@@ -358,29 +337,24 @@ def test_secrets_never_reach_what_a_job_prints(tmp_path, photos):
     assert "unknown option(s): --nomic_api_key (did you mean" in done.stderr
 
 
-def test_the_report_title_shows_a_labels_url_redacted(kept, tmp_path):
+def test_the_report_title_shows_a_labels_url_redacted(finished_run, tmp_path):
     labels = jobs.LabelChoice("https://user:PASS123@host/labels.txt?X-Amz-Signature=SIG456", {"cat": ["cat"]},
                               None, rank.Decision())
     page = tmp_path / "page.html"
-    assert jobs.report_labels(0, jobs.RunFolder(str(kept)), str(page), labels) == 0
+    assert jobs.report_labels(0, jobs.RunFolder(str(finished_run)), str(page), labels) == 0
     text = page.read_text()
     assert "PASS123" not in text and "SIG456" not in text and "user:&lt;redacted&gt;@host" in text
 
 
 @pytest.mark.slow
 def test_sigterm_ends_the_job_with_one_line_and_a_rerun_continues(tmp_path):
-    images = make_images(tmp_path / "images", 400, max_side=96)
-    out = tmp_path / "out"
-    flags = ["--input", f"{images}/*.jpg", "--labels", "everyday", "--output", str(out), "--batch_size", "8"]
-    job = _job(*flags)
-    _wait_for(job, lambda: any(out.glob(f"run-*/{progress.PROGRESS_PREFIX}*.parquet")))
+    job, flags, _ = _saving(tmp_path)
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=60)
     assert job.returncode == 128 + signal.SIGTERM
     assert err.strip().splitlines()[-1].startswith("error: stopped by SIGTERM: nothing of run run-"), err[-2000:]
     assert "run the same command again to continue" in err
-    rerun = subprocess.run([sys.executable, "-m", "pipelines.classify_images", *flags], cwd=REPO,
-                           capture_output=True, text=True, timeout=600)
+    rerun = _again(flags)
     assert rerun.returncode == 0 and "resumed" in rerun.stdout, rerun.stderr[-3000:]
 
 

@@ -18,7 +18,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import classify_images, relabel, report
+from pipelines import classify_images, relabel, report, search, topics
 from pipelines.jobs import redacted
 from tests.conftest import REPO, commit_gate
 from transforms import run_folder
@@ -304,14 +304,6 @@ def test_redaction_knows_urls_signatures_and_secret_flags(argv, expected):
 
 # --- Readers and the report on a damaged run --------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, photos):
-    out = tmp_path_factory.mktemp("finished") / "out"
-    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "general", "--output", str(out),
-                                 "--keep_embeddings"]) == 0
-    return out
-
-
 def _damage(run: Path, tmp_path: Path, how: str) -> Path:
     copy = tmp_path / "damaged"
     shutil.copytree(run, copy)
@@ -326,13 +318,21 @@ def _damage(run: Path, tmp_path: Path, how: str) -> Path:
     elif how == "wrong row count":
         manifest["results"][0]["rows"] += 1
         (copy / SUCCESS).write_text(json.dumps(manifest))
+    else:  # "<table> missing" or "<table> cut short": a shard deleted, or cut in half, behind the manifest's back
+        table, damage = how.split(" ", 1)
+        shard = copy / manifest[table][0]["path"]
+        if damage == "missing":
+            shard.unlink()
+        else:
+            shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     return copy
 
 
 @pytest.mark.parametrize("how, says", [("truncated", "not a manifest: JSONDecodeError"),
                                        ("missing shard", "is missing"),
                                        ("foreign shard", "outside its run folder"),
-                                       ("wrong row count", "holds 7 rows, the manifest says 8")])
+                                       ("wrong row count", "holds 7 rows, the manifest says 8"),
+                                       ("results cut short", "cannot be read (ArrowInvalid")])
 def test_a_damaged_run_is_one_line_and_exit_2_for_every_reader(finished_run, tmp_path, capsys, how, says):
     damaged = _damage(finished_run, tmp_path, how)
     assert report.main(["--run", str(damaged), "--output", str(tmp_path / "r.html")]) == 2
@@ -341,6 +341,18 @@ def test_a_damaged_run_is_one_line_and_exit_2_for_every_reader(finished_run, tmp
     if how in ("truncated", "foreign shard"):
         assert relabel.main(["--embeddings", str(damaged), "--labels", "everyday",
                              "--output", str(tmp_path / "relabeled")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --embeddings: ") and says in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("how, says", [("embeddings missing", "is missing"),
+                                       ("embeddings cut short", "cannot be read (ArrowInvalid")])
+def test_a_damaged_embeddings_shard_stops_relabel_search_and_topics_before_the_job(finished_run, tmp_path, capsys,
+                                                                                    how, says):
+    damaged = _damage(finished_run, tmp_path, how)
+    for main, flags in ((relabel.main, ["--labels", "everyday"]), (search.main, ["--query", "a cat"]),
+                        (topics.main, ["--topics", "2"])):
+        assert main(["--embeddings", str(damaged), "--output", str(tmp_path / "out"), *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --embeddings: ") and says in err and "\n" not in err, err
 
