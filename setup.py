@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="beam-zero-shot-labels",
-    version="0.1.0",
+    version="0.2.0",
     description="Zero-shot image labeling with aligned text/image embeddings, as Apache Beam transforms",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -13,14 +13,21 @@ of modules and graph (0.26 s of a 300-image job, 2 cores), for a few dozen garba
 `python -m pipelines.<job>` collects nothing until its pipeline is built; `jobs.run_job` then freezes what exists
 (it lives to the end of the job) and turns collection back on for what the run creates.
 
+Importing Beam without its optional GCP clients logs a warning through the root logger; a NullHandler there swallows
+such import-time chatter, so that a configuration error stays the one line a user reads (a job's own logging is
+set up by jobs.parse).
+
 A job also writes everything it prints (errors, logs, tracebacks) through pipelines.redact, with the values of its
 secret flags: a secret never reaches a terminal or a log file.
 
 The library (transforms/) does none of this: it never changes a user's process.
 """
 import gc
+import logging
 import sys
 import types
+
+logging.getLogger().addHandler(logging.NullHandler())
 
 _NO_MODEL_MANAGER = types.ModuleType("apache_beam.ml.inference.model_manager",
                                      "Not loaded: no job sets RunInference's use_model_manager (see pipelines).")

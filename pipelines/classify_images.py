@@ -9,22 +9,17 @@ import logging
 import sys
 from typing import Any, NamedTuple, Optional, Sequence
 
-# Importing Beam without its optional GCP clients logs a warning through the root logger; swallow such
-# import-time chatter so a configuration error stays the single line the user reads. main() sets up logging.
-logging.getLogger().addHandler(logging.NullHandler())
+import apache_beam as beam
 
-import apache_beam as beam  # noqa: E402
-
-from pipelines.cli import (  # noqa: E402
+from pipelines.cli import (
     ConfigError,
     OneLineParser,
-    RenamedFlag,
     add_backend_argument,
     add_backend_settings,
     exit_job,
     one_line,
 )
-from pipelines.jobs import (  # noqa: E402
+from pipelines.jobs import (
     BEAM_EPILOG,
     LabelChoice,
     RunFolder,
@@ -39,16 +34,16 @@ from pipelines.jobs import (  # noqa: E402
     run_job,
     workers_in_this_process,
 )
-from transforms.backends import Backend  # noqa: E402
-from transforms.classify import ZeroShotClassify, check_settings  # noqa: E402
-from transforms.dedupe import COPIES, RESUMED, ContentKeys, CopyRows, OnePerContent  # noqa: E402
-from transforms.label_sets import load_templates  # noqa: E402
-from transforms.progress import ReadProgress, resumable, write_started  # noqa: E402
-from transforms.read import MatchFiles, first_match  # noqa: E402
-from transforms.records import EMBEDDING_DTYPES, EMBEDDINGS, ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA  # noqa: E402
-from transforms.run_folder import SUCCESS, CommitRun, run_files, table_prefix, unfinished_runs  # noqa: E402
-from transforms.skip import CARRIED_METRIC, TO_LABEL, SkipExisting  # noqa: E402
-from transforms.write import WriteEmbeddings, WriteRows  # noqa: E402
+from transforms.backends import Backend
+from transforms.classify import ZeroShotClassify, check_settings
+from transforms.dedupe import COPIES, RESUMED, ContentKeys, CopyRows, OnePerContent
+from transforms.label_sets import load_templates
+from transforms.progress import ReadProgress, resumable, write_started
+from transforms.read import MatchFiles, first_match
+from transforms.records import EMBEDDING_DTYPES, EMBEDDINGS, ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA
+from transforms.run_folder import SUCCESS, CommitRun, run_files, table_prefix, unfinished_runs
+from transforms.skip import CARRIED_METRIC, TO_LABEL, SkipExisting
+from transforms.write import WriteEmbeddings, WriteRows
 
 PROG = "python -m pipelines.classify_images"
 # A few unreadable files are normal in a bucket; more than one in ten says the set-up is wrong (a format Pillow
@@ -74,7 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep_embeddings", action="store_true",
                         help="also keep every image's vector (an `embeddings` table in the run folder, Parquet) for "
                              "pipelines.relabel and pipelines.search")
-    parser.add_argument("--embeddings", action=RenamedFlag, new="--keep_embeddings", dest="keep_embeddings", nargs=0)
     parser.add_argument("--embeddings_dtype", choices=EMBEDDING_DTYPES, default="float32",
                         help="float32 (default: relabeling gives the same scores) or float16 (half the bytes, "
                              "cosines within about 1e-3)")

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import logging
 import os
 import re
 import sys
-from typing import NoReturn
+from typing import NoReturn, Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.backends import BACKENDS
 
@@ -32,19 +33,6 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="local", choices=sorted(BACKENDS), help="embedding backend")
 
 
-class RenamedFlag(argparse.Action):
-    """An old flag name, kept working for one release with a warning that names the new one (hidden from --help)."""
-
-    def __init__(self, option_strings, dest, new: str, **kwargs):
-        self.new = new
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        logging.getLogger("zero_shot").warning("%s is now %s; the old name goes in the next release", option_string,
-                                               self.new)
-        setattr(namespace, self.dest, True if self.nargs == 0 else values)
-
-
 class _HelpAll(argparse.Action):
     """--help_all: --help with the research settings too (those that lost on held-out data, kept for benchmarks)."""
 
@@ -65,6 +53,24 @@ def add_backend_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--help_all", action=_HelpAll)
     for backend in BACKENDS.values():
         backend.add_options(parser)
+
+
+def _all_option_classes(cls: type = PipelineOptions):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_option_classes(sub)
+
+
+def unknown_beam_args(beam_args: Sequence[str]) -> list[str]:
+    """Arguments that neither this job nor any Beam options class knows: Beam would silently drop them."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    for options_class in set(_all_option_classes()):
+        try:
+            options_class._add_argparse_args(parser)  # Beam's own hook for declaring options
+        except argparse.ArgumentError:
+            pass  # two options classes declaring one flag: the first declaration is enough here
+    _, unknown = parser.parse_known_args(list(beam_args))
+    return unknown
 
 
 def failure_line(error: BaseException) -> str:

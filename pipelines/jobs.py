@@ -1,5 +1,5 @@
-"""What every job that writes a run folder shares (classify_images, relabel, search): its options, the checks made
-before it starts, its manifest, and running it to a committed run."""
+"""What every job that writes a run folder shares (classify_images, relabel, search, topics): its options, the checks
+made before it starts, its manifest, and running it to a committed run."""
 from __future__ import annotations
 
 import argparse
@@ -23,11 +23,11 @@ import pipelines
 from pipelines.cli import (
     ConfigError,
     OneLineParser,
-    RenamedFlag,
     add_backend_argument,
     add_backend_settings,
     failure_line,
     one_line,
+    unknown_beam_args,
 )
 from pipelines.redact import redacted, scrubbed
 from transforms.backends import BACKENDS, Backend
@@ -48,6 +48,9 @@ from transforms.stores import is_local, use_job_options
 from transforms.summary import summary
 from transforms.write import FORMATS, WriteRows, probe_writable
 
+# Old flag names removed in 0.2.0 (each collided with a live flag of a sibling job): the did-you-mean names the new.
+RENAMED_IN_0_2 = {"--embeddings": "--keep_embeddings", "--batch_size": "--vectors_per_batch",
+                  "--top_k": "--images_per_query"}
 DIRECT_RUNNERS = (None, "DirectRunner", "direct", "SwitchingDirectRunner")  # None: Beam's default, the DirectRunner
 BEAM_EPILOG = ("Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...), and "
                "--store_retry_s S: how long a store that fails (unreachable, timing out, throttling, refusing the "
@@ -82,8 +85,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def stored_vectors_parser(prog: str, doc: str, what: str, report: str) -> argparse.ArgumentParser:
-    """The command line every job over stored vectors (relabel, search) starts from: the run folder it writes, and
-    --embeddings, --report, --vectors_per_batch and the backend."""
+    """The command line every job over stored vectors (relabel, search, topics) starts from: the run folder it
+    writes, and --embeddings, --report, --vectors_per_batch and the backend."""
     parser = OneLineParser(prog=prog, description=doc.splitlines()[0], epilog=BEAM_EPILOG, allow_abbrev=False)
     add_run_options(parser)
     add_stored_options(parser, what, report)
@@ -91,23 +94,21 @@ def stored_vectors_parser(prog: str, doc: str, what: str, report: str) -> argpar
 
 
 def add_stored_options(parser: argparse.ArgumentParser, what: str, report: str) -> None:
-    """What the jobs over stored vectors (relabel, search) add: --embeddings, --report, --vectors_per_batch and the
-    backend."""
+    """What the jobs over stored vectors (relabel, search, topics) add: --embeddings, --report, --vectors_per_batch
+    and the backend."""
     parser.add_argument("--embeddings",
                         help="(required) folder of a finished classify_images run kept with --keep_embeddings")
     parser.add_argument("--report", metavar="PATH", help=f"also write {report} to PATH")
     parser.add_argument("--vectors_per_batch", type=int, default=DEFAULT_BATCH,
                         help=f"stored vectors {what} per matrix product (default {DEFAULT_BATCH})")
-    parser.add_argument("--batch_size", action=RenamedFlag, new="--vectors_per_batch", dest="vectors_per_batch",
-                        type=int)
     add_backend_argument(parser)
     add_backend_settings(parser)
 
 
 @dataclasses.dataclass(frozen=True)
 class StoredVectorsJob:
-    """What a job over stored vectors (relabel, search) settled before it starts: its backend, the run whose vectors
-    it reads and their shards, and the run folder it writes."""
+    """What a job over stored vectors (relabel, search, topics) settled before it starts: its backend, the run whose
+    vectors it reads and their shards, and the run folder it writes."""
 
     backend: Backend
     stored_run: str
@@ -236,30 +237,15 @@ def report_labels(status: int, run: RunFolder, report: Optional[str], labels: La
     return status
 
 
-def _all_option_classes(cls: type = PipelineOptions):
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from _all_option_classes(sub)
-
-
-def unknown_beam_args(beam_args: Sequence[str]) -> list[str]:
-    """Arguments that neither this job nor any Beam options class knows: Beam would silently drop them."""
-    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
-    for options_class in set(_all_option_classes()):
-        try:
-            options_class._add_argparse_args(parser)  # Beam's own hook for declaring options
-        except argparse.ArgumentError:
-            pass  # two options classes declaring one flag: the first declaration is enough here
-    _, unknown = parser.parse_known_args(list(beam_args))
-    return unknown
-
-
 def check_command_line(args: argparse.Namespace, beam_args: Sequence[str], parser: argparse.ArgumentParser,
                        required: Sequence[str]) -> None:
     """Unknown flags (with a did-you-mean), stray arguments (an unquoted glob) and missing required flags."""
     unknown = unknown_beam_args(beam_args)
     if flags := [arg for arg in unknown if arg.startswith("-")]:
-        close = difflib.get_close_matches(flags[0].split("=")[0], list(parser._option_string_actions), n=1)
+        first = flags[0].split("=")[0]
+        renamed = RENAMED_IN_0_2.get(first)
+        close = ([renamed] if renamed in parser._option_string_actions else
+                 difflib.get_close_matches(first, list(parser._option_string_actions), n=1))
         hint = f" (did you mean {close[0]}?)" if close else ""
         names = " ".join(flag.split("=")[0] for flag in flags)  # never the value: it may be a misspelled secret's
         raise ConfigError(f"unknown option(s): {names}{hint} (see --help)")

@@ -6,21 +6,17 @@ python -m pipelines.relabel --embeddings out/labels --labels cifar10 --output ou
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional, Sequence
 
-# As in classify_images: Beam's import-time chatter must not follow a configuration error's one line.
-logging.getLogger().addHandler(logging.NullHandler())
+import apache_beam as beam
 
-import apache_beam as beam  # noqa: E402
-
-from pipelines import jobs  # noqa: E402
-from pipelines.cli import ConfigError, exit_job  # noqa: E402
-from transforms.label_sets import load_templates  # noqa: E402
-from transforms.rank import EmbedLabels, RankVectors  # noqa: E402
-from transforms.records import RESULTS, RESULTS_SCHEMA  # noqa: E402
-from transforms.stored import ReadEmbeddings  # noqa: E402
+from pipelines import jobs
+from pipelines.cli import ConfigError, exit_job
+from transforms.label_sets import load_templates
+from transforms.rank import EmbedLabels, RankVectors
+from transforms.records import RESULTS, RESULTS_SCHEMA
+from transforms.stored import ReadEmbeddings
 
 PROG = "python -m pipelines.relabel"
 

@@ -23,8 +23,7 @@ import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from pipelines.cli import ConfigError, OneLineParser, exit_job
-from pipelines.jobs import unknown_beam_args
+from pipelines.cli import ConfigError, OneLineParser, exit_job, unknown_beam_args
 from transforms.decode import decode_image
 from transforms.records import EMBEDDINGS
 from transforms.run_folder import RunFolderError, read_manifest, read_run

@@ -7,19 +7,15 @@ python -m pipelines.search --embeddings out/labels --query "a tiny white ball" [
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional, Sequence
 
-# As in classify_images: Beam's import-time chatter must not follow a configuration error's one line.
-logging.getLogger().addHandler(logging.NullHandler())
+import apache_beam as beam
 
-import apache_beam as beam  # noqa: E402
-
-from pipelines import jobs  # noqa: E402
-from pipelines.cli import ConfigError, RenamedFlag, exit_job  # noqa: E402
-from transforms.records import RESULTS, SEARCH_SCHEMA  # noqa: E402
-from transforms.stored import ReadEmbeddings, SearchImages  # noqa: E402
+from pipelines import jobs
+from pipelines.cli import ConfigError, exit_job
+from transforms.records import RESULTS, SEARCH_SCHEMA
+from transforms.stored import ReadEmbeddings, SearchImages
 
 PROG = "python -m pipelines.search"
 
@@ -28,7 +24,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = jobs.stored_vectors_parser(PROG, __doc__, "scored", "an HTML page of each query's images")
     parser.add_argument("--query", action="append", help="(required) a text to find images for; repeat for more")
     parser.add_argument("--images_per_query", type=int, default=20, help="images kept per query (default 20)")
-    parser.add_argument("--top_k", action=RenamedFlag, new="--images_per_query", dest="images_per_query", type=int)
     return parser
 
 

@@ -11,23 +11,19 @@ map), and then OUT/suggested_labels.txt: one label per topic, which classify_ima
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional, Sequence
 
-# As in classify_images: Beam's import-time chatter must not follow a configuration error's one line.
-logging.getLogger().addHandler(logging.NullHandler())
+import apache_beam as beam
 
-import apache_beam as beam  # noqa: E402
-
-from pipelines import jobs  # noqa: E402
-from pipelines.cli import ConfigError, exit_job  # noqa: E402
-from transforms import files  # noqa: E402
-from transforms.label_sets import LabelSetError, load_label_phrases, load_templates  # noqa: E402
-from transforms.rank import EmbedLabels  # noqa: E402
-from transforms.records import EMBEDDINGS, IMAGE_TOPICS_SCHEMA, TOPICS_SCHEMA  # noqa: E402
-from transforms.run_folder import read_manifest, read_run  # noqa: E402
-from transforms.topics import FindTopics  # noqa: E402
+from pipelines import jobs
+from pipelines.cli import ConfigError, exit_job
+from transforms import files
+from transforms.label_sets import LabelSetError, load_label_phrases, load_templates
+from transforms.rank import EmbedLabels
+from transforms.records import EMBEDDINGS, IMAGE_TOPICS_SCHEMA, TOPICS_SCHEMA
+from transforms.run_folder import read_manifest, read_run
+from transforms.topics import FindTopics
 
 PROG = "python -m pipelines.topics"
 SUGGESTED_LABELS = "suggested_labels.txt"

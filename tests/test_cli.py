@@ -140,13 +140,12 @@ def test_help_leaves_the_research_settings_to_help_all():
     assert all(flag in everything for flag in research)
 
 
-def test_renamed_flags_keep_working_for_a_release_with_a_warning(caplog):
-    from pipelines import relabel
+@pytest.mark.parametrize("job, old, new", [("classify_images", "--embeddings", "--keep_embeddings"),
+                                           ("relabel", "--batch_size", "--vectors_per_batch"),
+                                           ("search", "--top_k", "--images_per_query")])
+def test_the_old_names_of_renamed_flags_are_gone(job, old, new, capsys):
+    """0.2.0 removed them: each collided with a live flag of a sibling job. The did-you-mean names the new one."""
+    import importlib
 
-    args, _ = classify_images.build_parser().parse_known_args(["--embeddings"])
-    assert args.keep_embeddings is True
-    args, _ = relabel.build_parser().parse_known_args(["--batch_size", "64"])
-    assert args.vectors_per_batch == 64
-    assert [r.getMessage() for r in caplog.records] == [
-        "--embeddings is now --keep_embeddings; the old name goes in the next release",
-        "--batch_size is now --vectors_per_batch; the old name goes in the next release"]
+    assert importlib.import_module(f"pipelines.{job}").main([old, "--output", "out"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: unknown option(s): {old} (did you mean {new}?) (see --help)"

@@ -78,10 +78,10 @@ def test_relabel_gives_the_rows_of_a_fresh_classify_without_the_image_model(kept
 def test_search_finds_the_cat_first(kept, tmp_path, no_image_model):
     page = tmp_path / "hits.html"
     assert search.main(["--embeddings", str(kept / "float32"), "--query", "a cat", "--query", "a cup of coffee",
-                        "--top_k", "3", "--output", str(tmp_path / "found"), "--report", str(page)]) == 0
+                        "--images_per_query", "3", "--output", str(tmp_path / "found"), "--report", str(page)]) == 0
     hits = read_run(str(tmp_path / "found"))
     assert sorted(hits, key=lambda h: (h["query"], h["rank"])) == search_images(
-        str(kept / "float32"), ["a cat", "a cup of coffee"], top_k=3)
+        str(kept / "float32"), ["a cat", "a cup of coffee"], images_per_query=3)
     best = {hit["query"]: hit["uri"].rsplit("/", 1)[1] for hit in hits if hit["rank"] == 1}
     assert best == {"a cat": "chelsea.jpg", "a cup of coffee": "coffee.jpg"}
     assert [hit["rank"] for hit in hits if hit["query"] == "a cat"] == [1, 2, 3]

@@ -91,7 +91,7 @@ def test_a_clip_folder_labels_keeps_transformers_own_vectors_and_relabels(models
         assert relabeled[name]["labels"] == row["labels"]
         assert relabeled[name]["probs"] == pytest.approx(row["probs"], abs=1e-5)
     assert search.main(["--backend", "hf", "--hf_model", str(models["clip"]), "--embeddings", str(out),
-                        "--query", "a cat", "--top_k", "2", "--output", str(tmp_path / "found")]) == 0
+                        "--query", "a cat", "--images_per_query", "2", "--output", str(tmp_path / "found")]) == 0
     assert len(read_run(str(tmp_path / "found"))) == 2
 
 

@@ -43,13 +43,22 @@ class ZeroShotClassify(beam.PTransform):
                  max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
                  max_error_fraction: Optional[float] = None, input_count: Optional[beam.PCollection] = None,
                  save_progress_to: Optional[str] = None, resumed: Optional[beam.PCollection] = None):
-        """`labels`: label names, or label -> phrases to embed for it; `templates`: prompts with one `{}`
-        (default: the backend's own choice); `batch_size`: images per model call (default: the backend's);
-        `explain`: evidence items per image in the `evidence` column; `max_error_fraction` with `input_count` (a
-        one-element count of the job's inputs): stop the job (TooManyErrorsError) as soon as it is sure to end with
-        more errors than that (faults.WatchErrors); `save_progress_to`: a run folder where the
-        embed stage saves its vectors as it goes, for a rerun to resume from (transforms.progress); `resumed`:
-        (ImageInfo, Embedded) of images a rerun does not embed again, ranked with the others."""
+        """
+        Args:
+            labels: label names, or label -> the phrases embedded for it.
+            backend: the model (transforms.backends.get_backend), configured.
+            templates: prompts with one `{}` (default: the backend's own choice).
+            decision: top-k, min_prob or multi-label (rank.Decision).
+            batch_size: images per model call (default: the backend's).
+            explain: evidence items per image in the `evidence` column (local: ImageNet classes).
+            keep_embeddings: also an 'embeddings' output, one EmbeddingRow per labeled image.
+            max_bytes, max_pixels, max_side: the reader's and the decoder's bounds.
+            max_error_fraction, input_count: with both (input_count a one-element count of the job's inputs), the
+                job stops (TooManyErrorsError) as soon as it is sure to end with more errors than that fraction.
+            save_progress_to: a run folder where the embed stage saves its vectors as it goes, for a rerun to resume
+                from (transforms.progress).
+            resumed: (ImageInfo, Embedded) of images a rerun does not embed again, ranked with the others.
+        """
         super().__init__()
         if not labels:
             raise ValueError("ZeroShotClassify needs at least one label")

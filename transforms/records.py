@@ -66,7 +66,9 @@ class ResultRow:
     scores: list = column(pa.list_(pa.float32()), "cosine similarity of each reported label")
     probs: list = column(pa.list_(pa.float32()), "probability of each reported label: softmax of the backend's "
                                                  "logit scale x cosine over all labels of the set (and, for "
-                                                 "`local`, a \"none of these\" competitor)")
+                                                 "`local`, a \"none of these\" competitor); for a model that "
+                                                 "learned a bias (SigLIP), each label's own sigmoid of scale x "
+                                                 "cosine + bias, which need not sum to 1")
     model: str = column(pa.string(), "backend model id")
     width: int = column(pa.int32(), "upright width of the original image (after EXIF orientation)")
     height: int = column(pa.int32(), "upright height of the original image")

@@ -149,8 +149,16 @@ def manifest_files(output: str, manifest: dict[str, Any], table: str) -> list[st
 
 
 def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
-    """Every row of one table of the finished run under `output`, whatever its format; DamagedRun if a shard holds
-    another number of rows than the manifest says."""
+    """Every row of one table of the finished run under `output`, whatever its format.
+
+    Args:
+        output: the run's folder (a job's --output), local or any fsspec URL.
+        table: results, errors, embeddings (with --keep_embeddings); search writes results, topics topics and
+            images.
+
+    Raises NoFinishedRun where no run finished there, DamagedRun where a shard is missing, cannot be read or holds
+    another number of rows than the manifest says.
+    """
     manifest = _finished_manifest(output)
     rows: list[dict[str, Any]] = []
     for path, shard in zip(_present_files(output, manifest, table), manifest.get(table, [])):

@@ -69,12 +69,12 @@ def embed_queries(queries: Sequence[str], backend: Backend) -> np.ndarray:
 
 
 def top_hits(batch: Sequence[tuple[ImageInfo, Embedded]], query_vectors: np.ndarray,
-             top_k: int) -> Iterator[tuple[int, tuple[float, str]]]:
-    """(query index, (cosine, uri)) for the `top_k` best images of the batch per query: one matrix product and one
-    partial sort per batch, so only top_k candidates per query and batch leave it."""
+             images_per_query: int) -> Iterator[tuple[int, tuple[float, str]]]:
+    """(query index, (cosine, uri)) for the `images_per_query` best images of the batch per query: one matrix
+    product and one partial sort per batch, so only that many candidates per query and batch leave it."""
     vectors = np.stack([embedded.vector for _, embedded in batch])
     scores = vectors @ query_vectors.T  # (images, queries)
-    k = min(top_k, len(batch))
+    k = min(images_per_query, len(batch))
     best = np.argpartition(-scores, k - 1, axis=0)[:k]
     for q in range(query_vectors.shape[0]):
         for i in best[:, q]:
@@ -94,15 +94,17 @@ def best_first(hit: tuple[float, str]) -> tuple[float, tuple[int, ...]]:
 
 
 class SearchImages(beam.PTransform):
-    """(ImageInfo, Embedded) of stored images -> SearchHit rows: the `top_k` images per query, by cosine.
+    """(ImageInfo, Embedded) of stored images -> SearchHit rows: the `images_per_query` best images per query.
 
     The queries are embedded once (a side input); the stored vectors are scanned in batches, one matrix product
     each; Beam's Top combiner keeps each query's best, combining partial results per worker, so no full sort and no
     collection of all scores on one worker."""
 
-    def __init__(self, queries: Sequence[str], backend: Backend, top_k: int = 20, batch_size: int = DEFAULT_BATCH):
+    def __init__(self, queries: Sequence[str], backend: Backend, images_per_query: int = 20,
+                 batch_size: int = DEFAULT_BATCH):
         super().__init__()
-        self.queries, self.backend, self.top_k, self.batch_size = list(queries), backend, top_k, batch_size
+        self.queries, self.backend, self.images_per_query = list(queries), backend, images_per_query
+        self.batch_size = batch_size
 
     def expand(self, vectors):
         query_vectors = (vectors.pipeline
@@ -110,8 +112,9 @@ class SearchImages(beam.PTransform):
                          | "EmbedQueries" >> beam.Map(embed_queries, self.backend))
         return (vectors
                 | "Batch" >> beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
-                | "BatchTop" >> beam.FlatMap(top_hits, beam.pvalue.AsSingleton(query_vectors), self.top_k)
-                | "Top" >> beam.combiners.Top.PerKey(self.top_k, key=best_first)
+                | "BatchTop" >> beam.FlatMap(top_hits, beam.pvalue.AsSingleton(query_vectors),
+                                           self.images_per_query)
+                | "Top" >> beam.combiners.Top.PerKey(self.images_per_query, key=best_first)
                 | "Rows" >> beam.FlatMap(hit_rows, self.queries))
 
 
@@ -129,8 +132,15 @@ def _stored(embeddings: EmbeddingsSource, backend: Backend) -> list[tuple[ImageI
 def relabel(embeddings: EmbeddingsSource, labels: Union[Sequence[str], Mapping[str, Sequence[str]]],
             backend: Union[str, Backend] = "local", templates: Optional[Sequence[str]] = None,
             decision: Decision = Decision()) -> list[dict]:
-    """Result rows (as classify_images writes them) for stored image vectors: a run folder kept with --keep_embeddings,
-    or embeddings rows. Only the backend's text side is used."""
+    """Result rows (as classify_images writes them) for stored image vectors. Only the backend's text side is used.
+
+    Args:
+        embeddings: a run folder kept with --keep_embeddings, or embeddings rows (dicts as `read_run` gives them).
+        labels: label names, or label -> the phrases embedded for it.
+        backend: a backend name or a configured Backend; it must be the model that made the vectors.
+        templates: prompts with one `{}` (default: the backend's own).
+        decision: top-k, --min_prob or multi-label, as on the command line.
+    """
     backend = get_backend(backend) if isinstance(backend, str) else backend
     stored = _stored(embeddings, backend)
     if not stored:
@@ -145,8 +155,15 @@ def relabel(embeddings: EmbeddingsSource, labels: Union[Sequence[str], Mapping[s
 
 
 def search_images(embeddings: EmbeddingsSource, queries: Sequence[str], backend: Union[str, Backend] = "local",
-                  top_k: int = 20) -> list[dict]:
-    """SearchHit rows: the `top_k` stored images per query, best first."""
+                  images_per_query: int = 20) -> list[dict]:
+    """SearchHit rows: the best stored images per query, best first.
+
+    Args:
+        embeddings: a run folder kept with --keep_embeddings, or embeddings rows (dicts as `read_run` gives them).
+        queries: texts to search by, embedded as the backend embeds a text (no prompt template).
+        backend: a backend name or a configured Backend; it must be the model that made the vectors.
+        images_per_query: how many images each query gets.
+    """
     backend = get_backend(backend) if isinstance(backend, str) else backend
     stored = _stored(embeddings, backend)
     if not stored:
@@ -154,7 +171,7 @@ def search_images(embeddings: EmbeddingsSource, queries: Sequence[str], backend:
     query_vectors = embed_queries(queries, backend)
     best: dict[int, list[tuple[float, str]]] = {q: [] for q in range(len(queries))}
     for start in range(0, len(stored), DEFAULT_BATCH):
-        for q, hit in top_hits(stored[start:start + DEFAULT_BATCH], query_vectors, top_k):
+        for q, hit in top_hits(stored[start:start + DEFAULT_BATCH], query_vectors, images_per_query):
             best[q].append(hit)
     return [row for q, hits in best.items()
-            for row in hit_rows((q, heapq.nlargest(top_k, hits, key=best_first)), queries)]
+            for row in hit_rows((q, heapq.nlargest(images_per_query, hits, key=best_first)), queries)]

@@ -174,7 +174,15 @@ class WriteRows(beam.PTransform):
     that no reader sees until its manifest names the shards (run_folder.py), so a shard never needs a second
     name; a bundle that fails and is retried can leave a partial shard there, which the commit deletes. With
     `num_shards`, rows are shuffled into exactly that many shards PREFIX-SSSSS-of-NNNNN.FORMAT. A table with no
-    rows gets one empty shard, so its readers still find its columns."""
+    rows gets one empty shard, so its readers still find its columns.
+
+    Args:
+        prefix: where the shards go, any fsspec URL: PREFIX-<16 hex>.FORMAT.
+        schema: the table's columns (records.py: RESULTS_SCHEMA, ERRORS_SCHEMA...); every row must have each one.
+        file_format: parquet, jsonl or csv.
+        num_shards: 0 for a shard per bundle, else exactly that many.
+        rows_per_write: rows per Parquet row group (or per write of text lines).
+    """
 
     def __init__(self, prefix: str, schema: pa.Schema, file_format: str = "parquet", num_shards: int = 0,
                  rows_per_write: int = 10_000):
