@@ -34,6 +34,7 @@ from pipelines.jobs import (
     run_job,
     workers_in_this_process,
 )
+from transforms import files
 from transforms.backends import Backend
 from transforms.classify import ZeroShotClassify, check_settings
 from transforms.dedupe import COPIES, RESUMED, ContentKeys, CopyRows, OnePerContent
@@ -180,7 +181,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
         explain=args.explain, keep_embeddings=args.keep_embeddings, max_error_fraction=args.max_error_fraction,
         # every listed file gets one row: its count is the job's number of inputs, known before any is read
         input_count=listed | "CountListed" >> beam.combiners.Count.Globally(),
-        save_progress_to=f"{plan.run.output.rstrip('/')}/{manifest['run_id']}",
+        save_progress_to=files.join(plan.run.output, manifest["run_id"]),
         resumed=distinct[RESUMED] if saved is not None else None)
     copied = [outputs | "Copy" >> CopyRows(distinct[COPIES])]
     if kept:  # rows kept from the previous run: their copies count as kept too

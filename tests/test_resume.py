@@ -430,3 +430,19 @@ def test_store_retry_s_is_a_number_of_seconds(tmp_path, photos, capsys, value):
                                  str(tmp_path / "out"), "--store_retry_s", value]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: --store_retry_s must be a number of seconds, at least 0, got {value!r}", err
+
+
+def test_a_store_outage_while_a_run_is_read_is_the_stores_fault_not_a_damaged_run(monkeypatch):
+    """Before, a refused connection while checking a shard told the user to delete the run's _SUCCESS."""
+    from transforms import run_folder
+
+    def refused(path):
+        raise ConnectionRefusedError("connection refused")
+
+    monkeypatch.setattr(run_folder, "_footer_rows", refused)
+    use_job_options(PipelineOptions(["--store_retry_s", "0.5"]))
+    try:
+        with pytest.raises(faults.StoreError, match=r"the store s3://bkt failed"):
+            run_folder.check_shard("s3://bkt/out", "s3://bkt/out/run-x/embeddings-1.parquet", 7)
+    finally:
+        use_job_options(PipelineOptions([]))

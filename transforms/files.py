@@ -15,6 +15,11 @@ from transforms.faults import with_retries
 from transforms.stores import is_local, use_worker_options
 
 
+def join(base: str, *names: str) -> str:
+    """`base`/name/name..., for a local path or any URL alike (never os.path: a URL keeps its slashes)."""
+    return "/".join([base.rstrip("/"), *names])
+
+
 def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     use_worker_options()
     return fsspec.core.url_to_fs(path)

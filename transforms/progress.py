@@ -47,13 +47,9 @@ _SCHEMA = pa.schema([
 ])
 
 
-def _join(*parts: str) -> str:
-    return "/".join([parts[0].rstrip("/"), *parts[1:]])
-
-
 def write_started(output: str, manifest: dict[str, Any]) -> None:
     """Records, in the run's folder, the manifest it started with: what a rerun compares its settings to."""
-    files.write(_join(output, manifest["run_id"], STARTED), json.dumps(manifest, indent=2).encode("utf-8"))
+    files.write(files.join(output, manifest["run_id"], STARTED), json.dumps(manifest, indent=2).encode("utf-8"))
 
 
 class SaveProgress(beam.DoFn):
@@ -98,7 +94,7 @@ class SaveProgress(beam.DoFn):
             for info, embedded in self.pending], schema=_SCHEMA)
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
-        files.write(_join(self.run_folder, f"{PROGRESS_PREFIX}{uuid.uuid4().hex[:16]}.parquet"), buffer.getvalue())
+        files.write(files.join(self.run_folder, f"{PROGRESS_PREFIX}{uuid.uuid4().hex[:16]}.parquet"), buffer.getvalue())
         self.pending = []
 
 
@@ -147,7 +143,7 @@ class ReadProgress(beam.PTransform):
 
 def _read_started(output: str, run_id: str) -> Optional[dict[str, Any]]:
     try:
-        return json.loads(files.read(_join(output, run_id, STARTED)).decode("utf-8"))
+        return json.loads(files.read(files.join(output, run_id, STARTED)).decode("utf-8"))
     except StoreError:
         raise
     except Exception:  # noqa: BLE001 - missing or unreadable: a run folder this run cannot build on
@@ -168,6 +164,6 @@ def resumable(output: str, run_ids: Iterable[str], settings: dict[str, Any]) -> 
                          run_id, output, differ[0])
             continue
         kept.append(run_id)
-        saved.extend(files.glob(_join(output, run_id, f"{PROGRESS_PREFIX}*.parquet")))
+        saved.extend(files.glob(files.join(output, run_id, f"{PROGRESS_PREFIX}*.parquet")))
     return kept, saved
 

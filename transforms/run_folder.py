@@ -30,7 +30,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from transforms import files
-from transforms.faults import StoreError, TooManyErrorsError, commonest
+from transforms.faults import StoreError, TooManyErrorsError, commonest, with_retries
 from transforms.records import ERRORS, RESULTS
 from transforms.stores import is_local, use_worker_options
 from transforms.write import Shard, read_rows
@@ -71,24 +71,20 @@ def new_run_id() -> str:
     return f"{RUN_PREFIX}{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:6]}"
 
 
-def _join(output: str, *names: str) -> str:
-    return "/".join([output.rstrip("/"), *names])
-
-
 def table_prefix(output: str, run_id: str, table: str) -> str:
     """The shard prefix of one table of one run: OUTPUT/RUN_ID/results, giving results-*.FORMAT."""
-    return _join(output, run_id, table)
+    return files.join(output, run_id, table)
 
 
 def _damaged(output: str, why: str) -> DamagedRun:
-    return DamagedRun(f"{_join(output, SUCCESS)} is damaged ({why}); delete it and the {CLAIM_PREFIX}* files "
+    return DamagedRun(f"{files.join(output, SUCCESS)} is damaged ({why}); delete it and the {CLAIM_PREFIX}* files "
                       "beside it to start over (the next run that finishes there cleans up the run folders)")
 
 
 def read_manifest(output: str) -> Optional[dict[str, Any]]:
     """The finished run's manifest under `output`, or None if there is none; DamagedRun if it is not a whole one."""
     try:
-        data = files.read(_join(output, SUCCESS))
+        data = files.read(files.join(output, SUCCESS))
     except (FileNotFoundError, NotADirectoryError):  # no run there; a file where the folder should be
         return None
     try:
@@ -120,13 +116,17 @@ def _present_files(output: str, manifest: dict[str, Any], table: str) -> list[st
     return shards
 
 
+def _footer_rows(path: str) -> int:
+    use_worker_options()
+    with fsspec.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
 def check_shard(output: str, path: str, rows: int) -> None:
     """DamagedRun unless the Parquet shard `path` is there, whole (its footer reads) and holds `rows` rows: read
     from its footer alone, so a job can check every shard it will read before it starts."""
-    use_worker_options()
     try:
-        with fsspec.open(path, "rb") as f:
-            found = pq.ParquetFile(f).metadata.num_rows
+        found = with_retries(path, lambda: _footer_rows(path))
     except StoreError:
         raise
     except FileNotFoundError:
@@ -145,7 +145,7 @@ def run_files(output: str, table: str = "results") -> list[str]:
 
 def manifest_files(output: str, manifest: dict[str, Any], table: str) -> list[str]:
     """The shard files of one table that `manifest`, read from folder `output`, lists (none: an empty list)."""
-    return [_join(output, shard["path"]) for shard in manifest.get(table, [])]
+    return [files.join(output, shard["path"]) for shard in manifest.get(table, [])]
 
 
 def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
@@ -164,7 +164,7 @@ def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
     for path, shard in zip(_present_files(output, manifest, table), manifest.get(table, [])):
         before = len(rows)
         try:
-            rows.extend(read_rows(path))
+            rows.extend(with_retries(path, lambda: list(read_rows(path))))
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001 - cut short, overwritten: not the shard this run wrote
@@ -177,7 +177,7 @@ def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
 
 def _run_folders(output: str) -> list[str]:
     """The ids of the run folders under `output`, finished or not."""
-    return [path.rstrip("/").rsplit("/", 1)[-1] for path in files.glob(_join(output, f"{RUN_PREFIX}*"))]
+    return [path.rstrip("/").rsplit("/", 1)[-1] for path in files.glob(files.join(output, f"{RUN_PREFIX}*"))]
 
 
 def unfinished_runs(output: str) -> list[str]:
@@ -191,7 +191,7 @@ def remove_runs_before(output: str, run_id: str, replaced: Optional[str]) -> lis
     """Deletes the folder of the `replaced` run and of runs that started before `run_id` (killed runs); never a
     later one, which may be a job still running. Returns the run ids removed."""
     removed = [old for old in sorted(_run_folders(output)) if old < run_id or old == replaced]
-    files.delete([_join(output, old) for old in removed])
+    files.delete([files.join(output, old) for old in removed])
     return removed
 
 
@@ -212,7 +212,7 @@ def _claim(output: str, generation: int, run_id: str) -> None:
     """Creates OUTPUT/_COMMIT-<generation> holding `run_id`, only if no such file exists: the one step two
     committing jobs cannot both pass. Where fsspec has no exclusive create for the store (no driver installed, or
     none for "xb"), it is written after a look: best effort, as a store without it allows."""
-    path = _join(output, f"{CLAIM_PREFIX}{generation:08d}")
+    path = files.join(output, f"{CLAIM_PREFIX}{generation:08d}")
     use_worker_options()
     try:
         if is_local(output):
@@ -277,16 +277,16 @@ def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
     manifest["generation"] = (current or {}).get("generation", 0) + 1
     _claim(output, manifest["generation"], manifest["run_id"])
     manifest["finished"] = utc_now()
-    files.write(_join(output, SUCCESS), json.dumps(manifest, indent=2).encode("utf-8"))
-    stale = files.glob(_join(output, f"{SUCCESS}.*.tmp"))
-    stale += [path for path in files.glob(_join(output, f"{CLAIM_PREFIX}*"))
+    files.write(files.join(output, SUCCESS), json.dumps(manifest, indent=2).encode("utf-8"))
+    stale = files.glob(files.join(output, f"{SUCCESS}.*.tmp"))
+    stale += [path for path in files.glob(files.join(output, f"{CLAIM_PREFIX}*"))
               if path.rsplit("/", 1)[-1] < f"{CLAIM_PREFIX}{manifest['generation']:08d}"]
     files.delete(stale)  # a manifest half-written by a commit that was killed; claims of earlier commits
     removed = remove_runs_before(output, manifest["run_id"], replaces)
     if removed:
         _LOG.info("removed older run folders under %s: %s", output, ", ".join(removed))
     named = {shard["path"].rsplit("/", 1)[-1] for table in manifest["tables"] for shard in manifest[table]}
-    files.delete([path for path in files.glob(_join(output, manifest["run_id"], "*"))
+    files.delete([path for path in files.glob(files.join(output, manifest["run_id"], "*"))
                   if path.rsplit("/", 1)[-1] not in named])
     return manifest
 
