@@ -6,6 +6,7 @@ the process tree), and printed as markdown with ratios.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 from benchmarks.run import make_images
 from transforms.records import EMBEDDINGS
 from transforms.run_folder import commit, new_run_id, read_manifest, run_files, table_prefix, utc_now
+from transforms.write import Shard
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = ["a cat", "a rocket", "a cup of coffee", "a motorcycle", "a flower", "a person", "a building",
@@ -55,9 +57,9 @@ def repeated_embeddings(source: Path, target: Path, copies: int) -> int:
         shard = f"{table_prefix(str(target), run_id, EMBEDDINGS)}-{i:05d}-of-{copies:05d}.parquet"
         Path(shard).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table.set_column(0, "uri", [[f"{uri}#copy{i}" for uri in uris]]), shard)
-        shards.append(shard)
-    commit(str(target), {"run_id": run_id, "started": utc_now(), "model": manifest["model"], "format": "parquet"},
-           None, {EMBEDDINGS: shards})
+        shards.append(Shard(shard, table.num_rows))
+    copied = dataclasses.replace(manifest, run_id=run_id, started=utc_now(), shards={}, generation=0)
+    commit(str(target), copied, None, {EMBEDDINGS: shards})
     return table.num_rows * copies
 
 

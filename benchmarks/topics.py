@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
-import json
 import platform
 import shutil
 import subprocess
@@ -33,6 +33,7 @@ from benchmarks.devsets import image_glob, read_index
 from pipelines import classify_images, topics
 from transforms.records import EMBEDDINGS, embeddings_schema
 from transforms.run_folder import SUCCESS, read_manifest, read_run
+from transforms.write import Shard
 
 # The job's own peak (VmHWM is per address space; ru_maxrss would carry this process's peak across the exec).
 PEAK_RSS = ("import re, sys; from pipelines import topics; status = topics.main(sys.argv[1:]); "
@@ -73,24 +74,24 @@ def synthetic_run(like: Path, folder: Path, images: int, shards: int = 4) -> Non
     manifest (model, run id) of the kept run `like`."""
     manifest = read_manifest(str(like))
     shutil.rmtree(folder, ignore_errors=True)
-    (folder / manifest["run_id"]).mkdir(parents=True)
+    (folder / manifest.run_id).mkdir(parents=True)
     rng = np.random.default_rng(0)
     dim = len(read_run(str(like), EMBEDDINGS)[0]["embedding"])
     centres = rng.standard_normal((30, dim))
-    manifest[EMBEDDINGS] = []
+    written = []
     for shard in range(shards):
         rows = images // shards
         vectors = centres[rng.integers(30, size=rows)] + 0.5 * rng.standard_normal((rows, dim))
         vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-        path = f"{manifest['run_id']}/embeddings-{shard:05d}-of-{shards:05d}.parquet"
+        path = f"{manifest.run_id}/embeddings-{shard:05d}-of-{shards:05d}.parquet"
         pq.write_table(pa.table({
             "uri": [f"synthetic/{shard}-{i}.jpg" for i in range(rows)], "sha256": ["0" * 64] * rows,
-            "model": [manifest["model"]] * rows,
+            "model": [manifest.model] * rows,
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
             "width": pa.array([1] * rows, pa.int32()), "height": pa.array([1] * rows, pa.int32())},
             schema=embeddings_schema(dim)), folder / path)
-        manifest[EMBEDDINGS].append({"path": path, "rows": rows})
-    (folder / SUCCESS).write_text(json.dumps(manifest))
+        written.append(Shard(path, rows))
+    (folder / SUCCESS).write_bytes(dataclasses.replace(manifest, shards={EMBEDDINGS: tuple(written)}).to_json())
 
 
 def peak_memory(like: Path, output: Path, sizes: list[int]) -> None:

@@ -39,6 +39,7 @@ from transforms.backends import Backend
 from transforms.classify import ZeroShotClassify, check_settings
 from transforms.dedupe import COPIES, RESUMED, ContentKeys, CopyRows, OnePerContent
 from transforms.label_sets import load_templates
+from transforms.manifest import Manifest
 from transforms.progress import ReadProgress, resumable, write_started
 from transforms.read import MatchFiles, first_match
 from transforms.records import EMBEDDING_DTYPES, EMBEDDINGS, ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA
@@ -46,7 +47,7 @@ from transforms.run_folder import SUCCESS, CommitRun, run_files, table_prefix, u
 from transforms.skip import CARRIED_METRIC, TO_LABEL, SkipExisting
 from transforms.write import WriteEmbeddings, WriteRows
 
-PROG = "python -m pipelines.classify_images"
+JOB, PROG = "classify", "python -m pipelines.classify_images"
 # A few unreadable files are normal in a bucket; more than one in ten says the set-up is wrong (a format Pillow
 # cannot decode, a model that rejects everything, a glob that matches sidecar files), not the files.
 DEFAULT_MAX_ERROR_FRACTION = 0.1
@@ -96,7 +97,7 @@ class Plan(NamedTuple):
     run: RunFolder
     settings: dict[str, Any]
     replaces: Optional[str]  # the run id --overwrite replaces
-    previous: Optional[dict[str, Any]]  # the manifest of --skip_existing's run
+    previous: Optional[Manifest]  # of --skip_existing's run
     progress: list[str]  # the progress files of the unfinished runs this one resumes
 
 
@@ -143,25 +144,28 @@ def resume_from(output: str, settings: dict[str, Any]) -> list[str]:
     return files
 
 
-def check_reusable(previous: dict[str, Any], settings: dict[str, Any], file_format: str,
+def check_reusable(previous: Manifest, settings: dict[str, Any], file_format: str,
                    embeddings_dtype: Optional[str]) -> None:
     """Raises ConfigError unless the rows of the `previous` run are the rows this run would write (and, when this
     run keeps embeddings, unless it kept them in the same dtype)."""
-    if differ := [name for name in settings if previous["settings"].get(name) != settings[name]]:
-        raise ConfigError(f"--skip_existing: run {previous['run_id']} was made with another {differ[0]} "
-                          f"({previous['settings'].get(differ[0])!r}, now {settings[differ[0]]!r}); its rows "
+    if previous.settings.get("row_columns") != settings["row_columns"]:
+        raise ConfigError(f"--skip_existing: run {previous.run_id} was written by another version of "
+                          "zero-shot-labels, whose rows have other columns; they cannot be reused")
+    if differ := [name for name in settings if previous.settings.get(name) != settings[name]]:
+        raise ConfigError(f"--skip_existing: run {previous.run_id} was made with another {differ[0]} "
+                          f"({previous.settings.get(differ[0])!r}, now {settings[differ[0]]!r}); its rows "
                           "cannot be reused")
-    if previous["format"] != file_format:
-        raise ConfigError(f"--skip_existing: run {previous['run_id']} is in {previous['format']}; "
-                          f"write this run with --format {previous['format']} too")
-    if embeddings_dtype and previous.get("embeddings_dtype") != embeddings_dtype:
-        kept = previous.get("embeddings_dtype")
-        raise ConfigError(f"--skip_existing: run {previous['run_id']} "
+    if previous.format != file_format:
+        raise ConfigError(f"--skip_existing: run {previous.run_id} is in {previous.format}; "
+                          f"write this run with --format {previous.format} too")
+    if embeddings_dtype and previous.embeddings_dtype != embeddings_dtype:
+        kept = previous.embeddings_dtype
+        raise ConfigError(f"--skip_existing: run {previous.run_id} "
                           + (f"kept its embeddings as {kept}; pass --embeddings_dtype {kept}" if kept else
                              "kept no embeddings; run without --skip_existing once to keep them"))
 
 
-def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan, manifest: dict[str, Any]) -> None:
+def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan, manifest: Manifest) -> None:
     """List (with the store's checksums) -> one file per content -> [keep the rows of unchanged files] -> classify
     -> copy rows to duplicate files -> write results, errors [and embeddings] -> commit. An object in a bucket is
     fetched once: to compare it with the previous run and to label it, from the same bytes."""
@@ -181,14 +185,14 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
         explain=args.explain, keep_embeddings=args.keep_embeddings, max_error_fraction=args.max_error_fraction,
         # every listed file gets one row: its count is the job's number of inputs, known before any is read
         input_count=listed | "CountListed" >> beam.combiners.Count.Globally(),
-        save_progress_to=files.join(plan.run.output, manifest["run_id"]),
+        save_progress_to=files.join(plan.run.output, manifest.run_id),
         resumed=distinct[RESUMED] if saved is not None else None)
     copied = [outputs | "Copy" >> CopyRows(distinct[COPIES])]
     if kept:  # rows kept from the previous run: their copies count as kept too
         copied.append(kept | "CopyKept" >> CopyRows(distinct[COPIES], counted_as=CARRIED_METRIC))
     rows = {table: ([parts[table] for parts in copied if table in parts] + (errors if table == ERRORS else []))
             | f"All{table.title()}" >> beam.Flatten() for table in outputs}
-    run, run_id = plan.run, manifest["run_id"]
+    run, run_id = plan.run, manifest.run_id
     written = {
         RESULTS: rows[RESULTS] | "WriteResults" >> WriteRows(table_prefix(run.output, run_id, RESULTS),
                                                              RESULTS_SCHEMA, run.file_format, run.num_shards),
@@ -209,10 +213,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    manifest = new_manifest(PROG, argv, plan.run, plan.backend.model_id, input=args.input, labels=args.labels,
+    manifest = new_manifest(JOB, PROG, argv, plan.run, plan.backend.model_id, input=args.input, labels=args.labels,
                             embeddings_dtype=args.embeddings_dtype if args.keep_embeddings else None,
                             max_error_fraction=args.max_error_fraction,
-                            settings=plan.settings, skip_existing=plan.previous and plan.previous["run_id"])
+                            settings=plan.settings, skip_existing=plan.previous and plan.previous.run_id)
     try:
         write_started(plan.run.output, manifest)
     except Exception as e:  # noqa: BLE001 - the probe wrote there a moment ago; say what changed, as a config error

@@ -32,9 +32,10 @@ from pipelines.cli import (
 from pipelines.redact import redacted, scrubbed
 from transforms.backends import BACKENDS, Backend
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
+from transforms.manifest import Manifest
 from transforms.rank import Decision
+from transforms.records import RESULTS_SCHEMA
 from transforms.run_folder import (
-    MANIFEST_VERSION,
     SUCCESS,
     CommitRun,
     RunFolderError,
@@ -111,7 +112,7 @@ class StoredVectorsJob:
     vectors it reads and their shards, and the run folder it writes."""
 
     backend: Backend
-    stored_run: str
+    stored: Manifest  # of the run whose vectors it reads
     shards: list[str]
     run: RunFolder
     replaces: Optional[str]
@@ -120,21 +121,21 @@ class StoredVectorsJob:
     def from_args(cls, args: argparse.Namespace, beam_args: Sequence[str]) -> "StoredVectorsJob":
         """From --backend and its settings, --embeddings and the run options; ConfigError with one line."""
         backend = checked_backend(args, beam_args)
-        stored_run, shards = stored_shards(args.embeddings, backend)
+        stored, shards = stored_shards(args.embeddings, backend)
         run = RunFolder.from_args(args)
-        return cls(backend, stored_run, shards, run, run.to_replace())
+        return cls(backend, stored, shards, run, run.to_replace())
 
-    def write(self, manifest: dict[str, Any], tables: Mapping[str, tuple[beam.PCollection, pa.Schema]]) -> None:
+    def write(self, manifest: Manifest, tables: Mapping[str, tuple[beam.PCollection, pa.Schema]]) -> None:
         """Writes each table's rows (table -> (rows, schema)) and commits the run once they are all final."""
         written = {table: rows | f"Write{table.title()}" >> WriteRows(
-                       table_prefix(self.run.output, manifest["run_id"], table), schema, self.run.file_format,
+                       table_prefix(self.run.output, manifest.run_id, table), schema, self.run.file_format,
                        self.run.num_shards)
                    for table, (rows, schema) in tables.items()}
         written | "Commit" >> CommitRun(self.run.output, manifest, self.replaces)
 
 
-def stored_shards(embeddings: str, backend: Backend) -> tuple[str, list[str]]:
-    """(run id, embeddings shards) of the run folder --embeddings names, made by the model `backend` is;
+def stored_shards(embeddings: str, backend: Backend) -> tuple[Manifest, list[str]]:
+    """(manifest, embeddings shards) of the run folder --embeddings names, made by the model `backend` is;
     ConfigError otherwise."""
     try:
         return embeddings_of(embeddings, backend)
@@ -214,10 +215,10 @@ class RunFolder:
         when one is there and --overwrite was not given."""
         current = finished_run(self.output, "--output")
         if current and not self.overwrite:
-            raise ConfigError(f"--output {self.output!r} holds a finished run ({current['run_id']}, finished "
-                              f"{current['finished']}); pass --overwrite to replace it once the new run has "
+            raise ConfigError(f"--output {self.output!r} holds a finished run ({current.run_id}, finished "
+                              f"{current.finished}); pass --overwrite to replace it once the new run has "
                               "succeeded")
-        return current and current["run_id"]
+        return current and current.run_id
 
     def probe(self) -> None:
         """Writes and deletes a probe file in the folder: the last check, so a refused job leaves nothing behind."""
@@ -276,7 +277,7 @@ def workers_in_this_process(beam_args: Sequence[str]) -> bool:
             and options.view_as(DirectOptions).direct_running_mode != "multi_processing")
 
 
-def finished_run(folder: str, flag: str) -> Optional[dict[str, Any]]:
+def finished_run(folder: str, flag: str) -> Optional[Manifest]:
     """The manifest of the finished run in `folder`, or None; an unreadable folder is a ConfigError."""
     try:
         return read_manifest(folder)
@@ -286,47 +287,55 @@ def finished_run(folder: str, flag: str) -> Optional[dict[str, Any]]:
 
 def result_settings(backend: Backend, labels: LabelChoice, templates: Sequence[str],
                     explain: int = 0) -> dict[str, Any]:
-    """Everything a result row depends on: two runs with equal settings give a file the same row."""
+    """Everything a result row depends on: two runs with equal settings give a file the same row. The row's columns
+    are among them, so a run made before a column was added or changed is never reused as if it had it."""
     label_set = json.dumps({"labels": labels.phrases, "templates": list(templates)}, sort_keys=True).encode("utf-8")
     decision = labels.decision
-    return {"backend": backend.name, "model": backend.model_id,
+    return {"row_columns": hashlib.sha256(str(RESULTS_SCHEMA).encode("utf-8")).hexdigest()[:16],
+            "backend": backend.name, "model": backend.model_id,
             "label_set_sha256": hashlib.sha256(label_set).hexdigest(), "top_k": decision.top_k,
             "min_prob": decision.min_prob, "multi_label_threshold": decision.multi_label_threshold,
             "explain": explain, "backend_settings": backend.result_settings()}
 
 
-def new_manifest(prog: str, argv: Sequence[str], run: RunFolder, model: str, **facts: Any) -> dict[str, Any]:
-    """What `_SUCCESS` says about a run, less what only its end knows (finish time, shards and row counts)."""
-    return {"version": MANIFEST_VERSION, "run_id": new_run_id(), "started": utc_now(),
-            "command": [prog, *redacted(argv)], "format": run.file_format, "model": model,
-            **{name: scrubbed(value) if isinstance(value, str) else value for name, value in facts.items()}}
+def new_manifest(job: str, prog: str, argv: Sequence[str], run: RunFolder, model: str, *,
+                 details: Optional[Mapping[str, Any]] = None, **fields: Any) -> Manifest:
+    """What `_SUCCESS` will say about a run of `job`, less what only its end knows (finish time, shards); `fields`
+    are Manifest's, `details` what only people read. Strings a user typed are scrubbed of credentials."""
+    def scrub(value: Any) -> Any:
+        return (scrubbed(value) if isinstance(value, str) else
+                [scrub(item) for item in value] if isinstance(value, (list, tuple)) else value)
+
+    return Manifest(job, new_run_id(), utc_now(), (prog, *redacted(argv)), run.file_format, model,
+                    details={name: scrub(value) for name, value in (details or {}).items()},
+                    **{name: scrub(value) for name, value in fields.items()})
 
 
-def written(manifest: dict[str, Any], table: str) -> str:
+def written(manifest: Manifest, table: str) -> str:
     """'N rows in FILE, FILE' for one table of a committed run."""
-    shards = manifest.get(table, [])
-    return f"{sum(s['rows'] for s in shards)} rows in {', '.join(s['path'] for s in shards) or '(no file)'}"
+    shards = manifest.shards.get(table, ())
+    return f"{manifest.rows(table)} rows in {', '.join(shard.path for shard in shards) or '(no file)'}"
 
 
-def _why_it_failed(output: str, manifest: dict[str, Any], error: Exception) -> str:
+def _why_it_failed(output: str, manifest: Manifest, error: Exception) -> str:
     """The failure's one line; when another job committed into `output` meanwhile (and may have removed this run's
     folder as it did, which is what then failed), that is said instead."""
     try:
         committed = read_manifest(output)
     except Exception:  # noqa: BLE001 - the failure itself is what to report
         committed = None
-    if committed and committed["run_id"] != manifest["run_id"] and committed["finished"] >= manifest["started"]:
-        return (f"ConcurrentRunError: another job committed run {committed['run_id']} to {output!r} while this one "
+    if committed and committed.run_id != manifest.run_id and committed.finished >= manifest.started:
+        return (f"ConcurrentRunError: another job committed run {committed.run_id} to {output!r} while this one "
                 f"ran; this run's rows were not committed")
     return failure_line(error)
 
 
-def _say_why_on_stop(output: str, manifest: dict[str, Any]) -> None:
+def _say_why_on_stop(output: str, manifest: Manifest) -> None:
     """SIGTERM (a preempted machine, a scheduler's stop) and Ctrl-C end the job with one line saying what is kept,
     instead of a silent exit 143 or a traceback."""
     def stop(signum: int, _frame) -> None:
         name = signal.Signals(signum).name
-        print(f"error: stopped by {name}: nothing of run {manifest['run_id']} was committed, and {output!r} still "
+        print(f"error: stopped by {name}: nothing of run {manifest.run_id} was committed, and {output!r} still "
               "holds what it held; run the same command again to continue from the images already embedded",
               file=sys.stderr)
         sys.stderr.flush()
@@ -336,18 +345,18 @@ def _say_why_on_stop(output: str, manifest: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, stop)
 
 
-def _if_disk_full(output: str, manifest: dict[str, Any], error: Exception) -> str:
+def _if_disk_full(output: str, run_id: str, error: Exception) -> str:
     """For a job that failed because the disk of a local --output filled up: where this run's files are, and what
     to do; '' otherwise."""
     if "No space left on device" not in str(error) or not is_local(output):
         return ""
-    folder = os.path.join(output.removeprefix("file://"), manifest["run_id"])
+    folder = os.path.join(output.removeprefix("file://"), run_id)
     size = sum(entry.stat().st_size for entry in os.scandir(folder)) if os.path.isdir(folder) else 0
     return (f"; this run's unfinished files are in {folder} ({size / 1e6:.0f} MB): free space elsewhere and run "
             "again to continue from them, or delete that folder")
 
 
-def run_job(output: str, beam_args: Sequence[str], manifest: dict[str, Any],
+def run_job(output: str, beam_args: Sequence[str], manifest: Manifest,
             build: Callable[[beam.Pipeline], None]) -> int:
     """Builds the pipeline with `build`, runs it, and prints the summary and what the committed run holds; a failed
     job ends with one line naming the exception that ended it, and exit status 1."""
@@ -363,14 +372,14 @@ def run_job(output: str, beam_args: Sequence[str], manifest: dict[str, Any],
         result = pipeline.run()
         result.wait_until_finish()
     except Exception as e:  # noqa: BLE001 - a failed job ends with one line, the runner has logged the rest
-        print(f"error: the job failed: {_why_it_failed(output, manifest, e)}{_if_disk_full(output, manifest, e)}",
-              file=sys.stderr)
+        why = _why_it_failed(output, manifest, e) + _if_disk_full(output, manifest.run_id, e)
+        print(f"error: the job failed: {why}", file=sys.stderr)
         return 1
     print(summary(result, time.monotonic() - start))
     committed = read_manifest(output)
-    if committed is None or committed["run_id"] != manifest["run_id"]:  # a runner that lost the commit's failure
-        print(f"error: the job ended but did not commit its run {manifest['run_id']} to {output!r}", file=sys.stderr)
+    if committed is None or committed.run_id != manifest.run_id:  # a runner that lost the commit's failure
+        print(f"error: the job ended but did not commit its run {manifest.run_id} to {output!r}", file=sys.stderr)
         return 1
-    print(f"run {committed['run_id']} in {output} ({SUCCESS} written)\n"
-          + "\n".join(f"{table}: {written(committed, table)}" for table in committed["tables"]))
+    print(f"run {committed.run_id} in {output} ({SUCCESS} written)\n"
+          + "\n".join(f"{table}: {written(committed, table)}" for table in committed.shards))
     return 0

@@ -37,8 +37,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    manifest = jobs.new_manifest(PROG, argv, job.run, job.backend.model_id, labels=labels.source,
-                                 embeddings_run=job.stored_run,
+    manifest = jobs.new_manifest("relabel", PROG, argv, job.run, job.backend.model_id, labels=labels.source,
+                                 embeddings_run=job.stored.run_id,
                                  settings=jobs.result_settings(job.backend, labels, templates))
 
     def build(pipeline: beam.Pipeline) -> None:

@@ -26,7 +26,7 @@ from PIL import Image
 from pipelines.cli import ConfigError, OneLineParser, exit_job, unknown_beam_args
 from transforms.decode import decode_image
 from transforms.records import EMBEDDINGS
-from transforms.run_folder import RunFolderError, read_manifest, read_run
+from transforms.run_folder import RunFolderError, finished_manifest, read_run
 from transforms.stores import use_job_options
 
 THUMB_SIDE = 256
@@ -143,7 +143,7 @@ def _map_section(points, groups, names, legend, what: str) -> str:
 
 def _label_map(run: str, results: Sequence[dict]) -> str:
     """The map of a classify run that kept its embeddings, coloured by top label; '' for one that did not."""
-    if not (read_manifest(run) or {}).get(EMBEDDINGS):
+    if not finished_manifest(run).shards.get(EMBEDDINGS):
         return ""
     import numpy as np
 
@@ -280,10 +280,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     use_job_options(PipelineOptions(store_args))  # Beam's store options, e.g. --s3_endpoint_url, reach the run
     titled = {"title": args.title} if args.title else {}
     try:
-        job = str((read_manifest(args.run) or {}).get("command", [""])[0])
-        if job.endswith("pipelines.topics"):
+        job = finished_manifest(args.run).job
+        if job == "topics":
             write_topics_report(args.run, args.output, **titled)
-        elif job.endswith("pipelines.search"):
+        elif job == "search":
             write_search_report(args.run, args.output, **titled)
         else:
             write_report(args.run, args.output, per_label=args.per_label, **titled)

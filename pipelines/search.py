@@ -41,8 +41,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    manifest = jobs.new_manifest(PROG, argv, job.run, job.backend.model_id, queries=args.query,
-                            images_per_query=args.images_per_query, embeddings_run=job.stored_run)
+    manifest = jobs.new_manifest("search", PROG, argv, job.run, job.backend.model_id, embeddings_run=job.stored.run_id,
+                                 details={"queries": args.query, "images_per_query": args.images_per_query})
 
     def build(pipeline: beam.Pipeline) -> None:
         hits = (pipeline

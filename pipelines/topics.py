@@ -22,7 +22,7 @@ from transforms import files
 from transforms.label_sets import LabelSetError, load_label_phrases, load_templates
 from transforms.rank import EmbedLabels
 from transforms.records import EMBEDDINGS, IMAGE_TOPICS_SCHEMA, TOPICS_SCHEMA
-from transforms.run_folder import read_manifest, read_run
+from transforms.run_folder import read_run
 from transforms.topics import FindTopics
 
 PROG = "python -m pipelines.topics"
@@ -62,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.iterations < 1:
             raise ConfigError(f"--iterations must be at least 1, got {args.iterations}")
         job = jobs.StoredVectorsJob.from_args(args, beam_args)
-        images = sum(shard["rows"] for shard in read_manifest(args.embeddings)[EMBEDDINGS])
+        images = job.stored.rows(EMBEDDINGS)
         if not 1 <= args.topics <= images:
             raise ConfigError(f"--topics must be between 1 and the {images} images of the run, got {args.topics}")
         if args.topics > len(vocabulary):
@@ -73,9 +73,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    manifest = jobs.new_manifest(PROG, argv, job.run, job.backend.model_id, embeddings_run=job.stored_run,
-                                 topics=args.topics, iterations=args.iterations, seed=args.seed,
-                                 vocabulary=args.vocabulary)
+    manifest = jobs.new_manifest("topics", PROG, argv, job.run, job.backend.model_id, embeddings_run=job.stored.run_id,
+                                 details={"topics": args.topics, "iterations": args.iterations, "seed": args.seed,
+                                          "vocabulary": args.vocabulary})
 
     def build(pipeline: beam.Pipeline) -> None:
         words = pipeline | "EmbedVocabulary" >> EmbedLabels(vocabulary, templates, job.backend)
@@ -90,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Written after the commit, from the committed rows; its first line names the run it comes from.
     suggested = f"{job.run.output.rstrip('/')}/{SUGGESTED_LABELS}"
     files.write(suggested, suggested_labels(read_run(job.run.output, "topics"), vocabulary,
-                                                 manifest["run_id"]).encode("utf-8"))
+                                                 manifest.run_id).encode("utf-8"))
     print(f"suggested labels: {suggested}")
     if args.report:
         from pipelines.report import write_topics_report

@@ -99,17 +99,17 @@ def test_a_bucket_in_and_out_with_one_fetch_per_image(store_name, request, photo
     assert readme_readers(run) == {"pandas": 5, "pyarrow": 5, "duckdb": 5}
 
     # An incremental run: unchanged objects keep their rows, still one fetch each.
-    first = read_manifest(run)["run_id"]
+    first = read_manifest(run).run_id
     store["log"].lines.clear()
     done = _classify(store, "--keep_embeddings", "--overwrite", "--skip_existing", run)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "labeled 0 images" in done.stdout and "kept 5 rows of the previous run" in done.stdout
     assert max(store["log"].gets(store["object"]).values()) == 1
     manifest = read_manifest(run)
-    assert manifest["run_id"] != first and manifest["skip_existing"] == first
+    assert manifest.run_id != first and manifest.skip_existing == first
     listing = fsspec.filesystem(store["url"].split(":")[0]).ls(run.split("://")[1])
     assert sorted(path.rsplit("/", 1)[-1] for path in listing) == sorted(
-        [SUCCESS, f"_COMMIT-{manifest['generation']:08d}", manifest["run_id"]])
+        [SUCCESS, f"_COMMIT-{manifest.generation:08d}", manifest.run_id])
 
     # Relabel, search and the report read the run from the store.
     assert relabel.main(["--embeddings", run, "--labels", "everyday", "--output", f"{store['url']}/relabeled",
@@ -165,7 +165,7 @@ def test_an_hf_model_folder_in_the_bucket_is_copied_once_and_labels(s3, photos, 
                 "0.5", TMPDIR=str(tmp_path))  # where workers keep their copy of the model
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_run("s3://bkt/out")
-    assert len(rows) == 5 and {row["model"] for row in rows} == {read_manifest("s3://bkt/out")["model"]}
+    assert len(rows) == 5 and {row["model"] for row in rows} == {read_manifest("s3://bkt/out").model}
     assert rows[0]["model"].startswith("hf:s3://bkt/models/clip@")
     # The launcher and the in-process workers share one copy: each model file was fetched once.
     model_gets = s3["log"].gets(r"GET /bkt/(models/clip/[^ ?]+)")

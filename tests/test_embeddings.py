@@ -50,7 +50,7 @@ def test_the_embeddings_table_has_one_fixed_size_vector_per_image(kept):
         table = pq.read_table(run_files(str(kept / dtype), "embeddings"))
         assert table.schema.field("embedding").type == pa.list_(arrow_type, LocalBackend.embedding_dim)
         assert table.num_rows == 7 and table.column_names == ["uri", "sha256", "model", "embedding", "width", "height"]
-    assert read_manifest(str(kept / "float16"))["embeddings_dtype"] == "float16"
+    assert read_manifest(str(kept / "float16")).embeddings_dtype == "float16"
 
 
 def test_relabel_gives_the_rows_of_a_fresh_classify_without_the_image_model(kept, tmp_path, no_image_model):

@@ -138,7 +138,7 @@ def test_the_output_store_going_away_fails_the_job_and_keeps_the_previous_run(st
     assert len(err.strip().splitlines()[-1]) < 600
     # The store back with what it held: the previous run is still the one readers get.
     store.restart()
-    assert read_manifest("s3://bkt/out")["run_id"] == previous["run_id"]
+    assert read_manifest("s3://bkt/out").run_id == previous.run_id
     assert len(read_run("s3://bkt/out")) == 60
 
 

@@ -86,7 +86,7 @@ def test_the_portable_runner_gives_the_direct_runners_rows(environment, job_serv
          job_service, *workers],
         cwd=REPO, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"run {read_manifest(str(out))['run_id']} in {out} (_SUCCESS written)" in done.stdout
+    assert f"run {read_manifest(str(out)).run_id} in {out} (_SUCCESS written)" in done.stdout
     portable = _by_uri(read_run(str(out)))
     assert portable.keys() == _by_uri(results).keys() and len(portable) == 8
     for uri, row in _by_uri(results).items():

@@ -4,7 +4,6 @@ hang, leak a secret or crash, fed exactly as it came."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ from benchmarks.run import make_images
 from pipelines import classify_images, jobs, relabel, report
 from tests.conftest import REPO
 from transforms import faults, progress, rank
+from transforms.manifest import Manifest
 from transforms.run_folder import SUCCESS, read_manifest, read_run
 from transforms.stores import use_job_options
 
@@ -84,7 +84,7 @@ def test_a_killed_job_run_again_embeds_only_the_rest_and_gives_a_clean_runs_rows
     resumed = int(re.search(r"resumed (\d+) images from the vectors an unfinished run saved", rerun.stdout)[1])
     assert progress.SAVE_EVERY <= resumed < 400
     assert "labeled 400 images" in rerun.stdout
-    assert [folder.name for folder in out.glob("run-*")] == [read_manifest(str(out))["run_id"]]  # killed one gone
+    assert [folder.name for folder in out.glob("run-*")] == [read_manifest(str(out)).run_id]  # killed one gone
     assert not list(out.glob(f"run-*/{progress.PROGRESS_PREFIX}*")) and not list(out.glob("run-*/_STARTED"))
 
     clean = tmp_path / "clean"
@@ -307,7 +307,7 @@ def test_relabel_with_a_report_writes_the_page(finished_run, tmp_path):
                          str(tmp_path / "relabeled"),
                          "--report", str(page)]) == 0
     assert page.stat().st_size > 1000 and page.read_text().count("data:image/jpeg;base64,") >= 7
-    assert read_manifest(str(tmp_path / "relabeled"))["embeddings_run"] == read_manifest(str(finished_run))["run_id"]
+    assert read_manifest(str(tmp_path / "relabeled")).embeddings_run == read_manifest(str(finished_run)).run_id
     again = tmp_path / "again.html"
     assert report.main(["--run", str(tmp_path / "relabeled"), "--output", str(again)]) == 0
     assert again.stat().st_size > 1000
@@ -363,9 +363,9 @@ def test_a_full_disk_names_the_run_folder_to_free(tmp_path):
     run.mkdir(parents=True)
     (run / "results-1.parquet").write_bytes(b"\0" * 2_000_000)
     error = OSError(errno.ENOSPC, "No space left on device")
-    hint = jobs._if_disk_full(str(tmp_path / "out"), {"run_id": "run-x"}, error)
+    hint = jobs._if_disk_full(str(tmp_path / "out"), "run-x", error)
     assert f"are in {run} (2 MB)" in hint and "run again to continue from them, or delete that folder" in hint
-    assert jobs._if_disk_full("s3://bkt/out", {"run_id": "run-x"}, error) == ""
+    assert jobs._if_disk_full("s3://bkt/out", "run-x", error) == ""
 
 
 def test_a_damaged_hf_weights_file_stops_the_job_before_it_starts_naming_the_file(tmp_path, photos, capsys):
@@ -401,8 +401,8 @@ def test_large_label_sets_are_embedded_in_bounded_batches_with_progress(monkeypa
 def test_the_started_record_is_the_runs_manifest(tmp_path, photos):
     out = tmp_path / "out"
     run = _unfinished_run(out, photos)
-    started = json.loads((out / run / progress.STARTED).read_text())
-    assert started["run_id"] == run and started["settings"]["backend"] == "local"
+    started = Manifest.from_json((out / run / progress.STARTED).read_bytes())
+    assert started.run_id == run and started.settings["backend"] == "local" and started.finished is None
 
 
 @pytest.mark.slow

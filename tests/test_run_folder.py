@@ -2,6 +2,7 @@
 readers, and jobs killed mid-labeling and in the finalize window."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import pytest
 from benchmarks.run import make_images
 from pipelines import classify_images, jobs
 from tests.conftest import commit_gate
+from transforms.manifest import LAYOUT
 from transforms.run_folder import SUCCESS, NoFinishedRun, commit, read_manifest, read_run, remove_runs_before
 from transforms.write import Shard
 
@@ -46,21 +48,21 @@ def test_a_finished_run_is_its_folder_and_a_manifest_written_last(tmp_path, phot
     assert _classify(photos, out, "--top_k", "2") == 0
     manifest = read_manifest(str(out))
     claim = "_COMMIT-00000001"  # the first commit's claim of generation 1
-    assert {p.name for p in out.iterdir()} == {SUCCESS, claim, manifest["run_id"]} and manifest["generation"] == 1
-    assert manifest["finished"] >= manifest["started"] and manifest["format"] == "parquet"
-    assert manifest["model"].startswith("conse-") and len(manifest["settings"]["label_set_sha256"]) == 64
-    assert manifest["command"][:3] == ["python -m pipelines.classify_images", "--input", f"{photos}/*.jpg"]
-    assert [shard["rows"] for shard in manifest["results"]] == [7]
-    assert sum(shard["rows"] for shard in manifest["errors"]) == 0
+    assert {p.name for p in out.iterdir()} == {SUCCESS, claim, manifest.run_id} and manifest.generation == 1
+    assert manifest.finished >= manifest.started and manifest.format == "parquet"
+    assert manifest.model.startswith("conse-") and len(manifest.settings["label_set_sha256"]) == 64
+    assert manifest.job == "classify" and manifest.version == LAYOUT
+    assert manifest.command[:3] == ("python -m pipelines.classify_images", "--input", f"{photos}/*.jpg")
+    assert manifest.rows("results") == 7 and manifest.rows("errors") == 0
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == sorted([SUCCESS, claim] + [s["path"] for s in manifest["results"] + manifest["errors"]])
+    assert files == sorted([SUCCESS, claim] + [s.path for s in manifest.shards["results"] + manifest.shards["errors"]])
     assert len(read_run(str(out))) == 7 and read_run(str(out), "errors") == []
 
 
 def test_a_second_run_is_refused_unless_overwrite_and_then_leaves_only_the_new_run(tmp_path, photos, capsys):
     out = tmp_path / "out"
     assert _classify(photos, out, "--num_shards", "3") == 0
-    first = read_manifest(str(out))["run_id"]
+    first = read_manifest(str(out)).run_id
     capsys.readouterr()
     assert _classify(photos, out, "--num_shards", "2") == 2
     err = capsys.readouterr().err.strip()
@@ -68,8 +70,8 @@ def test_a_second_run_is_refused_unless_overwrite_and_then_leaves_only_the_new_r
     assert "pass --overwrite" in err
     assert _classify(photos, out, "--num_shards", "2", "--overwrite") == 0
     manifest = read_manifest(str(out))
-    assert manifest["run_id"] != first and _run_folders(out) == [manifest["run_id"]]
-    assert len(manifest["results"]) == 2 and len(list((out / manifest["run_id"]).glob("results-*"))) == 2
+    assert manifest.run_id != first and _run_folders(out) == [manifest.run_id]
+    assert len(manifest.shards["results"]) == 2 and len(list((out / manifest.run_id).glob("results-*"))) == 2
     # The issue's example: 3 shards, then 2, used to leave 5 and read 14 rows for 7 images.
     assert readme_readers(out) == {"pandas": 7, "pyarrow": 7, "duckdb": 7}
 
@@ -109,7 +111,7 @@ def test_skip_existing_labels_only_new_or_changed_files_and_keeps_the_rest(tmp_p
     assert after[str(inputs / "coffee.jpg")]["sha256"] == after[str(inputs / "rocket.jpg")]["sha256"]
     assert after[str(inputs / "coffee.jpg")]["labels"] == after[str(inputs / "rocket.jpg")]["labels"]
     assert after[str(inputs / "chelsea_copy.jpg")]["labels"] == after[str(inputs / "chelsea.jpg")]["labels"]
-    assert read_manifest(str(out))["skip_existing"] != read_manifest(str(out))["run_id"]
+    assert read_manifest(str(out)).skip_existing != read_manifest(str(out)).run_id
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -210,7 +212,7 @@ def test_a_job_killed_mid_labeling_leaves_nothing_to_read_and_a_rerun_leaves_one
     _assert_nothing_to_read(out)
     _finished(_start(images, out, "--overwrite"))
     manifest = read_manifest(str(out))
-    assert _run_folders(out) == [manifest["run_id"]]  # the killed run's folder is gone
+    assert _run_folders(out) == [manifest.run_id]  # the killed run's folder is gone
     rows = read_run(str(out))
     assert len(rows) == len({row["uri"] for row in rows}) == 1000
     assert readme_readers(out) == {"pandas": 1000, "pyarrow": 1000, "duckdb": 1000}
@@ -227,12 +229,12 @@ def test_a_job_killed_in_the_finalize_window_commits_nothing_and_keeps_the_previ
     finished = read_manifest(str(out))
     rows = read_run(str(out))
     replacing = _start(photos, out, "--overwrite", "--top_k", "1", **pause)
-    _kill_when(replacing, lambda: _new_run_final(out, finished["run_id"]))
+    _kill_when(replacing, lambda: _new_run_final(out, finished.run_id))
     assert read_manifest(str(out)) == finished and read_run(str(out)) == rows  # the old run, whole
     assert len(_run_folders(out)) == 2  # the killed run's final shards sit in a folder no manifest names
     assert readme_readers(out) == {"pandas": 7, "pyarrow": 7, "duckdb": 7}
     _finished(_start(photos, out, "--overwrite"))
-    assert _run_folders(out) == [read_manifest(str(out))["run_id"]]
+    assert _run_folders(out) == [read_manifest(str(out)).run_id]
 
 
 def test_a_partial_shard_is_invisible_to_the_readers_and_the_commit_deletes_it(tmp_path, photos):
@@ -240,16 +242,16 @@ def test_a_partial_shard_is_invisible_to_the_readers_and_the_commit_deletes_it(t
     manifest lists: readers never see it, and the commit deletes it."""
     out = tmp_path / "out"
     assert _classify(photos, out) == 0
-    run_id = read_manifest(str(out))["run_id"]
+    run_id = read_manifest(str(out)).run_id
     (listed,) = (out / run_id).glob("results-*")
     partial = out / run_id / "results-0123456789abcdef.parquet"
     partial.write_bytes(listed.read_bytes())
     assert readme_readers(out) == {"pandas": 7, "pyarrow": 7, "duckdb": 7} and pq.read_table(partial).num_rows == 7
     manifest = read_manifest(str(out))
-    shards = {table: [Shard(str(out / shard["path"]), shard["rows"]) for shard in manifest[table]]
-              for table in manifest["tables"]}
+    shards = {table: [Shard(str(out / shard.path), shard.rows) for shard in listed]
+              for table, listed in manifest.shards.items()}
     (out / SUCCESS).unlink()  # as it was just before this run's commit
-    commit(str(out), {key: manifest[key] for key in ("run_id", "version")}, None, shards)
+    commit(str(out), dataclasses.replace(manifest, shards={}, generation=0), None, shards)
     assert not partial.exists() and listed.exists() and len(read_run(str(out))) == 7
 
 

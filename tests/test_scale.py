@@ -34,6 +34,6 @@ def test_twenty_thousand_images_each_land_exactly_once(tmp_path):
     assert {row["uri"] for row in errors} == {str(p) for p in broken}
     assert {row["stage"] for row in errors} == {"decode"}
     manifest = read_manifest(str(out))
-    assert sum(s["rows"] for s in manifest["results"]) == len(results) == IMAGES - len(broken)
-    assert sum(s["rows"] for s in manifest["errors"]) == len(errors) == len(broken)
+    assert manifest.rows("results") == len(results) == IMAGES - len(broken)
+    assert manifest.rows("errors") == len(errors) == len(broken)
     assert f"labeled {IMAGES - len(broken)} images, {len(broken)} errors" in done.stdout

@@ -23,8 +23,9 @@ from pipelines.jobs import redacted
 from tests.conftest import REPO, commit_gate
 from transforms import run_folder
 from transforms.backends import local
+from transforms.manifest import Manifest
 from transforms.records import ERRORS_SCHEMA, RESULTS_SCHEMA, SEARCH_SCHEMA, embeddings_schema
-from transforms.run_folder import SUCCESS, commit, read_manifest, read_run
+from transforms.run_folder import SUCCESS, commit, read_manifest, read_run, utc_now
 from transforms.write import FORMATS, Shard, WriteRows, read_rows
 
 HOSTILE_NAMES = ["new\nline.jpg", "carriage\rreturn.jpg", 'quote",comma.jpg', "[Errno 2] looks like a list.jpg",
@@ -83,7 +84,7 @@ def test_too_many_errors_fail_the_job_and_the_summary_prints_the_fraction(tmp_pa
     assert _classify("--input", f"{inputs}/*.jpg", "--labels", "general", "--output", str(out),
                      "--max_error_fraction", "0.4") == 0
     assert "2 errors (40.0% of inputs; read 0, decode 2, embed 0)" in capsys.readouterr().out
-    assert read_manifest(str(out))["error_fraction"] == pytest.approx(0.4)
+    assert read_manifest(str(out)).error_fraction == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize("value", ["-0.1", "1.5"])
@@ -165,7 +166,7 @@ def test_a_csv_run_with_hostile_names_and_read_errors_reads_back_and_reports(tmp
     assert _classify("--input", f"{inputs}/*.jpg", "--labels", "general", "--output", str(out), "--format", "csv",
                      "--max_error_fraction", "1", "--report", str(tmp_path / "report.html")) == 0
     manifest = read_manifest(str(out))
-    assert [shard["rows"] for shard in manifest["results"]] == [4]
+    assert [shard.rows for shard in manifest.shards["results"]] == [4]
     assert {row["uri"] for row in read_run(str(out))} == {str(inputs / name) for name in HOSTILE_NAMES[:4]}
     (error,) = read_run(str(out), "errors")
     assert error["message"].startswith("[Errno 2]") and error["uri"] == str(inputs / "gone.jpg")
@@ -228,7 +229,8 @@ def test_of_two_commits_racing_into_one_folder_exactly_one_wins(tmp_path, monkey
         shard.parent.mkdir()
         shard.write_text('{"uri": "x"}\n')
         try:
-            commit(str(out), {"run_id": run_id, "version": 2}, None, {"results": [Shard(str(shard), 1)]})
+            commit(str(out), Manifest("classify", run_id, utc_now(), ("test",), "jsonl", "model"), None,
+                   {"results": [Shard(str(shard), 1)]})
             outcomes[run_id] = "committed"
         except Exception as e:  # noqa: BLE001 - the assertions below say which kind is right
             outcomes[run_id] = f"{type(e).__name__}: {e}"
@@ -243,7 +245,7 @@ def test_of_two_commits_racing_into_one_folder_exactly_one_wins(tmp_path, monkey
     (loser,) = set(outcomes) - set(winner)
     assert outcomes[loser].startswith(f"ConcurrentRunError: another job (run {winner[0]}) is committing to ")
     assert f"stays uncommitted in {loser}/" in outcomes[loser]
-    assert read_manifest(str(out))["run_id"] == winner[0] and read_run(str(out)) == [{"uri": "x"}]
+    assert read_manifest(str(out)).run_id == winner[0] and read_run(str(out)) == [{"uri": "x"}]
 
 
 @pytest.mark.slow
@@ -263,7 +265,7 @@ def test_a_job_that_another_committed_under_fails_and_never_reports_its_rows(tmp
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 1, stdout + stderr
     assert stderr.strip().splitlines()[-1].startswith(
-        f"error: the job failed: ConcurrentRunError: another job committed run {second['run_id']} to ")
+        f"error: the job failed: ConcurrentRunError: another job committed run {second.run_id} to ")
     assert f"({SUCCESS} written)" not in stdout
     assert read_manifest(str(out)) == second and len(read_run(str(out))) == 1
 
@@ -311,16 +313,16 @@ def _damage(run: Path, tmp_path: Path, how: str) -> Path:
     if how == "truncated":
         (copy / SUCCESS).write_text((run / SUCCESS).read_text()[:100])
     elif how == "missing shard":
-        (copy / manifest["results"][0]["path"]).unlink()
+        (copy / manifest["shards"]["results"][0]["path"]).unlink()
     elif how == "foreign shard":
-        manifest["results"][0]["path"] = f"{manifest['run_id']}/../../elsewhere/results.parquet"
+        manifest["shards"]["results"][0]["path"] = f"{manifest['run_id']}/../../elsewhere/results.parquet"
         (copy / SUCCESS).write_text(json.dumps(manifest))
     elif how == "wrong row count":
-        manifest["results"][0]["rows"] += 1
+        manifest["shards"]["results"][0]["rows"] += 1
         (copy / SUCCESS).write_text(json.dumps(manifest))
     else:  # "<table> missing" or "<table> cut short": a shard deleted, or cut in half, behind the manifest's back
         table, damage = how.split(" ", 1)
-        shard = copy / manifest[table][0]["path"]
+        shard = copy / manifest["shards"][table][0]["path"]
         if damage == "missing":
             shard.unlink()
         else:
@@ -367,7 +369,7 @@ def test_overwrite_over_a_damaged_manifest_says_how_to_recover(finished_run, tmp
     for path in [damaged / SUCCESS, *damaged.glob("_COMMIT-*")]:
         path.unlink()
     assert _classify("--input", f"{photos}/*.jpg", "--labels", "general", "--output", str(damaged)) == 0
-    assert [p.name for p in damaged.iterdir() if p.name.startswith("run-")] == [read_manifest(str(damaged))["run_id"]]
+    assert [p.name for p in damaged.iterdir() if p.name.startswith("run-")] == [read_manifest(str(damaged)).run_id]
 
 
 def test_every_schema_has_a_csv_parser_for_every_column():

@@ -85,7 +85,7 @@ def test_the_suggested_labels_are_a_label_set_classify_takes_as_it_is(found, var
     suggested = found / "topics" / topics.SUGGESTED_LABELS
     rows = read_run(str(found / "topics"), "topics")
     assert parse_label_lines(suggested.read_text()) == [row["name"] for row in rows]
-    assert read_manifest(str(found / "topics"))["run_id"] in suggested.read_text().splitlines()[0]
+    assert read_manifest(str(found / "topics")).run_id in suggested.read_text().splitlines()[0]
     out = found / "relabeled"
     assert classify_images.main(["--input", f"{variants}/*.jpg", "--labels", str(suggested), "--output", str(out),
                                  "--top_k", "1"]) == 0

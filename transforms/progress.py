@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import time
 import uuid
@@ -31,6 +30,7 @@ import pyarrow.parquet as pq
 
 from transforms import files
 from transforms.faults import StoreError
+from transforms.manifest import Manifest
 from transforms.records import Embedded, ImageInfo
 from transforms.stores import use_worker_options
 
@@ -47,9 +47,9 @@ _SCHEMA = pa.schema([
 ])
 
 
-def write_started(output: str, manifest: dict[str, Any]) -> None:
+def write_started(output: str, manifest: Manifest) -> None:
     """Records, in the run's folder, the manifest it started with: what a rerun compares its settings to."""
-    files.write(files.join(output, manifest["run_id"], STARTED), json.dumps(manifest, indent=2).encode("utf-8"))
+    files.write(files.join(output, manifest.run_id, STARTED), manifest.to_json())
 
 
 class SaveProgress(beam.DoFn):
@@ -141,12 +141,12 @@ class ReadProgress(beam.PTransform):
                 | "Vectors" >> beam.FlatMap(read_progress))
 
 
-def _read_started(output: str, run_id: str) -> Optional[dict[str, Any]]:
+def _read_started(output: str, run_id: str) -> Optional[Manifest]:
     try:
-        return json.loads(files.read(files.join(output, run_id, STARTED)).decode("utf-8"))
+        return Manifest.from_json(files.read(files.join(output, run_id, STARTED)))
     except StoreError:
         raise
-    except Exception:  # noqa: BLE001 - missing or unreadable: a run folder this run cannot build on
+    except Exception:  # noqa: BLE001 - missing, unreadable, another layout: a run folder this run cannot build on
         return None
 
 
@@ -159,7 +159,7 @@ def resumable(output: str, run_ids: Iterable[str], settings: dict[str, Any]) -> 
         if started is None:
             _LOG.info("unfinished run %s under %s: no %s record, so nothing of it is reused", run_id, output, STARTED)
             continue
-        if differ := [name for name in settings if started.get("settings", {}).get(name) != settings[name]]:
+        if differ := [name for name in settings if started.settings.get(name) != settings[name]]:
             _LOG.warning("unfinished run %s under %s was made with another %s: starting afresh, not resuming it",
                          run_id, output, differ[0])
             continue

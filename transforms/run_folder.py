@@ -1,6 +1,6 @@
 """Run folder: each job writes into its own folder under the output, and a `_SUCCESS` manifest written last names it.
 
-    OUTPUT/_SUCCESS                                    JSON: run id, times, command, model, label set, shards
+    OUTPUT/_SUCCESS                                    JSON (manifest.py): job, run id, times, command, model, shards
     OUTPUT/run-20261125T160102.481516Z-3f9a1c/results-4c1e9a07d2b35f18.parquet
     OUTPUT/run-20261125T160102.481516Z-3f9a1c/errors-9b03e6d1a4c87f52.parquet
 
@@ -16,9 +16,9 @@ mode) on an object store.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
-import json
 import logging
 import os
 import uuid
@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from transforms import files
 from transforms.faults import StoreError, TooManyErrorsError, commonest, with_retries
+from transforms.manifest import Manifest, ManifestError, NewerLayoutError
 from transforms.records import ERRORS, RESULTS
 from transforms.stores import is_local, use_worker_options
 from transforms.write import Shard, read_rows
@@ -38,7 +39,6 @@ from transforms.write import Shard, read_rows
 SUCCESS = "_SUCCESS"
 RUN_PREFIX = "run-"
 CLAIM_PREFIX = "_COMMIT-"
-MANIFEST_VERSION = 3  # 2: a generation per commit, and the error fraction; 3: embeddings_run names a source run
 # Error rows read to name the commonest causes when a run has too many.
 _CAUSES_SAMPLE = 10_000
 
@@ -81,26 +81,26 @@ def _damaged(output: str, why: str) -> DamagedRun:
                       "beside it to start over (the next run that finishes there cleans up the run folders)")
 
 
-def read_manifest(output: str) -> Optional[dict[str, Any]]:
-    """The finished run's manifest under `output`, or None if there is none; DamagedRun if it is not a whole one."""
+def read_manifest(output: str) -> Optional[Manifest]:
+    """The finished run's manifest under `output`, or None if there is none; DamagedRun if it is not a whole one,
+    or one of a layout this version does not read."""
     try:
         data = files.read(files.join(output, SUCCESS))
     except (FileNotFoundError, NotADirectoryError):  # no run there; a file where the folder should be
         return None
     try:
-        manifest = json.loads(data.decode("utf-8"))
-        run_id, tables = manifest["run_id"], manifest["tables"]
-        shards = [shard["path"] for table in tables for shard in manifest[table]]
-        if not all(isinstance(shard["rows"], int) for table in tables for shard in manifest[table]):
-            raise TypeError("a shard's row count is not a number")
-    except (ValueError, KeyError, TypeError) as e:
-        raise _damaged(output, f"not a manifest: {type(e).__name__}") from None
-    if foreign := [path for path in shards if not path.startswith(f"{run_id}/") or ".." in path.split("/")]:
-        raise _damaged(output, f"it names {foreign[0]!r}, outside its run folder {run_id}/")
+        manifest = Manifest.from_json(data)
+    except NewerLayoutError as e:  # not damaged: deleting it would lose a finished run
+        raise RunFolderError(f"{files.join(output, SUCCESS)} has {e}") from None
+    except ManifestError as e:
+        raise _damaged(output, str(e)) from None
+    shards = [shard.path for listed in manifest.shards.values() for shard in listed]
+    if foreign := [path for path in shards if not path.startswith(f"{manifest.run_id}/") or ".." in path.split("/")]:
+        raise _damaged(output, f"it names {foreign[0]!r}, outside its run folder {manifest.run_id}/")
     return manifest
 
 
-def _finished_manifest(output: str) -> dict[str, Any]:
+def finished_manifest(output: str) -> Manifest:
     """The finished run's manifest under `output`; NoFinishedRun if there is none."""
     manifest = read_manifest(output)
     if manifest is None:
@@ -108,7 +108,7 @@ def _finished_manifest(output: str) -> dict[str, Any]:
     return manifest
 
 
-def _present_files(output: str, manifest: dict[str, Any], table: str) -> list[str]:
+def _present_files(output: str, manifest: Manifest, table: str) -> list[str]:
     """manifest_files, after checking that each is there; DamagedRun if one is missing."""
     shards = manifest_files(output, manifest, table)
     if missing := [path for path in shards if not files.exists(path)]:
@@ -140,12 +140,12 @@ def check_shard(output: str, path: str, rows: int) -> None:
 def run_files(output: str, table: str = "results") -> list[str]:
     """The shard files of the finished run under `output` (`table`: results, errors or embeddings), as its manifest
     lists them; DamagedRun if one of them is missing."""
-    return _present_files(output, _finished_manifest(output), table)
+    return _present_files(output, finished_manifest(output), table)
 
 
-def manifest_files(output: str, manifest: dict[str, Any], table: str) -> list[str]:
+def manifest_files(output: str, manifest: Manifest, table: str) -> list[str]:
     """The shard files of one table that `manifest`, read from folder `output`, lists (none: an empty list)."""
-    return [files.join(output, shard["path"]) for shard in manifest.get(table, [])]
+    return [files.join(output, shard.path) for shard in manifest.shards.get(table, ())]
 
 
 def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
@@ -159,9 +159,9 @@ def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
     Raises NoFinishedRun where no run finished there, DamagedRun where a shard is missing, cannot be read or holds
     another number of rows than the manifest says.
     """
-    manifest = _finished_manifest(output)
+    manifest = finished_manifest(output)
     rows: list[dict[str, Any]] = []
-    for path, shard in zip(_present_files(output, manifest, table), manifest.get(table, [])):
+    for path, shard in zip(_present_files(output, manifest, table), manifest.shards.get(table, ())):
         before = len(rows)
         try:
             rows.extend(with_retries(path, lambda: list(read_rows(path))))
@@ -169,9 +169,9 @@ def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
             raise
         except Exception as e:  # noqa: BLE001 - cut short, overwritten: not the shard this run wrote
             raise _damaged(output, f"its shard {path!r} cannot be read ({type(e).__name__}: {e})") from None
-        if len(rows) - before != shard["rows"]:
+        if len(rows) - before != shard.rows:
             raise _damaged(output, f"its shard {path!r} holds {len(rows) - before} rows, the manifest says "
-                                   f"{shard['rows']}")
+                                   f"{shard.rows}")
     return rows
 
 
@@ -184,7 +184,7 @@ def unfinished_runs(output: str) -> list[str]:
     """The ids of the run folders under `output` that its `_SUCCESS` does not name: runs that failed, were killed,
     or are still running."""
     finished = read_manifest(output)
-    return sorted(run_id for run_id in _run_folders(output) if not finished or run_id != finished["run_id"])
+    return sorted(run_id for run_id in _run_folders(output) if not finished or run_id != finished.run_id)
 
 
 def remove_runs_before(output: str, run_id: str, replaced: Optional[str]) -> list[str]:
@@ -236,57 +236,55 @@ def _claim(output: str, generation: int, run_id: str) -> None:
             f"stays uncommitted in {run_id}/. If no job is running there, delete {path} and run again")
 
 
-def check_error_fraction(output: str, manifest: dict[str, Any], rows: dict[str, int]) -> None:
+def check_error_fraction(output: str, manifest: Manifest) -> None:
     """Raises TooManyErrorsError when the error rows exceed the manifest's `max_error_fraction` of all inputs,
     naming the commonest causes."""
-    limit = manifest.get("max_error_fraction")
-    errors, inputs = rows.get(ERRORS, 0), rows.get(ERRORS, 0) + rows.get(RESULTS, 0)
+    limit = manifest.max_error_fraction
+    errors, inputs = manifest.rows(ERRORS), manifest.rows(ERRORS) + manifest.rows(RESULTS)
     if limit is None or not inputs or errors / inputs <= limit:
         return
     error_rows = (row for path in manifest_files(output, manifest, ERRORS) for row in read_rows(path))
     causes = Counter(f"{row['stage']} {row['error']}" for row in itertools.islice(error_rows, _CAUSES_SAMPLE))
     raise TooManyErrorsError(f"{errors} of {inputs} inputs failed ({errors / inputs:.1%}), more than "
                              f"--max_error_fraction {limit:g}; commonest: {commonest(causes)}. The run stays "
-                             f"uncommitted in {manifest['run_id']}/ (its errors table says why); to commit it, run "
+                             f"uncommitted in {manifest.run_id}/ (its errors table says why); to commit it, run "
                              "the same command again with a higher --max_error_fraction: the images already "
                              "embedded are not embedded again")
 
 
-def commit(output: str, manifest: dict[str, Any], replaces: Optional[str],
-           shards: dict[str, list[Shard]]) -> dict[str, Any]:
+def commit(output: str, manifest: Manifest, replaces: Optional[str], shards: dict[str, list[Shard]]) -> Manifest:
     """Writes `_SUCCESS` for the run whose shards are `shards` (table -> what its sink wrote), then removes older
     runs and the files of this run that no shard names (partial shards of bundles that failed and were retried).
 
     `replaces`: the run id that held the folder when the job started (None: none did); any other committed run
     means a second job wrote here meanwhile, and this one fails rather than hide it."""
     current = read_manifest(output)
-    if current and current["run_id"] == manifest["run_id"]:
+    if current and current.run_id == manifest.run_id:
         return current  # a retried commit: the first attempt got through
-    if (current and current["run_id"]) != replaces:
-        raise ConcurrentRunError(f"another job committed run {current['run_id'] if current else None} to "
-                                 f"{output!r} while this one ran; this run stays uncommitted in "
-                                 f"{manifest['run_id']}/")
+    if (current and current.run_id) != replaces:
+        raise ConcurrentRunError(f"another job committed run {current.run_id if current else None} to "
+                                 f"{output!r} while this one ran; this run stays uncommitted in {manifest.run_id}/")
     start = len(output.rstrip("/")) + 1
-    tables = {table: [{"path": shard.path[start:], "rows": shard.rows} for shard in sorted(written)]
-              for table, written in shards.items()}
-    rows = {table: sum(shard["rows"] for shard in listed) for table, listed in tables.items()}
-    manifest = dict(manifest, tables=list(shards), **tables)
-    check_error_fraction(output, manifest, rows)
-    if ERRORS in rows:
-        manifest["error_fraction"] = rows[ERRORS] / max(1, rows[ERRORS] + rows.get(RESULTS, 0))
-    manifest["generation"] = (current or {}).get("generation", 0) + 1
-    _claim(output, manifest["generation"], manifest["run_id"])
-    manifest["finished"] = utc_now()
-    files.write(files.join(output, SUCCESS), json.dumps(manifest, indent=2).encode("utf-8"))
+    manifest = dataclasses.replace(manifest, shards={
+        table: tuple(Shard(shard.path[start:], shard.rows) for shard in sorted(written))
+        for table, written in shards.items()})
+    check_error_fraction(output, manifest)
+    if ERRORS in manifest.shards:
+        inputs = manifest.rows(ERRORS) + manifest.rows(RESULTS)
+        manifest = dataclasses.replace(manifest, error_fraction=manifest.rows(ERRORS) / max(1, inputs))
+    manifest = dataclasses.replace(manifest, generation=(current.generation if current else 0) + 1)
+    _claim(output, manifest.generation, manifest.run_id)
+    manifest = dataclasses.replace(manifest, finished=utc_now())
+    files.write(files.join(output, SUCCESS), manifest.to_json())
     stale = files.glob(files.join(output, f"{SUCCESS}.*.tmp"))
     stale += [path for path in files.glob(files.join(output, f"{CLAIM_PREFIX}*"))
-              if path.rsplit("/", 1)[-1] < f"{CLAIM_PREFIX}{manifest['generation']:08d}"]
+              if path.rsplit("/", 1)[-1] < f"{CLAIM_PREFIX}{manifest.generation:08d}"]
     files.delete(stale)  # a manifest half-written by a commit that was killed; claims of earlier commits
-    removed = remove_runs_before(output, manifest["run_id"], replaces)
+    removed = remove_runs_before(output, manifest.run_id, replaces)
     if removed:
         _LOG.info("removed older run folders under %s: %s", output, ", ".join(removed))
-    named = {shard["path"].rsplit("/", 1)[-1] for table in manifest["tables"] for shard in manifest[table]}
-    files.delete([path for path in files.glob(files.join(output, manifest["run_id"], "*"))
+    named = {shard.path.rsplit("/", 1)[-1] for listed in manifest.shards.values() for shard in listed}
+    files.delete([path for path in files.glob(files.join(output, manifest.run_id, "*"))
                   if path.rsplit("/", 1)[-1] not in named])
     return manifest
 
@@ -297,7 +295,7 @@ class CommitRun(beam.PTransform):
     The shards arrive as side inputs, so the commit runs only after every sink has written all of its own, on any
     runner, whether or not the launcher waits for the job."""
 
-    def __init__(self, output: str, manifest: dict[str, Any], replaces: Optional[str]):
+    def __init__(self, output: str, manifest: Manifest, replaces: Optional[str]):
         super().__init__()
         self.output, self.manifest, self.replaces = output, manifest, replaces
 

@@ -11,9 +11,10 @@ import numpy as np
 
 from transforms.backends import Backend, get_backend, l2_normalize
 from transforms.label_sets import check_label_names, load_templates
+from transforms.manifest import Manifest
 from transforms.rank import Decision, LabelMatrix, embed_label_set, rank_rows
 from transforms.records import EMBEDDINGS, Embedded, ImageInfo, SearchHit, as_dict
-from transforms.run_folder import SUCCESS, check_shard, manifest_files, read_manifest
+from transforms.run_folder import check_shard, finished_manifest, manifest_files
 from transforms.write import read_rows
 
 DEFAULT_BATCH = 1024  # stored vectors per matrix product
@@ -23,21 +24,19 @@ class EmbeddingsMismatch(ValueError):
     """The stored vectors come from another model than the backend asked for: their cosines would mean nothing."""
 
 
-def embeddings_of(run: str, backend: Backend) -> tuple[str, list[str]]:
-    """(run id, embeddings shards) of the finished run in folder `run`, checked against `backend`'s model."""
-    manifest = read_manifest(run)
-    if manifest is None:
-        raise EmbeddingsMismatch(f"{run!r} holds no finished run (no {SUCCESS})")
-    if not manifest.get(EMBEDDINGS):
-        raise EmbeddingsMismatch(f"run {manifest['run_id']} in {run!r} kept no embeddings "
+def embeddings_of(run: str, backend: Backend) -> tuple[Manifest, list[str]]:
+    """(manifest, embeddings shards) of the finished run in folder `run`, checked against `backend`'s model."""
+    manifest = finished_manifest(run)
+    if not manifest.shards.get(EMBEDDINGS):
+        raise EmbeddingsMismatch(f"run {manifest.run_id} in {run!r} kept no embeddings "
                                  "(classify_images --keep_embeddings keeps them)")
-    if manifest["model"] != backend.model_id:
-        raise EmbeddingsMismatch(f"the embeddings in {run!r} were made by model {manifest['model']!r}; "
+    if manifest.model != backend.model_id:
+        raise EmbeddingsMismatch(f"the embeddings in {run!r} were made by model {manifest.model!r}; "
                                  f"backend {backend.name!r} as configured is {backend.model_id!r}")
     shards = manifest_files(run, manifest, EMBEDDINGS)
-    for path, listed in zip(shards, manifest[EMBEDDINGS]):
-        check_shard(run, path, listed["rows"])
-    return manifest["run_id"], shards
+    for path, listed in zip(shards, manifest.shards[EMBEDDINGS]):
+        check_shard(run, path, listed.rows)
+    return manifest, shards
 
 
 def stored_vector(row: Mapping[str, Any]) -> tuple[ImageInfo, Embedded]:

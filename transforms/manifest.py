@@ -1,0 +1,104 @@
+"""Manifest: what `_SUCCESS` says about a finished run (and `_STARTED` about one that began), typed and versioned.
+
+Every reader of a run (the commit, --skip_existing, resume, stored vectors, relabel, search, topics, the report,
+read_run) goes through `Manifest.from_json`, so the layout is read in one place: an older layout is read by a named
+migration, a newer one is refused with one line naming the version.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping, Optional
+
+from transforms.write import Shard
+
+LAYOUT = 4
+# 1: 0.1.0; 2: a generation per commit, and the error fraction; 3: `embeddings_run` names the run whose vectors a
+# job read (relabel stored it as `embeddings`, the name of a table); 4: typed: `job`, and one `shards` map.
+JOBS = ("classify", "relabel", "search", "topics")
+# How layouts 1-3 named the job: only by the module in the first word of the command.
+_JOB_OF_MODULE = {"pipelines.classify_images": "classify", "pipelines.relabel": "relabel",
+                  "pipelines.search": "search", "pipelines.topics": "topics"}
+
+
+class ManifestError(ValueError):
+    """JSON that is not a manifest; the message says why in a few words."""
+
+
+class NewerLayoutError(ManifestError):
+    """A manifest of a layout newer than this version reads: written by a later zero-shot-labels."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """One run: which job made it with what, and, once committed, its shards per table."""
+
+    job: str  # classify, relabel, search or topics (evaluate runs classify)
+    run_id: str  # also the name of the run's folder under the output
+    started: str  # UTC, ISO 8601
+    command: tuple[str, ...]  # the command line, secrets redacted
+    format: str  # of the shards: parquet, csv or jsonl
+    model: str  # the backend's model id: vectors of two runs compare only when equal
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # everything a result row depends on
+    input: Optional[str] = None  # classify: the --input pattern
+    labels: Optional[str] = None  # classify, relabel: --labels as given
+    embeddings_run: Optional[str] = None  # relabel, search, topics: the run whose vectors were read
+    embeddings_dtype: Optional[str] = None  # classify --keep_embeddings: float32 or float16
+    skip_existing: Optional[str] = None  # classify: the run whose rows were kept
+    max_error_fraction: Optional[float] = None
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # for people: search's queries, topics' seed
+    shards: Mapping[str, tuple[Shard, ...]] = dataclasses.field(default_factory=dict)  # paths relative to the output
+    generation: int = 0  # of the commit; 0 until committed
+    finished: Optional[str] = None
+    error_fraction: Optional[float] = None
+    version: int = LAYOUT
+
+    def rows(self, table: str) -> int:
+        """The rows of one table (0 for a table the run does not have)."""
+        return sum(shard.rows for shard in self.shards.get(table, ()))
+
+    def to_json(self) -> bytes:
+        data = dataclasses.asdict(self)
+        data["shards"] = {table: [shard._asdict() for shard in listed] for table, listed in self.shards.items()}
+        return json.dumps(data, indent=2).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Manifest":
+        """The manifest `data` holds, of any layout up to LAYOUT; ManifestError otherwise."""
+        try:
+            fields = json.loads(data.decode("utf-8"))
+            version = fields.get("version", 1)
+        except (ValueError, AttributeError) as e:
+            raise ManifestError(f"not a manifest: {type(e).__name__}") from None
+        if isinstance(version, int) and version > LAYOUT:
+            raise NewerLayoutError(f"manifest layout {version}, newer than the layouts 1-{LAYOUT} this version of "
+                                   "zero-shot-labels reads: upgrade it to read or replace this run")
+        if version not in range(1, LAYOUT + 1):
+            raise ManifestError(f"not a manifest: layout {version!r}")
+        if version < LAYOUT:
+            fields = migrated_from_layout_3(fields)
+        try:
+            shards = {table: tuple(Shard(str(shard["path"]), shard["rows"]) for shard in listed)
+                      for table, listed in fields.pop("shards").items()}
+            manifest = cls(**dict(fields, command=tuple(fields["command"]), shards=shards))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ManifestError(f"not a manifest: {type(e).__name__}: {e}") from None
+        if manifest.job not in JOBS or not all(isinstance(shard.rows, int) for listed in shards.values()
+                                                for shard in listed):
+            raise ManifestError(f"not a manifest: job {manifest.job!r}, or a shard's row count is not a number")
+        return manifest
+
+
+def migrated_from_layout_3(fields: dict[str, Any]) -> dict[str, Any]:
+    """Layouts 1-3 (0.1.x) as layout 4: the job from the command's module, each table's shards from the top-level
+    key named after it, the run relabel read from `embeddings` where it was a string, and what only people read
+    under `details`."""
+    fields = dict(fields)
+    tables = fields.pop("tables", [])
+    shards = {table: fields.pop(table) for table in tables}
+    if isinstance(fields.get("embeddings"), str):  # layout 2's relabel: the run it read, not a table
+        fields["embeddings_run"] = fields.pop("embeddings")
+    module = str(fields.get("command", [""])[0]).rsplit(" ", 1)[-1]
+    known = {field.name for field in dataclasses.fields(Manifest)}
+    details = {name: fields.pop(name) for name in list(fields) if name not in known}
+    return dict(fields, job=_JOB_OF_MODULE.get(module, module), shards=shards, details=details, version=LAYOUT)
