@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import atexit
-import os
 import re
-import sys
 from typing import NoReturn, Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
+from transforms import internals
 from transforms.backends import BACKENDS
 
 # "package.module.SomeError: message" at the start of a line: how a worker's traceback, which runners fold into the
@@ -36,13 +32,13 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
 class _HelpAll(argparse.Action):
     """--help_all: --help with the research settings too (those that lost on held-out data, kept for benchmarks)."""
 
-    def __init__(self, option_strings, dest, **kwargs):
+    def __init__(self, option_strings, dest, research: Sequence[argparse.Action] = (), **kwargs):
         super().__init__(option_strings, dest, nargs=0, help="show every setting, the research ones too, and exit")
+        self.research = research
 
     def __call__(self, parser, namespace, values, option_string=None):
-        for action in parser._actions:
-            if hasattr(action, "research_help"):
-                action.help = action.research_help
+        for action in self.research:
+            action.help = action.research_help
         parser.print_help()
         parser.exit()
 
@@ -50,25 +46,14 @@ class _HelpAll(argparse.Action):
 def add_backend_settings(parser: argparse.ArgumentParser) -> None:
     """Every registered backend's own settings (--local_top_t, --nomic_api_key_file...), a group each, and
     --help_all, which lists the research settings that --help leaves out."""
-    parser.add_argument("--help_all", action=_HelpAll)
-    for backend in BACKENDS.values():
-        backend.add_options(parser)
-
-
-def _all_option_classes(cls: type = PipelineOptions):
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from _all_option_classes(sub)
+    research = [action for backend in BACKENDS.values() for action in backend.add_options(parser)]
+    parser.add_argument("--help_all", action=_HelpAll, research=research)
 
 
 def unknown_beam_args(beam_args: Sequence[str]) -> list[str]:
     """Arguments that neither this job nor any Beam options class knows: Beam would silently drop them."""
     parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
-    for options_class in set(_all_option_classes()):
-        try:
-            options_class._add_argparse_args(parser)  # Beam's own hook for declaring options
-        except argparse.ArgumentError:
-            pass  # two options classes declaring one flag: the first declaration is enough here
+    internals.declare_every_beam_option(parser)
     _, unknown = parser.parse_known_args(list(beam_args))
     return unknown
 
@@ -90,11 +75,6 @@ def one_line(error: BaseException) -> str:
 
 
 def exit_job(status: int) -> NoReturn:
-    """Ends a job's process with `status`: the exit handlers run and the output is flushed, as at any exit, and then
-    the process ends without deleting, one by one, the millions of objects that Beam, pyarrow and the models leave
-    behind, which the operating system frees at once (0.5-0.9 s of every job; docs/BENCHMARKS.md). Only for a
+    """Ends a job's process with `status`, skipping the teardown of its objects (internals.end_process). Only for a
     process that a job owns: the library never ends one."""
-    atexit._run_exitfuncs()  # logging.shutdown among them
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    internals.end_process(status)

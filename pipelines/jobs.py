@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import gc
 import hashlib
 import json
 import logging
@@ -30,6 +29,7 @@ from pipelines.cli import (
     unknown_beam_args,
 )
 from pipelines.redact import redacted, scrubbed
+from transforms import internals
 from transforms.backends import BACKENDS, Backend
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
 from transforms.manifest import Manifest
@@ -245,8 +245,8 @@ def check_command_line(args: argparse.Namespace, beam_args: Sequence[str], parse
     if flags := [arg for arg in unknown if arg.startswith("-")]:
         first = flags[0].split("=")[0]
         renamed = RENAMED_IN_0_2.get(first)
-        close = ([renamed] if renamed in parser._option_string_actions else
-                 difflib.get_close_matches(first, list(parser._option_string_actions), n=1))
+        known = internals.option_names(parser)
+        close = [renamed] if renamed in known else difflib.get_close_matches(first, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         names = " ".join(flag.split("=")[0] for flag in flags)  # never the value: it may be a misspelled secret's
         raise ConfigError(f"unknown option(s): {names}{hint} (see --help)")
@@ -338,8 +338,7 @@ def _say_why_on_stop(output: str, manifest: Manifest) -> None:
         print(f"error: stopped by {name}: nothing of run {manifest.run_id} was committed, and {output!r} still "
               "holds what it held; run the same command again to continue from the images already embedded",
               file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(128 + signum)  # the runner's threads would hold an ordinary exit
+        internals.end_process_now(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -365,9 +364,8 @@ def run_job(output: str, beam_args: Sequence[str], manifest: Manifest,
     build(pipeline)
     if pipelines.STARTED_AS_JOB:
         _say_why_on_stop(output, manifest)
-    if pipelines.STARTED_AS_JOB and not gc.isenabled():  # see pipelines/__init__.py
-        gc.freeze()
-        gc.enable()
+    if pipelines.STARTED_AS_JOB:
+        internals.resume_garbage_collection()
     try:
         result = pipeline.run()
         result.wait_until_finish()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import fsspec
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, S3Options
 
-_applied: Optional[int] = None  # id() of the options last given to fsspec in this process
+from transforms import internals
+
+_applied: Optional[PipelineOptions] = None  # the options last given to fsspec in this process
 DEFAULT_STORE_RETRY_S = 60.0  # with the store client's own retries of the last attempt (s3fs: about 20 s), an
 # outage ends the job within 2 minutes
 _retry_s = DEFAULT_STORE_RETRY_S  # this process's --store_retry_s
@@ -62,17 +63,15 @@ def fsspec_settings(options: PipelineOptions) -> dict[str, dict[str, Any]]:
 def use_job_options(options: Optional[PipelineOptions]) -> None:
     """Gives Beam's FileSystems and fsspec the job's store settings, in this process (the launcher; a worker)."""
     global _applied, _retry_s
-    if options is None or id(options) == _applied:
+    if options is None or options is _applied:  # held, so never another object at the same address
         return
     FileSystems.set_options(options)
     _retry_s = options.view_as(StoreOptions).store_retry_s
-    for protocol, settings in fsspec_settings(options).items():
-        if settings:  # fsspec gives them to every filesystem class serving the protocol (s3 and s3a alike)
-            fsspec.config.conf.setdefault(protocol, {}).update(settings)
-    _applied = id(options)
+    internals.set_fsspec_defaults(fsspec_settings(options))
+    _applied = options
 
 
 def use_worker_options() -> None:
     """use_job_options with the options Beam gave this worker (it sets them for its own FileSystems on every
     worker, and in Pipeline() on the launcher): called where a stage first touches fsspec."""
-    use_job_options(FileSystems._pipeline_options)  # noqa: SLF001 - Beam's only record of the worker's options
+    use_job_options(internals.worker_pipeline_options())

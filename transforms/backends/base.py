@@ -170,8 +170,10 @@ class Backend(abc.ABC):
         return [field for field in dataclasses.fields(cls) if "help" in field.metadata]
 
     @classmethod
-    def add_options(cls, parser: argparse.ArgumentParser) -> None:
-        """Declares this backend's settings (fields made with `option`) as --NAME_SETTING in their own group."""
+    def add_options(cls, parser: argparse.ArgumentParser) -> list[argparse.Action]:
+        """Declares this backend's settings (fields made with `option`) as --NAME_SETTING in their own group;
+        returns those of research settings, whose help only --help_all shows."""
+        research = []
         group = parser.add_argument_group(f"{cls.name} backend", (cls.__doc__ or "").splitlines()[0])
         for field in cls._options():
             kwargs = {k: v for k, v in field.metadata.items() if k not in ("affects_results", "research")}
@@ -182,6 +184,8 @@ class Backend(abc.ABC):
             action = group.add_argument(f"--{cls.name}_{field.name}", default=field.default, **kwargs)
             if field.metadata["research"]:
                 action.research_help, action.help = action.help, argparse.SUPPRESS
+                research.append(action)
+        return research
 
     @classmethod
     def from_options(cls, args: argparse.Namespace) -> "Backend":

@@ -1,0 +1,98 @@
+"""Guards of transforms/internals.py: each fails, saying what changed, when a Beam, fsspec or Python upgrade moves the
+internal a trick relies on, or makes the trick unneeded."""
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import subprocess
+import sys
+from pathlib import Path
+
+import apache_beam.ml.inference
+import fsspec
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.cli import unknown_beam_args
+from transforms import internals, stores
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_beams_model_manager_still_imports_torch_and_its_fallback_is_still_none():
+    spec = importlib.machinery.PathFinder.find_spec("model_manager", apache_beam.ml.inference.__path__)
+    assert spec is not None, f"{internals.MODEL_MANAGER} is gone: remove skip_beams_model_manager"
+    source = Path(spec.origin).read_text()
+    assert "import torch" in source, "Beam's model manager no longer imports torch: the stub saves nothing, remove it"
+    base = Path(apache_beam.ml.inference.__file__).with_name("base.py").read_text()
+    assert "ModelManager = None" in base, "Beam's fallback for a missing model manager changed: match it"
+
+
+def test_a_job_process_imports_beams_inference_without_torch_and_keeps_the_resource_module():
+    done = _python("import sys; sys.argv = ['-m']; import pipelines, gc; assert not gc.isenabled(); "
+                   "from apache_beam.ml.inference import base; assert base.ModelManager is None; "
+                   "assert 'torch' not in sys.modules, 'torch imported'; "
+                   "from transforms import internals; internals.resume_garbage_collection(); "
+                   "assert gc.isenabled() and gc.get_freeze_count() > 0; print(base.resource is not None)")
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+
+
+def test_imported_by_a_program_the_package_leaves_its_process_alone():
+    done = _python("import gc, sys; out = sys.stdout; import pipelines; "
+                   "assert gc.isenabled() and sys.stdout is out and not pipelines.STARTED_AS_JOB")
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_end_process_runs_the_exit_handlers_flushes_and_keeps_the_status(tmp_path):
+    marker = tmp_path / "ran"
+    done = _python("import atexit, pathlib, sys; from transforms import internals; "
+                   "atexit.register(lambda: pathlib.Path(sys.argv[1]).write_text('yes')); "
+                   "print('unflushed', end=''); internals.end_process(3)", str(marker))
+    assert done.returncode == 3 and done.stdout == "unflushed" and marker.read_text() == "yes"
+    assert callable(getattr(__import__("atexit"), "_run_exitfuncs", None))
+
+
+def test_end_process_now_leaves_with_the_status_while_a_thread_still_runs():
+    done = _python("import threading, time; from transforms import internals; "
+                   "threading.Thread(target=time.sleep, args=(600,)).start(); print('stopping'); "
+                   "internals.end_process_now(143)")
+    assert done.returncode == 143 and done.stdout == "stopping\n"
+
+
+def test_the_worker_options_are_what_beam_gave_its_filesystems():
+    options = PipelineOptions(["--s3_endpoint_url", "http://127.0.0.1:1"])
+    before = internals.worker_pipeline_options()
+    try:
+        FileSystems.set_options(options)
+        assert internals.worker_pipeline_options() is options, "Beam no longer keeps FileSystems._pipeline_options"
+    finally:
+        FileSystems.set_options(before)
+
+
+def test_every_beam_flag_is_declared_and_only_unknown_ones_are_named():
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    internals.declare_every_beam_option(parser)
+    known = internals.option_names(parser)
+    for flag in ("--runner", "--s3_endpoint_url", "--project", "--direct_num_workers", "--store_retry_s"):
+        assert flag in known, f"{flag} is no longer declared through _add_argparse_args"
+    assert unknown_beam_args(["--runner", "DirectRunner", "--lables", "x"]) == ["--lables", "x"]
+
+
+def test_option_names_are_argparses_table():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--labels")
+    assert {"-h", "--help", "--labels"} <= set(internals.option_names(parser))
+
+
+def test_fsspec_gives_the_job_settings_to_every_new_filesystem(monkeypatch):
+    for owner, name in ((fsspec.config, "conf"), (stores, "_applied"), (stores, "_retry_s"),
+                        (FileSystems, "_pipeline_options")):  # all restored after the test
+        monkeypatch.setattr(owner, name, {} if name == "conf" else getattr(owner, name))
+    stores.use_job_options(PipelineOptions(["--s3_endpoint_url", "http://127.0.0.1:1", "--s3_access_key_id", "k"]))
+    s3 = fsspec.filesystem("s3", skip_instance_cache=True)
+    assert s3.key == "k" and s3.client_kwargs.get("endpoint_url", s3.endpoint_url) == "http://127.0.0.1:1"

@@ -1,0 +1,134 @@
+"""Every process-wide trick and every private API of Beam, argparse or CPython the project uses, each said why.
+
+Each function here is guarded by a test in tests/test_internals.py that fails, naming what changed, when the
+internal it relies on changes or disappears on an upgrade of Beam, fsspec or Python: nothing here may break silently.
+The process tricks are for a process a job owns (pipelines/__init__.py, the jobs' exit); the library's stages use
+only `worker_pipeline_options` and `set_fsspec_defaults`. Figures: docs/BENCHMARKS.md, 2 cores, 2026-11.
+
+Only the standard library is imported here at module level: pipelines/__init__.py calls the start-up tricks before
+Beam is imported.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import gc
+import os
+import sys
+import types
+from typing import Any, Callable, NoReturn, Optional, TextIO
+
+MODEL_MANAGER = "apache_beam.ml.inference.model_manager"
+
+
+# --- A job's process: start-up and exit ----------------------------------------------------------------------------
+
+def skip_beams_model_manager() -> None:
+    """Beam's optional ModelManager module (used only with RunInference's use_model_manager=True, which no job sets)
+    imports torch at its top: 1.8 s of every job's start on 2 cores, and what makes a job with a cached image graph
+    import torch at all. In its place goes a module whose ModelManager is None, the value Beam's own fallback gives
+    it. (Marking the module absent instead made Beam's fallback also drop the `resource` module it imports beside
+    it: RunInference then logged "Resource module is not available" twice per job and lost its memory metric.)"""
+    stub = types.ModuleType(MODEL_MANAGER, "Not loaded: no job sets RunInference's use_model_manager.")
+    stub.ModelManager = None
+    sys.modules.setdefault(MODEL_MANAGER, stub)
+
+
+def started_as_job() -> bool:
+    """Whether this process was started as `python -m pipelines.<job>`: Python sets sys.argv[0] to "-m" while it
+    locates the module, which imports its package first. Imported any other way (tests, a user's program), the
+    process is not the job's to change."""
+    return sys.argv[:1] == ["-m"]
+
+
+def pause_garbage_collection() -> None:
+    """Python's cyclic collector walks every object the process holds each time the heap has grown by a quarter:
+    while Beam, pyarrow and the models are imported and the pipeline is built, four walks over a growing heap for a
+    few dozen garbage objects (0.26 s of a 300-image job). Paused until `resume_garbage_collection`."""
+    gc.disable()
+
+
+def resume_garbage_collection() -> None:
+    """After the pipeline is built: what exists now lives to the end of the job, so it is frozen out of every later
+    walk (gc.freeze), and collection resumes for what the run creates. Nothing if collection was not paused."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
+def redact_output(wrap: Callable[[TextIO], TextIO]) -> None:
+    """Everything the process prints (its log, errors, a traceback) goes through `wrap` (pipelines.redact), so a
+    secret never reaches a terminal or a log file."""
+    sys.stdout, sys.stderr = wrap(sys.stdout), wrap(sys.stderr)
+
+
+def quiet_import_time_logging() -> None:
+    """Importing Beam without its optional GCP clients logs a warning through the root logger before a job sets up
+    its logging: a NullHandler there swallows such chatter, so a configuration error stays the one line a user
+    reads."""
+    import logging
+
+    logging.getLogger().addHandler(logging.NullHandler())
+
+
+def end_process(status: int) -> NoReturn:
+    """Ends a job's process with `status`: the exit handlers run (atexit's private `_run_exitfuncs`: logging's
+    shutdown among them) and the output is flushed, as at any exit, and then the process ends without deleting, one
+    by one, the millions of objects Beam, pyarrow and the models leave behind, which the operating system frees at
+    once (0.5-0.9 s of every job)."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def end_process_now(status: int) -> NoReturn:
+    """Ends the process from a signal handler: the runner's threads, still running bundles, would hold an ordinary
+    exit (and its exit handlers) until they finish. The output is flushed first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+# --- Private APIs of Beam and argparse ---------------------------------------------------------------------------
+
+def worker_pipeline_options() -> Optional[Any]:
+    """The options Beam gave this worker (the launcher's in Pipeline()): Beam keeps them for its own FileSystems in
+    the private `FileSystems._pipeline_options` and offers no public way to read them on a worker; a stage that
+    reaches a store through fsspec needs the same settings (endpoint, keys, --store_retry_s)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems._pipeline_options
+
+
+def declare_every_beam_option(parser: argparse.ArgumentParser) -> None:
+    """Declares on `parser` every flag any Beam options class knows, through their `_add_argparse_args` hook, as
+    Beam's own PipelineOptions.get_all_options does: to name flags that neither a job nor Beam knows, which Beam
+    would drop silently."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    def subclasses(cls: type) -> set[type]:
+        return {cls} | {sub for direct in cls.__subclasses__() for sub in subclasses(direct)}
+
+    for options_class in subclasses(PipelineOptions) - {PipelineOptions}:
+        try:
+            options_class._add_argparse_args(parser)
+        except argparse.ArgumentError:
+            pass  # two options classes declaring one flag: the first declaration is enough here
+
+
+def option_names(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string `parser` takes (--labels, -h ...), from argparse's private table of them: what a
+    did-you-mean compares a misspelled flag with."""
+    return list(parser._option_string_actions)
+
+
+def set_fsspec_defaults(settings: dict[str, dict[str, Any]]) -> None:
+    """protocol -> settings, given to every fsspec filesystem of that protocol made in this process from now on
+    (fsspec's documented, process-wide `fsspec.config.conf`): the store options of the job reach each place that
+    opens a store (inputs, label files, thumbnails, the run folder) without passing them through every call."""
+    import fsspec
+
+    for protocol, values in settings.items():
+        if values:  # fsspec gives them to every filesystem class serving the protocol (s3 and s3a alike)
+            fsspec.config.conf.setdefault(protocol, {}).update(values)
