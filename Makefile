@@ -39,6 +39,7 @@ bench: install
 	$(PY) -m benchmarks.nomic_api
 	$(PY) -m benchmarks.buckets
 	$(PY) -m benchmarks.resume
+	$(PY) -m benchmarks.install
 
 # Three dev sources come from outside PyPI: Debian's openclipart-png (as root), Debian's opencv-doc (fetched once
 # with `apt-get download` into devsets/.cache, no root) and the npm package emoji-datasource-google (fetched once

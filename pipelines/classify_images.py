@@ -11,6 +11,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 
+import pipelines
 from pipelines.cli import (
     ConfigError,
     OneLineParser,
@@ -47,7 +48,7 @@ from transforms.run_folder import SUCCESS, CommitRun, run_files, table_prefix, u
 from transforms.skip import CARRIED_METRIC, TO_LABEL, SkipExisting
 from transforms.write import WriteEmbeddings, WriteRows
 
-JOB, PROG = "classify", "python -m pipelines.classify_images"
+JOB, PROG = "classify", pipelines.prog("classify_images")
 # A few unreadable files are normal in a bucket; more than one in ten says the set-up is wrong (a format Pillow
 # cannot decode, a model that rejects everything, a glob that matches sidecar files), not the files.
 DEFAULT_MAX_ERROR_FRACTION = 0.1

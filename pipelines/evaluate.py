@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import fsspec
 import numpy as np
 
+import pipelines
 from pipelines import classify_images
 from pipelines.cli import ConfigError, OneLineParser, add_backend_argument, exit_job
 from transforms.label_sets import LabelSetError, load_label_set
@@ -120,7 +121,7 @@ def write_confusion_png(pairs: list[list[str]], labels: Sequence[str], path: Pat
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = OneLineParser(prog="python -m pipelines.evaluate", description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog=pipelines.prog("evaluate"), description=__doc__.splitlines()[0],
                                            epilog="Other options go to pipelines.classify_images.",
                                            allow_abbrev=False)
     parser.add_argument("--input", required=True)

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 
+import pipelines
 from pipelines import jobs
 from pipelines.cli import ConfigError, exit_job
 from transforms.label_sets import load_templates
@@ -18,7 +19,7 @@ from transforms.rank import EmbedLabels, RankVectors
 from transforms.records import RESULTS, RESULTS_SCHEMA
 from transforms.stored import ReadEmbeddings
 
-PROG = "python -m pipelines.relabel"
+PROG = pipelines.prog("relabel")
 
 
 def build_parser() -> argparse.ArgumentParser:

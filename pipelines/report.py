@@ -23,6 +23,7 @@ import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
+import pipelines
 from pipelines.cli import ConfigError, OneLineParser, exit_job, unknown_beam_args
 from transforms.decode import decode_image
 from transforms.records import EMBEDDINGS
@@ -268,7 +269,7 @@ def write_topics_report(run: str, output: str, title: str = "Topics") -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = OneLineParser(prog="python -m pipelines.report", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = OneLineParser(prog=pipelines.prog("report"), description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--run", required=True, help="folder of a finished run of classify_images, relabel, search "
                                                      "or topics (its --output)")
     parser.add_argument("--output", required=True, help="the HTML file to write (any fsspec URL)")

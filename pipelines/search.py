@@ -12,12 +12,13 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 
+import pipelines
 from pipelines import jobs
 from pipelines.cli import ConfigError, exit_job
 from transforms.records import RESULTS, SEARCH_SCHEMA
 from transforms.stored import ReadEmbeddings, SearchImages
 
-PROG = "python -m pipelines.search"
+PROG = pipelines.prog("search")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 
+import pipelines
 from pipelines import jobs
 from pipelines.cli import ConfigError, exit_job
 from transforms import files
@@ -25,7 +26,7 @@ from transforms.records import EMBEDDINGS, IMAGE_TOPICS_SCHEMA, TOPICS_SCHEMA
 from transforms.run_folder import read_run
 from transforms.topics import FindTopics
 
-PROG = "python -m pipelines.topics"
+PROG = pipelines.prog("topics")
 SUGGESTED_LABELS = "suggested_labels.txt"
 
 

@@ -149,3 +149,21 @@ def test_the_old_names_of_renamed_flags_are_gone(job, old, new, capsys):
 
     assert importlib.import_module(f"pipelines.{job}").main([old, "--output", "out"]) == 2
     assert capsys.readouterr().err.strip() == f"error: unknown option(s): {old} (did you mean {new}?) (see --help)"
+
+
+def test_one_command_runs_every_job_and_names_a_misspelled_one():
+    """`zero-shot-labels JOB` (here as `python -m pipelines JOB`, what the installed command runs) lists the jobs,
+    passes the rest to the job's own command line, and refuses an unknown job with one line."""
+    from pipelines import JOBS
+
+    def command(*argv):
+        return subprocess.run([sys.executable, "-m", "pipelines", *argv], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+
+    listed = command("--help")
+    assert listed.returncode == 0 and all(f"\n  {job} " in listed.stdout for job in JOBS), listed.stdout
+    misspelled = command("clasify", "--input", "x")
+    assert misspelled.returncode == 2 and misspelled.stderr.count("\n") == 1
+    assert misspelled.stderr.startswith("error: unknown job 'clasify' (did you mean classify?)")
+    passed_on = command("relabel", "--lables", "x")
+    assert passed_on.returncode == 2 and "unknown option(s): --lables (did you mean --labels?)" in passed_on.stderr

@@ -1,7 +1,7 @@
-"""The `hf` backend on tiny CLIP and SigLIP models that the tests build and save (no hub here): the command line labels
-photos with them, keeps the vectors transformers itself computes, relabels and searches them; SigLIP's probabilities
-are its own sigmoids; a split image + sentence-transformers text tower works; bad models stop the job before it
-starts."""
+"""The `hf` backend on tiny CLIP, SigLIP and SigLIP 2 models that the tests build and save every way users save them
+(no hub here): the command line labels photos with them, keeps the vectors transformers itself computes, relabels
+and searches them; SigLIP's probabilities are its own sigmoids; a split image + sentence-transformers text tower
+works; bad models stop the job before it starts."""
 from __future__ import annotations
 
 import io
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pipelines import classify_images, relabel, search
-from tests.tiny_models import SIDE, tiny_clip, tiny_siglip, tiny_split_towers
+from tests.tiny_models import SAVED_AS, SIDE, tiny_clip, tiny_siglip, tiny_siglip2_naflex, tiny_split_towers
 from transforms.backends import l2_normalize
 from transforms.backends.hf import HFBackend
 from transforms.decode import decode_image
@@ -169,3 +169,33 @@ def test_the_decoder_keeps_the_side_a_384_px_model_reads():
     default, _, _ = decode_image(buffer.getvalue(), 10**9)
     large, _, _ = decode_image(buffer.getvalue(), 10**9, model_side=384)
     assert min(default.size) == 256 and min(large.size) == 384 and max(large.size) == 768
+
+
+@pytest.mark.parametrize("saved_as", SAVED_AS)
+def test_a_model_saved_any_way_transformers_saves_one_labels_the_same(saved_as, models, small_photos, labels_file,
+                                                                       tmp_path):
+    """Processor.save_pretrained writes processor_config.json (transformers 5), the image processor alone
+    preprocessor_config.json: the backend asks transformers for the processor, so each folder gives the same rows as
+    the one the other tests use."""
+    folder = tiny_clip(tmp_path / "model", saved_as)
+    assert HFBackend(model=str(folder)).image_side == SIDE
+    assert _classify(["--hf_model", str(folder)], small_photos, labels_file, tmp_path / "out") == 0
+    assert _classify(["--hf_model", str(models["clip"])], small_photos, labels_file, tmp_path / "reference") == 0
+    ours, reference = _by_name(read_run(str(tmp_path / "out"))), _by_name(read_run(str(tmp_path / "reference")))
+    assert {name: row["scores"] for name, row in ours.items()} == {name: row["scores"] for name, row in
+                                                                   reference.items()}
+
+
+def test_siglip2_naflex_reads_each_image_at_its_own_aspect(small_photos, labels_file, tmp_path, photos):
+    """NaFlex processors keep an image's aspect and read up to max_num_patches patches: the decoder keeps the side
+    of that many square patches, and images of other shapes share a batch."""
+    folder = tiny_siglip2_naflex(tmp_path / "naflex")
+    assert HFBackend(model=str(folder)).image_side == 4 * 8  # 16 patches of 8 pixels: 4 x 4 of them
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for index, path in enumerate(sorted(small_photos.glob("*.png"))):
+        Image.open(path).resize((SIDE * (1 + index % 3), SIDE)).save(mixed / path.name)
+    assert _classify(["--hf_model", str(folder)], mixed, labels_file, tmp_path / "out", "--max_error_fraction",
+                     "0") == 0
+    rows = read_run(str(tmp_path / "out"))
+    assert len(rows) == 7 and all(0 <= prob <= 1 for row in rows for prob in row["probs"])  # sigmoids

@@ -2,20 +2,24 @@
 graph exported once per machine. No test here times anything (docs/BENCHMARKS.md does, by ratios in one run)."""
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from labels import build_class_vectors
 from pipelines.jobs import workers_in_this_process
 from transforms.backends import image_runtime, local
 from transforms.backends.local import LocalBackend, class_vectors, packaged_class_vectors
 from transforms.backends.minilm import MiniLM
-from transforms.backends.weights import WeightsError
+from transforms.backends.weights import WeightsError, packaged_file, read_torch_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["a photo of a tabby cat.", "espresso", "猫 🍕", "", "a " * 300, "Golden Retriever, a kind of dog"]
@@ -59,6 +63,45 @@ def test_the_numpy_text_encoder_gives_sentence_transformers_vectors():
     assert MiniLM(model_dir).tokens("猫 🍕 hello") == ["[UNK]", "[UNK]", "hello"]
 
 
+def _torch_export(model) -> bytes:
+    """The PyTorch module as torch.onnx exports it: the reference for the graph written without torch."""
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript tracing: "SAME" padding sizes become constants, as they are
+        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), buffer, dynamo=False, opset_version=17,
+                          input_names=[image_runtime.INPUT], output_names=[image_runtime.OUTPUT],
+                          dynamic_axes={image_runtime.INPUT: {0: "batch"}, image_runtime.OUTPUT: {0: "batch"}})
+    return buffer.getvalue()
+
+
+def test_the_graph_written_without_torch_gives_the_torch_exports_logits(photos):
+    ours = image_runtime.OnnxClassifier(local._build_graph())
+    exported = image_runtime.OnnxClassifier(_torch_export(local._load_torch_classifier()))
+    eager = image_runtime.TorchClassifier(local._load_torch_classifier())
+    pixels = np.stack([image_runtime.preprocess(Image.open(path).convert("RGB"))
+                       for path in sorted(photos.glob("*.jpg"))[:4]])
+    logits = ours.logits(pixels)
+    assert np.abs(logits - exported.logits(pixels)).max() < 1e-5
+    assert np.abs(logits - eager.logits(pixels)).max() < 1e-5
+    assert ours.logits(pixels[:1]).shape == (1, 1000)  # any batch size
+
+
+def test_the_weights_reader_builds_arrays_and_nothing_else(tmp_path):
+    """A .pth file is a pickle: one that names any other global (how a hostile file runs code) is refused."""
+    weights = read_torch_weights(packaged_file(local.EFFICIENTNET_PACKAGE, *local.EFFICIENTNET_FILE))
+    assert weights["_fc.weight"].shape == (1000, 1280) and weights["_bn0.num_batches_tracked"].dtype == np.int64
+    hostile = tmp_path / "hostile.pth"
+    with hostile.open("wb") as f:
+        for part in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+            pickle.dump(part, f)
+        f.write(b"cos\nsystem\n(S'touch " + str(tmp_path / "ran").encode() + b"'\ntR.")
+    with pytest.raises(WeightsError, match="os.system has no place in a file of weights"):
+        read_torch_weights(hostile)
+    assert not (tmp_path / "ran").exists()
+
+
 def test_the_exported_graph_is_cached_keyed_by_the_weights_and_checked(tmp_path, monkeypatch):
     monkeypatch.setenv(image_runtime.CACHE_ENV, str(tmp_path))
     exports = []
@@ -97,11 +140,12 @@ def test_a_cache_folder_that_cannot_be_written_only_costs_the_export(tmp_path, m
 
 
 @pytest.mark.slow
-def test_a_warm_start_labels_without_importing_torch(photos, tmp_path):
-    """The second job on a machine reads the cached graph and the packaged class vectors: no torch, no exporter."""
+def test_no_start_imports_torch_and_a_warm_one_not_even_onnx(photos, tmp_path):
+    """The first job on a machine writes the graph from the weights without torch; the second reads it from the
+    cache, with the packaged class vectors."""
     env = {**os.environ, image_runtime.CACHE_ENV: str(tmp_path / "cache")}
     code = ("import sys; from pipelines import classify_images; status = classify_images.main(sys.argv[1:]); "
-            "print('torch' in sys.modules, 'sentence_transformers' in sys.modules, status)")
+            "print('torch' in sys.modules, 'onnx' in sys.modules, status)")
     outputs = []
     for run in ("cold", "warm"):
         done = subprocess.run([sys.executable, "-c", code, "--input", f"{photos}/*.jpg", "--labels", "general",
@@ -109,7 +153,7 @@ def test_a_warm_start_labels_without_importing_torch(photos, tmp_path):
                               timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         outputs.append(done.stdout.split()[-3:])
-    assert outputs == [["True", "False", "0"], ["False", "False", "0"]]  # the cold start exported the graph
+    assert outputs == [["False", "True", "0"], ["False", "False", "0"]]  # the cold start wrote the graph
     assert len(list((tmp_path / "cache").glob("*.onnx"))) == 1
     # Beam's `resource` module stays: RunInference logged "Resource module is not available" twice per job when
     # its model manager was marked absent instead of replaced.

@@ -34,11 +34,11 @@ def skip_beams_model_manager() -> None:
     sys.modules.setdefault(MODEL_MANAGER, stub)
 
 
-def started_as_job() -> bool:
-    """Whether this process was started as `python -m pipelines.<job>`: Python sets sys.argv[0] to "-m" while it
-    locates the module, which imports its package first. Imported any other way (tests, a user's program), the
-    process is not the job's to change."""
-    return sys.argv[:1] == ["-m"]
+def started_as_job(command: str) -> bool:
+    """Whether this process was started as `python -m pipelines.<job>` (Python sets sys.argv[0] to "-m" while it
+    locates the module, which imports its package first) or as the console `command` pip installed. Imported any
+    other way (tests, a user's program), the process is not the job's to change."""
+    return sys.argv[:1] == ["-m"] or os.path.basename(sys.argv[0] if sys.argv else "") == command
 
 
 def pause_garbage_collection() -> None:

@@ -1,34 +1,20 @@
-"""EfficientNet-Lite0 (ImageNet-1k classifier) in plain PyTorch: what the ONNX graph is exported from (its eval
-preprocessing is image_runtime.preprocess)."""
+"""EfficientNet-Lite0 (ImageNet-1k classifier) in plain PyTorch: the reference the ONNX graph (efficientnet_graph.py)
+is checked against, and what `--local_runtime torch` runs (its eval preprocessing is image_runtime.preprocess)."""
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in the TF reference.
-LITE0_STAGES = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-)
-BN_EPS = 1e-3
+from transforms.backends.efficientnet_graph import BN_EPS, LITE0_STAGES, same_padding
 
 
 class Conv2dSame(nn.Conv2d):
     """Conv2d with TensorFlow's "SAME" padding: output size ceil(input / stride), extra pixel on the far side."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad = []
-        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pad += [total // 2, total - total // 2]
+        pad = [side for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride))
+               for side in same_padding(size, k, s)]
         return F.conv2d(F.pad(x, pad), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
+import math
 import os
 import shutil
 import struct
@@ -110,17 +112,38 @@ def _config(folder: str) -> dict[str, Any]:
                                f"{type(e).__name__})") from None
 
 
-def _image_side(folder: str) -> int:
-    """The shorter side the model's image processor reads (its resize target, or its crop if larger)."""
+@functools.lru_cache(maxsize=8)
+def image_processor(folder: str, trust_remote_code: bool = False):
+    """The model's image processor, as transformers loads it from whatever the folder holds (preprocessor_config.json,
+    or processor_config.json as Processor.save_pretrained writes it; fast or slow classes); once per process."""
+    from transformers import AutoImageProcessor
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # not its notice that without torchvision it takes the PIL path
     try:
-        processor = json.loads((Path(folder) / "preprocessor_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelFolderError(f"{folder!r} has no readable preprocessor_config.json ({type(e).__name__})") from None
-    sides = []
-    for key in ("size", "crop_size"):
-        value = processor.get(key)
-        sides += [value] if isinstance(value, int) else list((value or {}).values())
-    return max((side for side in sides if isinstance(side, int)), default=224)
+        return AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - a folder without a processor, or one this transformers cannot read
+        raise ModelFolderError(f"{folder!r} has no image processor transformers can load ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def _sides(value: Any) -> list[int]:
+    """The pixel sizes in a processor's `size` or `crop_size`: an int, a dict, or transformers 5's SizeDict."""
+    if isinstance(value, int):
+        return [value]
+    items = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value or {})
+    return [side for name, side in items.items() if isinstance(side, int) and name != "longest_edge"]
+
+
+def image_side(processor) -> int:
+    """The shorter side `processor` reads: its resize target, or its crop if larger; for SigLIP 2's NaFlex
+    processors, which keep the aspect and read up to max_num_patches patches, the side of that many square ones."""
+    if patches := getattr(processor, "max_num_patches", None):
+        return math.isqrt(patches) * processor.patch_size
+    return max(_sides(getattr(processor, "size", None)) + _sides(getattr(processor, "crop_size", None)), default=224)
 
 
 class HFEmbedder(Embedder):
@@ -130,7 +153,7 @@ class HFEmbedder(Embedder):
     def __init__(self, settings: "HFBackend"):
         import torch
         import transformers
-        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer
 
         transformers.utils.logging.disable_progress_bar()  # a bar per worker for loading local weights is noise
 
@@ -148,7 +171,7 @@ class HFEmbedder(Embedder):
         self.model = (model_class or AutoModel).from_pretrained(folder, trust_remote_code=trust, dtype=self.dtype)
         self.model.to(self.device)
         self.model.eval()
-        self.image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust)
+        self.image_processor = image_processor(folder, trust)
         self.siglip = _config(folder).get("model_type", "").startswith("siglip")
         self.text_prefix = settings.text_prefix
         if settings.text_model:
@@ -175,13 +198,15 @@ class HFEmbedder(Embedder):
             return l2_normalize(_features(self.model.get_text_features(**inputs)).float().cpu().numpy())
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(self.device, self.dtype)
+        # Every input the processor makes goes to the model: pixels, and for NaFlex their mask and patch grid.
+        inputs = dict(self.image_processor(images=list(images), return_tensors="pt"))
+        inputs = {name: value.to(self.device, self.dtype) if name == "pixel_values" else value.to(self.device)
+                  for name, value in inputs.items()}
         with self.torch.inference_mode():
             if hasattr(self.model, "get_image_features"):
-                vectors = _features(self.model.get_image_features(pixel_values=pixels))
+                vectors = _features(self.model.get_image_features(**inputs))
             else:  # an image tower alone: its projected embeddings, or its CLS token (Nomic Embed Vision)
-                output = self.model(pixel_values=pixels)
+                output = self.model(**inputs)
                 vectors = getattr(output, "image_embeds", None)
                 vectors = output.last_hidden_state[:, 0] if vectors is None else vectors
         return l2_normalize(vectors.float().cpu().numpy())
@@ -240,7 +265,7 @@ class HFBackend(Backend):
 
     @property
     def image_side(self) -> int:
-        return _image_side(self.folder)
+        return image_side(image_processor(self.folder, self.trust_remote_code))
 
     @property
     def resolved_device(self) -> str:
@@ -260,6 +285,10 @@ class HFBackend(Backend):
         return self.resolved_device == "cuda"
 
     def check(self, workers_here: bool = True) -> None:
+        needed = ("torch", "transformers") + (("sentence_transformers",) if self.text_model else ())
+        if missing := [module for module in needed if importlib.util.find_spec(module) is None]:
+            raise ModuleNotFoundError(f"it needs {' and '.join(missing)}, which the plain install leaves out: "
+                                      "pip install 'beam-zero-shot-labels[hf]'")
         config = _config(self.folder)
         weights_digest(self.folder)
         check_safetensors(self.folder)
@@ -269,7 +298,7 @@ class HFBackend(Backend):
         if self.text_model:
             weights_digest(model_folder(self.text_model, self.revision))
             check_safetensors(model_folder(self.text_model, self.revision))
-        _image_side(self.folder)
+        image_processor(self.folder, self.trust_remote_code)
         if self.device == "cuda" and workers_here:
             import torch
 

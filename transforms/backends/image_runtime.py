@@ -1,30 +1,28 @@
 """Where the embedded backend's image classifier runs: ONNX Runtime (fp32, or int8 with static quantization calibrated
-on images the caller names) or eager PyTorch, and its eval preprocessing. The fp32 ONNX graph is exported from the
-sha256-checked PyTorch weights once per machine and kept in the user's cache folder, keyed by those weights and the
-model's source: a warm start needs neither torch nor the exporter. torch is imported only where it runs."""
+on images the caller names) or eager PyTorch, and its eval preprocessing. The fp32 ONNX graph is written from the
+sha256-checked weights without torch (efficientnet_graph.py) once per machine and kept in the user's cache folder,
+keyed by those weights and the graph's source: a warm start imports neither onnx nor torch. torch is imported only
+where it runs (--local_runtime torch)."""
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import logging
 import os
 import tempfile
 import uuid
-import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Protocol
 
 import numpy as np
 from PIL import Image
 
-INPUT, OUTPUT = "pixels", "logits"
-INPUT_SIZE = 224
+from transforms.backends.efficientnet_graph import INPUT, INPUT_SIZE, IR_VERSION, OPSET, OUTPUT
+
 RESIZE_SIZE = 256
 # The Lite models were trained on inputs scaled to [-1, 1]: (x - 127) / 128 per channel.
 MEAN = 127.0
 STD = 128.0
-OPSET = 17
 CACHE_ENV = "ZERO_SHOT_CACHE"  # where exported graphs are kept; "off" exports at every start
 _LOG = logging.getLogger("zero_shot")
 
@@ -81,20 +79,6 @@ class OnnxClassifier:
         return self.session.run([OUTPUT], {INPUT: pixels})[0]
 
 
-def export_onnx(model) -> bytes:
-    """The model (a torch.nn.Module) as an ONNX graph with a dynamic batch dimension, exported in memory."""
-    import torch
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # TorchScript tracing warns that TF "SAME" padding sizes become constants: they are, for 224 x 224 inputs.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),), buffer, dynamo=False,
-                          input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
-    return buffer.getvalue()
-
-
 def cache_folder() -> Optional[Path]:
     """$ZERO_SHOT_CACHE, else $XDG_CACHE_HOME/beam-zero-shot-labels, else ~/.cache/beam-zero-shot-labels; None when
     $ZERO_SHOT_CACHE is "off"."""
@@ -107,9 +91,9 @@ def cache_folder() -> Optional[Path]:
 
 
 def graph_key(weights_sha256: str) -> str:
-    """What a cached graph must have been exported from: these weights, this model source, this opset."""
-    source = Path(importlib.util.find_spec("transforms.backends.efficientnet_lite").origin).read_bytes()
-    return hashlib.sha256(f"{weights_sha256}\0{OPSET}\0".encode() + source).hexdigest()
+    """What a cached graph must have been written from: these weights, this graph source, this opset."""
+    source = Path(importlib.util.find_spec("transforms.backends.efficientnet_graph").origin).read_bytes()
+    return hashlib.sha256(f"{weights_sha256}\0{OPSET}\0{IR_VERSION}\0".encode() + source).hexdigest()
 
 
 def cached_graph(key: str, export: Callable[[], bytes]) -> bytes:

