@@ -23,7 +23,8 @@ from PIL import Image, ImageOps
 
 from pipelines.samples import write_sample_photos
 from transforms.backends import get_backend
-from transforms.backends.image_runtime import CACHE_ENV, preprocess
+from transforms.backends.graph_cache import CACHE_ENV
+from transforms.backends.image_runtime import preprocess
 from transforms.backends.local import LocalBackend, _load_classifier, _sentence_vectors
 from transforms.decode import decode_image
 from transforms.label_sets import load_label_set

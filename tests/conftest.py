@@ -25,7 +25,7 @@ def commit_gate(gate: Path) -> dict[str, str]:
 def graph_cache(tmp_path_factory) -> Path:
     """The exported image graph is cached in a folder of this session, not in the home folder of whoever runs the
     tests; jobs the tests start in subprocesses inherit it."""
-    from transforms.backends.image_runtime import CACHE_ENV
+    from transforms.backends.graph_cache import CACHE_ENV
 
     folder = tmp_path_factory.mktemp("graph_cache")
     os.environ[CACHE_ENV] = str(folder)

@@ -199,3 +199,37 @@ def test_siglip2_naflex_reads_each_image_at_its_own_aspect(small_photos, labels_
                      "0") == 0
     rows = read_run(str(tmp_path / "out"))
     assert len(rows) == 7 and all(0 <= prob <= 1 for row in rows for prob in row["probs"])  # sigmoids
+
+
+def test_on_cpu_the_image_tower_runs_on_onnx_runtime_with_pytorchs_vectors(models, small_photos, tmp_path):
+    """auto: the graph is exported once per machine (cached by the weights' digest) and used because its vectors
+    match eager PyTorch's; int8 is another model id, close to them."""
+    images = [Image.open(path).convert("RGB") for path in sorted(small_photos.glob("*.png"))]
+    eager = HFBackend(model=str(models["clip"]), runtime="torch")._load()
+    auto = HFBackend(model=str(models["clip"]))._load()
+    assert eager.onnx is None and auto.onnx is not None
+    assert np.abs(auto.embed_images(images) - eager.embed_images(images)).max() < 1e-4
+    int8 = HFBackend(model=str(models["clip"]), runtime="onnx-int8")
+    assert int8.model_id == HFBackend(model=str(models["clip"])).model_id + "-int8"
+    assert (int8._load().embed_images(images) * eager.embed_images(images)).sum(axis=1).min() > 0.99
+
+
+def test_a_tower_onnx_cannot_take_runs_on_pytorch_unless_onnx_was_asked_for(models, monkeypatch, caplog):
+    from transforms.backends import hf_runtime
+
+    def refuse(*args):
+        raise RuntimeError("Exporting the operator 'aten::new_thing' to ONNX opset version 17 is not supported")
+
+    monkeypatch.setattr(hf_runtime, "export_image_tower", refuse)
+    monkeypatch.setenv("ZERO_SHOT_CACHE", "off")
+    assert HFBackend(model=str(models["siglip"]))._load().onnx is None
+    assert "the image tower cannot run on ONNX Runtime (RuntimeError: Exporting the operator" in caplog.text
+    with pytest.raises(RuntimeError, match="--hf_runtime onnx cannot run this model"):
+        HFBackend(model=str(models["siglip"]), runtime="onnx")._load()
+
+
+def test_onnx_runtime_is_for_float32_on_the_cpu(models, tmp_path):
+    assert HFBackend(model=str(models["clip"]), device="cpu", dtype="bfloat16").resolved_runtime == "torch"
+    assert HFBackend(model=str(tiny_siglip2_naflex(tmp_path / "naflex"))).resolved_runtime == "torch"
+    with pytest.raises(ValueError, match="runs float32 on the CPU"):
+        HFBackend(model=str(models["clip"]), runtime="onnx", dtype="float16").check()

@@ -391,11 +391,14 @@ def test_large_label_sets_are_embedded_in_bounded_batches_with_progress(monkeypa
 
     monkeypatch.setattr(rank, "PROGRESS_EVERY_S", 0.0)
     caplog.set_level("INFO", logger="zero_shot")
-    phrases = [f"label {i}" for i in range(2500)]
+    phrases = [f"label {i}" for i in range(1200)]
     vectors = rank.embed_phrases_in_batches(phrases, ["{}"], Counting())
-    assert Counting.calls == [1024, 1024, 452] and vectors.shape == (2500, 2)
-    assert vectors[2499, 0] == len("label 2499")
-    assert "embedded 2048 of 2500 label phrases" in caplog.text
+    assert Counting.calls == [512, 512, 176] and vectors.shape == (1200, 2)
+    assert vectors[1199, 0] == len("label 1199")
+    assert "embedded 1024 of 1200 label phrases" in caplog.text
+    Counting.calls.clear()  # with 80 templates (openai's), 6 phrases make the 480 prompts of a call
+    assert rank.embed_phrases_in_batches(phrases[:20], ["{}"] * 80, Counting()).shape == (20, 2)
+    assert Counting.calls == [6, 6, 6, 2]
 
 
 def test_the_started_record_is_the_runs_manifest(tmp_path, photos):

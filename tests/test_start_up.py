@@ -16,7 +16,7 @@ from PIL import Image
 
 from labels import build_class_vectors
 from pipelines.jobs import workers_in_this_process
-from transforms.backends import image_runtime, local
+from transforms.backends import graph_cache, image_runtime, local
 from transforms.backends.local import LocalBackend, class_vectors, packaged_class_vectors
 from transforms.backends.minilm import MiniLM
 from transforms.backends.weights import WeightsError, packaged_file, read_torch_weights
@@ -103,7 +103,7 @@ def test_the_weights_reader_builds_arrays_and_nothing_else(tmp_path):
 
 
 def test_the_exported_graph_is_cached_keyed_by_the_weights_and_checked(tmp_path, monkeypatch):
-    monkeypatch.setenv(image_runtime.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(graph_cache.CACHE_ENV, str(tmp_path))
     exports = []
 
     def export():
@@ -111,39 +111,39 @@ def test_the_exported_graph_is_cached_keyed_by_the_weights_and_checked(tmp_path,
         return b"graph bytes"
 
     key = image_runtime.graph_key("a" * 64)
-    assert image_runtime.cached_graph(key, export) == b"graph bytes"
-    assert image_runtime.cached_graph(key, export) == b"graph bytes" and len(exports) == 1  # read back
+    assert graph_cache.cached_graph("test", key, export) == b"graph bytes"
+    assert graph_cache.cached_graph("test", key, export) == b"graph bytes" and len(exports) == 1  # read back
     assert image_runtime.graph_key("b" * 64) != key  # other weights, another file
     (cached,) = tmp_path.glob("*.onnx")
     cached.write_bytes(b"damaged")  # no longer the bytes its digest names: exported again, and replaced
-    assert image_runtime.cached_graph(key, export) == b"graph bytes" and len(exports) == 2
+    assert graph_cache.cached_graph("test", key, export) == b"graph bytes" and len(exports) == 2
     assert cached.read_bytes() == b"graph bytes"
-    monkeypatch.setenv(image_runtime.CACHE_ENV, "off")
-    assert image_runtime.cached_graph(key, export) == b"graph bytes" and len(exports) == 3
+    monkeypatch.setenv(graph_cache.CACHE_ENV, "off")
+    assert graph_cache.cached_graph("test", key, export) == b"graph bytes" and len(exports) == 3
 
 
 def test_a_cached_graph_without_its_digest_is_exported_again(tmp_path, monkeypatch):
     """A writer killed between the graph and its .sha256 file leaves a graph nobody can check: not used."""
-    monkeypatch.setenv(image_runtime.CACHE_ENV, str(tmp_path))
-    image_runtime.cached_graph("d" * 64, lambda: b"first")
+    monkeypatch.setenv(graph_cache.CACHE_ENV, str(tmp_path))
+    graph_cache.cached_graph("test", "d" * 64, lambda: b"first")
     (digest,) = tmp_path.glob("*.sha256")
     digest.unlink()
-    assert image_runtime.cached_graph("d" * 64, lambda: b"second") == b"second"
+    assert graph_cache.cached_graph("test", "d" * 64, lambda: b"second") == b"second"
     assert digest.is_file()
 
 
 def test_a_cache_folder_that_cannot_be_written_only_costs_the_export(tmp_path, monkeypatch):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
-    monkeypatch.setenv(image_runtime.CACHE_ENV, str(blocked / "cache"))
-    assert image_runtime.cached_graph("k" * 64, lambda: b"graph") == b"graph"
+    monkeypatch.setenv(graph_cache.CACHE_ENV, str(blocked / "cache"))
+    assert graph_cache.cached_graph("test", "k" * 64, lambda: b"graph") == b"graph"
 
 
 @pytest.mark.slow
 def test_no_start_imports_torch_and_a_warm_one_not_even_onnx(photos, tmp_path):
     """The first job on a machine writes the graph from the weights without torch; the second reads it from the
     cache, with the packaged class vectors."""
-    env = {**os.environ, image_runtime.CACHE_ENV: str(tmp_path / "cache")}
+    env = {**os.environ, graph_cache.CACHE_ENV: str(tmp_path / "cache")}
     code = ("import sys; from pipelines import classify_images; status = classify_images.main(sys.argv[1:]); "
             "print('torch' in sys.modules, 'onnx' in sys.modules, status)")
     outputs = []

@@ -17,7 +17,9 @@ from transforms.metrics import NAMESPACE, ProgressLog, StageMetrics
 from transforms.records import Embedded, ImageInfo, ResultRow, as_dict
 
 _LOG = logging.getLogger("zero_shot")
-PHRASES_PER_CALL = 1024  # label phrases per call to the text model: memory bounded by this, not by the label set
+# Prompts (phrase x template) per call to the text model: its activations, bounded by this and not by the label set
+# or the number of templates, are what a call holds (CLIP ViT-B/32's text tower: about 1 GB at 512 prompts).
+PROMPTS_PER_CALL = 512
 PROGRESS_EVERY_S = 5.0
 
 
@@ -48,7 +50,7 @@ def build_label_matrix(label_phrases: Mapping[str, Sequence[str]], templates: Se
 def embed_label_set(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
                     embedder: Embedder) -> LabelMatrix:
     """The zero-shot classifier: each label's vector is the normalized mean of its phrases' vectors, every phrase
-    embedded in all templates, PHRASES_PER_CALL phrases per call to the embedder."""
+    embedded in all templates, PROMPTS_PER_CALL prompts per call to the embedder."""
     phrases = [list(label_phrases[label]) for label in label_phrases]
     warn_unreadable(label_phrases, embedder)
     vectors = embed_phrases_in_batches([phrase for group in phrases for phrase in group], templates, embedder)
@@ -63,11 +65,13 @@ def embed_label_set(label_phrases: Mapping[str, Sequence[str]], templates: Seque
 
 
 def embed_phrases_in_batches(phrases: Sequence[str], templates: Sequence[str], embedder: Embedder) -> np.ndarray:
-    """embedder.embed_phrases over PHRASES_PER_CALL phrases at a time, so that memory stays bounded whatever the size
-    of the label set, with a progress line every PROGRESS_EVERY_S seconds (20,000 labels take minutes)."""
+    """embedder.embed_phrases over as many phrases at a time as make PROMPTS_PER_CALL prompts, so that memory stays
+    bounded whatever the size of the label set and of the template set, with a progress line every
+    PROGRESS_EVERY_S seconds (20,000 labels take minutes)."""
     parts, last = [], time.monotonic()
-    for start in range(0, len(phrases), PHRASES_PER_CALL):
-        parts.append(embedder.embed_phrases(phrases[start:start + PHRASES_PER_CALL], templates))
+    per_call = max(1, PROMPTS_PER_CALL // max(1, len(templates)))
+    for start in range(0, len(phrases), per_call):
+        parts.append(embedder.embed_phrases(phrases[start:start + per_call], templates))
         if time.monotonic() - last >= PROGRESS_EVERY_S:
             last = time.monotonic()
             _LOG.info("embedded %d of %d label phrases (x %d templates)", start + len(parts[-1]), len(phrases),

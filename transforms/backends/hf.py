@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from transforms.backends.base import Backend, Embedder, l2_normalize, option
+from transforms.backends.hf_runtime import RUNTIMES, image_features, onnx_image_tower
 from transforms.backends.weights import hash_file
 from transforms.stores import is_local, use_worker_options
 
@@ -172,6 +173,14 @@ class HFEmbedder(Embedder):
         self.model.to(self.device)
         self.model.eval()
         self.image_processor = image_processor(folder, trust)
+        self.onnx = None
+        if settings.resolved_runtime != "torch":
+            side, noise = settings.image_side, np.random.default_rng(0)
+            probes = [Image.fromarray(noise.integers(0, 256, (side, side + 37 * i, 3), dtype=np.uint8)) for i in (0, 1)]
+            pixels = self._inputs(probes)["pixel_values"].astype(np.float32)
+            self.onnx = onnx_image_tower(self.model, weights_digest(folder), pixels, settings.resolved_runtime)
+            if self.onnx is None and settings.runtime != "auto":  # asked for, and its vectors would be another's
+                raise RuntimeError(f"--hf_runtime {settings.runtime} cannot run this model (see the warning above)")
         self.siglip = _config(folder).get("model_type", "").startswith("siglip")
         self.text_prefix = settings.text_prefix
         if settings.text_model:
@@ -197,18 +206,19 @@ class HFEmbedder(Embedder):
         with self.torch.inference_mode():
             return l2_normalize(_features(self.model.get_text_features(**inputs)).float().cpu().numpy())
 
+    def _inputs(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+        """What the processor makes of `images`: pixels, and for NaFlex their mask and patch grid. (Its Pillow path,
+        without torchvision, costs about 3 ms of a ViT-B/32 image's 70 on 2 cores: not worth a faster copy.)"""
+        return dict(self.image_processor(images=list(images), return_tensors="np"))
+
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        # Every input the processor makes goes to the model: pixels, and for NaFlex their mask and patch grid.
-        inputs = dict(self.image_processor(images=list(images), return_tensors="pt"))
-        inputs = {name: value.to(self.device, self.dtype) if name == "pixel_values" else value.to(self.device)
-                  for name, value in inputs.items()}
+        inputs = self._inputs(images)
+        if self.onnx is not None:
+            return l2_normalize(self.onnx.features(inputs["pixel_values"]))
+        inputs = {name: self.torch.from_numpy(np.asarray(value)).to(self.device) for name, value in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with self.torch.inference_mode():
-            if hasattr(self.model, "get_image_features"):
-                vectors = _features(self.model.get_image_features(**inputs))
-            else:  # an image tower alone: its projected embeddings, or its CLS token (Nomic Embed Vision)
-                output = self.model(**inputs)
-                vectors = getattr(output, "image_embeds", None)
-                vectors = output.last_hidden_state[:, 0] if vectors is None else vectors
+            vectors = image_features(self.model, inputs)
         return l2_normalize(vectors.float().cpu().numpy())
 
 
@@ -232,6 +242,12 @@ class HFBackend(Backend):
                          affects_results=False)
     dtype: str = option("float32", "weights and activations (float16 or bfloat16 halve memory on GPUs)",
                         choices=list(DTYPES))
+    # docs/BENCHMARKS.md: on CPU, ONNX Runtime runs the image tower faster than eager PyTorch with the same vectors
+    # (checked on every load); int8 is faster still, and its vectors differ (another model id).
+    runtime: str = option("auto", "where the image tower runs: auto (on CPU, ONNX Runtime when its vectors match "
+                                  "PyTorch's within 1e-4, else PyTorch; on GPUs PyTorch), torch, onnx, or onnx-int8 "
+                                  "(dynamic int8: faster, vectors not the same)", choices=list(RUNTIMES),
+                          affects_results=False)
     text_prefix: Optional[str] = option(None, "put before every label text (default: 'search_query: ' for Nomic "
                                               "text towers, else none)")
     name = "hf"
@@ -254,7 +270,8 @@ class HFBackend(Backend):
         model_id = f"hf:{self.model}@{weights_digest(self.folder)[:16]}"
         if self.text_model:
             model_id += f"+{self.text_model}@{weights_digest(model_folder(self.text_model, self.revision))[:16]}"
-        return model_id + ("" if self.dtype == "float32" else f"-{self.dtype}")
+        model_id += "" if self.dtype == "float32" else f"-{self.dtype}"
+        return model_id + ("-int8" if self.runtime == "onnx-int8" else "")  # its vectors differ; onnx's do not
 
     @property
     def embedding_dim(self) -> int:
@@ -266,6 +283,15 @@ class HFBackend(Backend):
     @property
     def image_side(self) -> int:
         return image_side(image_processor(self.folder, self.trust_remote_code))
+
+    @property
+    def resolved_runtime(self) -> str:
+        """torch, onnx or onnx-int8: `runtime` with auto settled. ONNX Runtime runs only on the CPU, in float32, and
+        for processors of one image size (not SigLIP 2's NaFlex, whose inputs vary per batch)."""
+        if self.runtime != "auto":
+            return self.runtime
+        fixed_size = not getattr(image_processor(self.folder, self.trust_remote_code), "max_num_patches", None)
+        return "onnx" if self.resolved_device == "cpu" and self.dtype == "float32" and fixed_size else "torch"
 
     @property
     def resolved_device(self) -> str:
@@ -299,6 +325,9 @@ class HFBackend(Backend):
             weights_digest(model_folder(self.text_model, self.revision))
             check_safetensors(model_folder(self.text_model, self.revision))
         image_processor(self.folder, self.trust_remote_code)
+        if self.runtime.startswith("onnx") and (self.device == "cuda" or self.dtype != "float32"):
+            raise ValueError(f"--hf_runtime {self.runtime} runs float32 on the CPU: with --hf_device {self.device} "
+                             f"and --hf_dtype {self.dtype}, use --hf_runtime torch or auto")
         if self.device == "cuda" and workers_here:
             import torch
 

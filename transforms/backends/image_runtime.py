@@ -8,11 +8,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
 import tempfile
-import uuid
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Protocol
+from typing import Iterable, Protocol
 
 import numpy as np
 from PIL import Image
@@ -23,7 +21,6 @@ RESIZE_SIZE = 256
 # The Lite models were trained on inputs scaled to [-1, 1]: (x - 127) / 128 per channel.
 MEAN = 127.0
 STD = 128.0
-CACHE_ENV = "ZERO_SHOT_CACHE"  # where exported graphs are kept; "off" exports at every start
 _LOG = logging.getLogger("zero_shot")
 
 
@@ -79,48 +76,10 @@ class OnnxClassifier:
         return self.session.run([OUTPUT], {INPUT: pixels})[0]
 
 
-def cache_folder() -> Optional[Path]:
-    """$ZERO_SHOT_CACHE, else $XDG_CACHE_HOME/beam-zero-shot-labels, else ~/.cache/beam-zero-shot-labels; None when
-    $ZERO_SHOT_CACHE is "off"."""
-    chosen = os.environ.get(CACHE_ENV)
-    if chosen == "off":
-        return None
-    if chosen:
-        return Path(chosen)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "beam-zero-shot-labels"
-
-
 def graph_key(weights_sha256: str) -> str:
     """What a cached graph must have been written from: these weights, this graph source, this opset."""
     source = Path(importlib.util.find_spec("transforms.backends.efficientnet_graph").origin).read_bytes()
     return hashlib.sha256(f"{weights_sha256}\0{OPSET}\0{IR_VERSION}\0".encode() + source).hexdigest()
-
-
-def cached_graph(key: str, export: Callable[[], bytes]) -> bytes:
-    """The graph exported for `key`: read from the cache folder, or exported and written there (atomically: a
-    reader sees a whole file or none). A graph whose bytes are not the ones its .sha256 file names is not used; a
-    cache that cannot be read or written only costs the export."""
-    folder = cache_folder()
-    path = folder / f"efficientnet-lite0-{key[:32]}.onnx" if folder else None
-    if path is not None and path.is_file():
-        try:
-            graph, digest = path.read_bytes(), path.with_suffix(".sha256").read_text().strip()
-        except OSError:  # no digest yet (a writer between its two files), or a file this user may not read
-            digest = None
-        if digest is not None and digest == hashlib.sha256(graph).hexdigest():
-            return graph
-    graph = export()
-    if path is not None:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256(graph).hexdigest().encode()
-            for target, data in ((path, graph), (path.with_suffix(".sha256"), digest)):
-                staging = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
-                staging.write_bytes(data)
-                os.replace(staging, target)
-        except OSError as e:  # a read-only home on a worker: export at every start instead
-            _LOG.info("cannot cache the ONNX graph in %s (%s); it will be exported at every start", folder, e)
-    return graph
 
 
 def quantize_int8(graph: bytes, calibration: Iterable[np.ndarray]) -> bytes:

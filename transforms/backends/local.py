@@ -186,10 +186,10 @@ def _build_graph() -> bytes:
 @functools.lru_cache(maxsize=4)
 def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]):
     """The image classifier on the chosen runtime, once per process and configuration."""
+    from transforms.backends.graph_cache import cached_graph
     from transforms.backends.image_runtime import (
         OnnxClassifier,
         TorchClassifier,
-        cached_graph,
         calibration_batches,
         graph_key,
         quantize_int8,
@@ -199,7 +199,7 @@ def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]
         return TorchClassifier(_load_torch_classifier(), threads)
     weights_sha256 = EFFICIENTNET_FILE[1]
     packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)  # the weights the graph was made from are still these
-    graph = cached_graph(graph_key(weights_sha256), _build_graph)
+    graph = cached_graph("efficientnet-lite0", graph_key(weights_sha256), _build_graph)
     if runtime == "onnx-int8":
         graph = quantize_int8(graph, calibration_batches(int8_calibration))
     return OnnxClassifier(graph, threads)
