@@ -97,13 +97,18 @@ def quantize_dynamic_int8(graph: bytes) -> bytes:
 
 
 class OnnxImageTower:
-    """An ONNX Runtime session over an image tower's graph; `threads` intra-op threads (0: one per physical core)."""
+    """An ONNX Runtime session over an image tower's graph; `threads` intra-op threads (0: one per physical core).
+    The fused fp32 graph needs only ONNX Runtime's basic optimizations (its session then starts in 0.3 s instead of
+    1-3 s for CLIP B/32's, at the same speed); the int8 graph gets them all (its integer matrix products are fused
+    at load: about 10% faster)."""
 
-    def __init__(self, graph: bytes, threads: int = 0):
+    def __init__(self, graph: bytes, threads: int = 0, int8: bool = False):
         import onnxruntime
 
         onnxruntime.set_default_logger_severity(3)
         options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = (onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL if int8 else
+                                            onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC)
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # one batch at a time per worker: parallelism lives inside the operators
         self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
@@ -142,6 +147,6 @@ def onnx_image_tower(model, weights_sha256: str, probe: np.ndarray, runtime: str
         return None
     if runtime == "onnx-int8":
         graph = cached_graph("hf-image-tower-int8", key, lambda: quantize_dynamic_int8(graph))
-        tower = OnnxImageTower(graph, threads)
+        tower = OnnxImageTower(graph, threads, int8=True)
     return tower
 
