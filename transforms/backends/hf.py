@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from transforms.backends.base import Backend, Embedder, l2_normalize, option
-from transforms.backends.hf_runtime import RUNTIMES, image_features, onnx_image_tower
+from transforms.backends.hf_runtime import RUNTIMES, image_features, onnx_image_tower, pooled
 from transforms.backends.weights import hash_file
 from transforms.stores import is_local, use_worker_options
 
@@ -204,7 +204,7 @@ class HFEmbedder(Embedder):
         inputs = self.tokenizer(texts, padding="max_length" if self.siglip else True, truncation=True,
                                 return_tensors="pt").to(self.device)
         with self.torch.inference_mode():
-            return l2_normalize(_features(self.model.get_text_features(**inputs)).float().cpu().numpy())
+            return l2_normalize(pooled(self.model.get_text_features(**inputs)).float().cpu().numpy())
 
     def _inputs(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
         """What the processor makes of `images`: pixels, and for NaFlex their mask and patch grid. (Its Pillow path,
@@ -220,11 +220,6 @@ class HFEmbedder(Embedder):
         with self.torch.inference_mode():
             vectors = image_features(self.model, inputs)
         return l2_normalize(vectors.float().cpu().numpy())
-
-
-def _features(output):
-    """transformers 5 returns image and text features as the pooled output of a ModelOutput; 4 as a tensor."""
-    return getattr(output, "pooler_output", output)
 
 
 @dataclasses.dataclass(frozen=True)

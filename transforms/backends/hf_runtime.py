@@ -23,13 +23,17 @@ INPUT, OUTPUT = "pixel_values", "image_features"
 _LOG = logging.getLogger("zero_shot")
 
 
+def pooled(output):
+    """transformers 5 returns image and text features as the pooled output of a ModelOutput; 4 as a tensor."""
+    return getattr(output, "pooler_output", output)
+
+
 def image_features(model, inputs: Mapping[str, Any]):
     """The image vectors (not normalized) of `model` for the processor's `inputs`, as a tensor: get_image_features
     where the model has it (CLIP, SigLIP, SigLIP 2), else an image tower's projected embeddings or CLS token (Nomic
     Embed Vision)."""
     if hasattr(model, "get_image_features"):
-        output = model.get_image_features(**inputs)
-        return getattr(output, "pooler_output", output)  # transformers 5: a ModelOutput; 4: the tensor
+        return pooled(model.get_image_features(**inputs))
     output = model(**inputs)
     vectors = getattr(output, "image_embeds", None)
     return output.last_hidden_state[:, 0] if vectors is None else vectors
