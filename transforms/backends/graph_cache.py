@@ -1,5 +1,6 @@
 """The per-machine cache of ONNX graphs made from checked weights (the local backend's image model, the hf backend's
-image towers): a warm start reads the graph instead of making it, and needs neither torch nor the exporter."""
+image towers): a warm start reads the graph instead of making it, and needs neither torch nor the exporter; and the
+ONNX Runtime session they run in."""
 from __future__ import annotations
 
 import hashlib
@@ -49,3 +50,18 @@ def cached_graph(name: str, key: str, export: Callable[[], bytes]) -> bytes:
         except OSError as e:  # a read-only home on a worker: export at every start instead
             _LOG.info("cannot cache the ONNX graph %s in %s (%s); it will be made at every start", name, folder, e)
     return graph
+
+
+def cpu_session(graph: bytes, threads: int = 0, all_optimizations: bool = True):
+    """An ONNX Runtime session over `graph` on the CPU: `threads` intra-op threads (0: one per physical core), one
+    batch at a time (parallelism lives inside the operators); ONNX Runtime's basic graph optimizations only where the
+    graph was optimized before it was cached."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # graph-cleanup notices of the exporter's constants are noise
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = (onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL if all_optimizations else
+                                        onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])

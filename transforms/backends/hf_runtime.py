@@ -14,7 +14,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from transforms.backends.graph_cache import cached_graph
+from transforms.backends.base import l2_normalize
+from transforms.backends.graph_cache import cached_graph, cpu_session
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 AGREEMENT = 1e-4  # largest difference of a unit vector's component from eager PyTorch's for the graph to be used
@@ -107,22 +108,10 @@ class OnnxImageTower:
     at load: about 10% faster)."""
 
     def __init__(self, graph: bytes, threads: int = 0, int8: bool = False):
-        import onnxruntime
-
-        onnxruntime.set_default_logger_severity(3)
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = (onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL if int8 else
-                                            onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1  # one batch at a time per worker: parallelism lives inside the operators
-        self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(graph, threads, all_optimizations=int8)
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def onnx_image_tower(model, weights_sha256: str, probe: np.ndarray, runtime: str,
@@ -140,7 +129,7 @@ def onnx_image_tower(model, weights_sha256: str, probe: np.ndarray, runtime: str
         tower = OnnxImageTower(graph, threads)
         with torch.inference_mode():
             eager = image_features(model, {"pixel_values": torch.from_numpy(probe)}).float().numpy()
-        difference = float(np.abs(_unit(tower.features(probe)) - _unit(eager)).max())
+        difference = float(np.abs(l2_normalize(tower.features(probe)) - l2_normalize(eager)).max())
     except Exception as e:  # noqa: BLE001 - an architecture the exporter cannot trace: eager PyTorch serves it
         _LOG.warning("the image tower cannot run on ONNX Runtime (%s: %s); it runs on PyTorch", type(e).__name__,
                      str(e).splitlines()[0] if str(e) else "")

@@ -64,13 +64,9 @@ class OnnxClassifier:
     """An ONNX Runtime session over a serialized graph; `threads` intra-op threads (0: one per physical core)."""
 
     def __init__(self, graph: bytes, threads: int = 0):
-        import onnxruntime
+        from transforms.backends.graph_cache import cpu_session
 
-        onnxruntime.set_default_logger_severity(3)  # graph-cleanup notices of the exporter's constants are noise
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1  # one batch at a time per worker: parallelism lives inside the operators
-        self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(graph, threads)
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT], {INPUT: pixels})[0]
