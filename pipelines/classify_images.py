@@ -27,6 +27,7 @@ from pipelines.jobs import (
     add_label_options,
     add_run_options,
     checked_backend,
+    examples_details,
     finished_run,
     new_manifest,
     parse,
@@ -39,11 +40,13 @@ from transforms import files
 from transforms.backends import Backend
 from transforms.classify import ZeroShotClassify, check_settings
 from transforms.dedupe import COPIES, RESUMED, ContentKeys, CopyRows, OnePerContent
+from transforms.examples import Examples
 from transforms.label_sets import load_templates
 from transforms.manifest import Manifest
 from transforms.progress import ReadProgress, resumable, write_started
 from transforms.read import MatchFiles, first_match
-from transforms.records import EMBEDDING_DTYPES, EMBEDDINGS, ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA
+from transforms.records import EMBEDDING_DTYPES, EMBEDDINGS, ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA, REVIEW
+from transforms.review import WriteReview
 from transforms.run_folder import SUCCESS, CommitRun, run_files, table_prefix, unfinished_runs
 from transforms.skip import CARRIED_METRIC, TO_LABEL, SkipExisting
 from transforms.write import WriteEmbeddings, WriteRows
@@ -100,6 +103,7 @@ class Plan(NamedTuple):
     replaces: Optional[str]  # the run id --overwrite replaces
     previous: Optional[Manifest]  # of --skip_existing's run
     progress: list[str]  # the progress files of the unfinished runs this one resumes
+    examples: Optional[Examples]  # --examples, embedded
 
 
 def validate(args: argparse.Namespace, beam_args: Sequence[str]) -> Plan:
@@ -120,17 +124,18 @@ def validate(args: argparse.Namespace, beam_args: Sequence[str]) -> Plan:
         raise ConfigError(f"--input {args.input!r} matches no file")
     backend = checked_backend(args, beam_args)
     templates = labels.templates or load_templates(backend.default_templates)
-    settings = result_settings(backend, labels, templates, args.explain)
     run = RunFolder.from_args(args)
     replaces = run.to_replace()
     previous = finished_run(args.skip_existing, "--skip_existing") if args.skip_existing else None
     if args.skip_existing and previous is None:
         raise ConfigError(f"--skip_existing {args.skip_existing!r} holds no finished run (no {SUCCESS})")
+    examples = labels.embedded_examples(backend)  # the slowest check, after the quick ones
+    settings = result_settings(backend, labels, templates, args.explain, examples)
     if previous:
         check_reusable(previous, settings, run.file_format, args.keep_embeddings and args.embeddings_dtype)
     progress = [] if args.fresh else resume_from(run.output, settings)
     run.probe()
-    return Plan(labels, templates, backend, run, settings, replaces, previous, progress)
+    return Plan(labels, templates, backend, run, settings, replaces, previous, progress, examples)
 
 
 def resume_from(output: str, settings: dict[str, Any]) -> list[str]:
@@ -168,8 +173,8 @@ def check_reusable(previous: Manifest, settings: dict[str, Any], file_format: st
 
 def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan, manifest: Manifest) -> None:
     """List (with the store's checksums) -> one file per content -> [keep the rows of unchanged files] -> classify
-    -> copy rows to duplicate files -> write results, errors [and embeddings] -> commit. An object in a bucket is
-    fetched once: to compare it with the previous run and to label it, from the same bytes."""
+    -> copy rows to duplicate files -> write results, errors [, embeddings] and review.csv -> commit. An object in
+    a bucket is fetched once: to compare it with the previous run and to label it, from the same bytes."""
     listed = pipeline | "Match" >> MatchFiles(args.input, checksums=True, exclude=plan.run.output)
     keyed = listed | "ContentKeys" >> ContentKeys()
     saved = pipeline | "ReadProgress" >> ReadProgress(plan.progress) if plan.progress else None
@@ -187,7 +192,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
         # every listed file gets one row: its count is the job's number of inputs, known before any is read
         input_count=listed | "CountListed" >> beam.combiners.Count.Globally(),
         save_progress_to=files.join(plan.run.output, manifest.run_id),
-        resumed=distinct[RESUMED] if saved is not None else None)
+        resumed=distinct[RESUMED] if saved is not None else None, examples=plan.examples)
     copied = [outputs | "Copy" >> CopyRows(distinct[COPIES])]
     if kept:  # rows kept from the previous run: their copies count as kept too
         copied.append(kept | "CopyKept" >> CopyRows(distinct[COPIES], counted_as=CARRIED_METRIC))
@@ -200,6 +205,10 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
         ERRORS: rows[ERRORS] | "WriteErrors" >> WriteRows(table_prefix(run.output, run_id, ERRORS), ERRORS_SCHEMA,
                                                           run.file_format, run.num_shards),
     }
+    if plan.labels.review:  # one row per content: a copy of a file would ask for the same confirmation twice
+        reviewed = [outputs[RESULTS]] + ([kept[RESULTS]] if kept else [])
+        written[REVIEW] = (reviewed | "DistinctResults" >> beam.Flatten()
+                           | "WriteReview" >> WriteReview(files.join(run.output, run_id), plan.labels.review))
     if args.keep_embeddings:
         written[EMBEDDINGS] = rows[EMBEDDINGS] | "WriteEmbeddings" >> WriteEmbeddings(
             table_prefix(run.output, run_id, EMBEDDINGS), plan.backend.embedding_dim, args.embeddings_dtype,
@@ -217,7 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     manifest = new_manifest(JOB, PROG, argv, plan.run, plan.backend.model_id, input=args.input, labels=args.labels,
                             embeddings_dtype=args.embeddings_dtype if args.keep_embeddings else None,
                             max_error_fraction=args.max_error_fraction,
-                            settings=plan.settings, skip_existing=plan.previous and plan.previous.run_id)
+                            settings=plan.settings, skip_existing=plan.previous and plan.previous.run_id,
+                            details=examples_details(args.examples, plan.examples))
     try:
         write_started(plan.run.output, manifest)
     except Exception as e:  # noqa: BLE001 - the probe wrote there a moment ago; say what changed, as a config error

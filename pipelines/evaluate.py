@@ -13,12 +13,12 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
-import fsspec
 import numpy as np
 
 import pipelines
 from pipelines import classify_images
 from pipelines.cli import ConfigError, OneLineParser, add_backend_argument, exit_job
+from transforms.examples import ExamplesError, read_examples, read_uri_labels
 from transforms.label_sets import LabelSetError, load_label_set
 from transforms.run_folder import read_run
 
@@ -28,13 +28,12 @@ FAILED = "(failed)"  # the prediction of an image that never got labels: it coun
 def read_truth(path: str, labels: Sequence[str]) -> dict[str, str]:
     """uri -> label from a CSV with columns uri,label; labels outside the set are a ConfigError."""
     try:
-        with fsspec.open(path, "rt", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, ValueError, ImportError) as e:  # ImportError: the URL's driver is missing
-        raise ConfigError(f"cannot read --truth {path!r} ({type(e).__name__})") from None
-    if not rows or not {"uri", "label"} <= set(rows[0]):
-        raise ConfigError(f"--truth {path!r} needs a header with columns uri,label and rows")
-    truth = {row["uri"].strip(): row["label"].strip() for row in rows}
+        rows = read_uri_labels(path, "--truth")
+    except ExamplesError as e:
+        raise ConfigError(str(e)) from None
+    if not rows:
+        raise ConfigError(f"--truth {path!r} has a header but no rows")
+    truth = dict(rows)
     unknown = sorted(set(truth.values()) - set(labels))
     if unknown:
         raise ConfigError(f"--truth labels not in the label set: {', '.join(unknown[:10])}")
@@ -128,14 +127,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--truth", required=True, help="CSV with columns uri,label (uri: full path or file name)")
     parser.add_argument("--labels", required=True)
     parser.add_argument("--output", required=True, help="folder for metrics.json, per_class.csv, confusion.png")
+    parser.add_argument("--examples", metavar="FILE",
+                        help="confirmed images that teach the labels (classify_images --examples); they are left "
+                             "out of the scores, which would otherwise count images the labels were taught on")
     add_backend_argument(parser)
     args, classify_args = parser.parse_known_args(argv)
     try:
         labels = load_label_set(args.labels)
         truth = read_truth(args.truth, labels)
-    except (LabelSetError, ConfigError) as e:
+        examples = {uri for uri, _ in read_examples(args.examples, labels)} if args.examples else set()
+    except (LabelSetError, ConfigError, ExamplesError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if examples:  # by uri or by file name, as the truth is matched
+        names = examples | {PurePosixPath(uri).name for uri in examples}
+        truth = {uri: label for uri, label in truth.items()
+                 if uri not in names and PurePosixPath(uri).name not in names}
+        classify_args = ["--examples", args.examples, *classify_args]
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     run = str(output / "predictions")
@@ -151,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     metrics = score(truth, predictions, failed, labels, confidence)
     write_confusion_png(metrics.pop("confusion"), labels, output / "confusion.png")
     metrics.update(labels=args.labels, num_labels=len(labels), backend=args.backend, input=args.input,
-                   truth=args.truth)
+                   truth=args.truth, examples=args.examples, examples_left_out=len(examples))
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -161,7 +169,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (output / "per_class.csv").write_text(buffer.getvalue())
     print(f"\n{args.labels} on {args.backend}: n={metrics['n']}  top-1 {metrics['top1']:.1%}  "
           f"top-5 {metrics['top5']:.1%}  ECE {metrics['ece']:.3f}  failed {metrics['failed']}  "
-          f"not found {metrics['not_found']}")
+          f"not found {metrics['not_found']}"
+          + (f"  ({len(examples)} examples left out)" if examples else ""))
     worst = sorted((row["recall"], label) for label, row in metrics["per_class"].items() if row["support"])[:5]
     print("lowest recall: " + ", ".join(f"{label} {recall:.0%}" for recall, label in worst))
     print(f"wrote {output}/metrics.json, per_class.csv, confusion.png")

@@ -29,12 +29,15 @@ from pipelines.cli import (
     unknown_beam_args,
 )
 from pipelines.redact import redacted, scrubbed
-from transforms import internals
+from transforms import files, internals
 from transforms.backends import BACKENDS, Backend
+from transforms.examples import DEFAULT_WEIGHT, Example, Examples, ExamplesError, embed_examples, read_examples
+from transforms.faults import StoreError
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
 from transforms.manifest import Manifest
 from transforms.rank import Decision
-from transforms.records import RESULTS_SCHEMA
+from transforms.records import RESULTS, RESULTS_SCHEMA, REVIEW
+from transforms.review import DEFAULT_REVIEW_SIZE, WriteReview
 from transforms.run_folder import (
     SUCCESS,
     CommitRun,
@@ -52,6 +55,7 @@ from transforms.write import FORMATS, WriteRows, probe_writable
 # Old flag names removed in 0.2.0 (each collided with a live flag of a sibling job): the did-you-mean names the new.
 RENAMED_IN_0_2 = {"--embeddings": "--keep_embeddings", "--batch_size": "--vectors_per_batch",
                   "--top_k": "--images_per_query"}
+_LOG = logging.getLogger("zero_shot")
 DIRECT_RUNNERS = (None, "DirectRunner", "direct", "SwitchingDirectRunner")  # None: Beam's default, the DirectRunner
 BEAM_EPILOG = ("Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...), and "
                "--store_retry_s S: how long a store that fails (unreachable, timing out, throttling, refusing the "
@@ -71,6 +75,16 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multi_label", action="store_true",
                         help="report every label whose probability reaches --threshold, instead of the top_k")
     parser.add_argument("--threshold", type=float, help="probability threshold for --multi_label")
+    parser.add_argument("--examples", metavar="FILE",
+                        help="confirmed images that teach the labels: a CSV with columns uri,label (a review.csv "
+                             "filled in; rows with no label are skipped), local or any fsspec URL. Each label with "
+                             "examples moves toward their image vectors, and the probabilities are fitted to them")
+    parser.add_argument("--examples_weight", type=float, default=DEFAULT_WEIGHT, metavar="W",
+                        help="how far a label moves toward its examples: text vector + W x their mean image vector "
+                             f"(default {DEFAULT_WEIGHT:g}, chosen leave-one-source-out)")
+    parser.add_argument("--review", type=int, default=DEFAULT_REVIEW_SIZE, metavar="N",
+                        help=f"write review.csv in the run: the N images it was least sure of, with an empty label "
+                             f"column to fill in for --examples (default {DEFAULT_REVIEW_SIZE}; 0: none)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -125,12 +139,17 @@ class StoredVectorsJob:
         run = RunFolder.from_args(args)
         return cls(backend, stored, shards, run, run.to_replace())
 
-    def write(self, manifest: Manifest, tables: Mapping[str, tuple[beam.PCollection, pa.Schema]]) -> None:
-        """Writes each table's rows (table -> (rows, schema)) and commits the run once they are all final."""
+    def write(self, manifest: Manifest, tables: Mapping[str, tuple[beam.PCollection, pa.Schema]],
+              review: int = 0) -> None:
+        """Writes each table's rows (table -> (rows, schema)) and, with `review`, review.csv of that many results,
+        and commits the run once they are all final."""
         written = {table: rows | f"Write{table.title()}" >> WriteRows(
                        table_prefix(self.run.output, manifest.run_id, table), schema, self.run.file_format,
                        self.run.num_shards)
                    for table, (rows, schema) in tables.items()}
+        if review:
+            written[REVIEW] = tables[RESULTS][0] | "WriteReview" >> WriteReview(
+                files.join(self.run.output, manifest.run_id), review)
         written | "Commit" >> CommitRun(self.run.output, manifest, self.replaces)
 
 
@@ -179,6 +198,9 @@ class LabelChoice:
     phrases: dict[str, list[str]]  # label -> the phrases embedded for it
     templates: Optional[list[str]]  # None: the backend's own
     decision: Decision
+    examples: tuple[Example, ...] = ()  # --examples, read and checked against the labels
+    examples_weight: float = DEFAULT_WEIGHT
+    review: int = DEFAULT_REVIEW_SIZE
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "LabelChoice":
@@ -189,11 +211,35 @@ class LabelChoice:
             decision = Decision(args.top_k, args.min_prob, args.threshold)
         except ValueError as e:  # the library's own check, worded by setting name; flags have the same names
             raise ConfigError(f"--{e}") from None
+        if not args.examples_weight >= 0:
+            raise ConfigError(f"--examples_weight must be at least 0, got {args.examples_weight:g}")
+        if args.review < 0:
+            raise ConfigError(f"--review must be at least 0, got {args.review}")
         try:
-            return cls(args.labels, load_label_phrases(args.labels),
-                       load_templates(args.templates) if args.templates else None, decision)
-        except ValueError as e:
+            phrases = load_label_phrases(args.labels)
+            examples = tuple(read_examples(args.examples, list(phrases))) if args.examples else ()
+            return cls(args.labels, phrases, load_templates(args.templates) if args.templates else None, decision,
+                       examples, args.examples_weight, args.review)
+        except ValueError as e:  # ExamplesError and the label sets' errors say which flag
             raise ConfigError(str(e)) from None
+
+    def embedded_examples(self, backend: Backend, known: Optional[dict[str, tuple]] = None,
+                          **bounds: Any) -> Optional[Examples]:
+        """The examples with their image vectors (embed_examples: those `known` to a kept run as they are, the
+        others read and embedded now), or None without --examples; ConfigError with one line."""
+        if not self.examples:
+            return None
+        try:
+            examples = embed_examples(self.examples, backend, known, self.examples_weight, **bounds)
+        except (ExamplesError, StoreError) as e:
+            raise ConfigError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the model could not embed them: the job could not either
+            raise ConfigError(f"--examples: backend {backend.name!r} cannot embed them: {one_line(e)}") from None
+        from_run = sum(example.uri in (known or {}) for example in self.examples)
+        _LOG.info("--examples: %d confirmed images for %d of the %d labels%s", len(examples.labels),
+                  len(set(examples.labels)), len(self.phrases),
+                  f" ({from_run} of them with the vectors the run kept)" if known is not None else "")
+        return examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,17 +331,28 @@ def finished_run(folder: str, flag: str) -> Optional[Manifest]:
         raise ConfigError(f"cannot read {flag} {folder!r}: {one_line(e)}") from None
 
 
-def result_settings(backend: Backend, labels: LabelChoice, templates: Sequence[str],
-                    explain: int = 0) -> dict[str, Any]:
+def result_settings(backend: Backend, labels: LabelChoice, templates: Sequence[str], explain: int = 0,
+                    examples: Optional[Examples] = None) -> dict[str, Any]:
     """Everything a result row depends on: two runs with equal settings give a file the same row. The row's columns
-    are among them, so a run made before a column was added or changed is never reused as if it had it."""
+    are among them, so a run made before a column was added or changed is never reused as if it had it; so are the
+    examples (their digest: uri, label and image sha256 of each) and their weight."""
     label_set = json.dumps({"labels": labels.phrases, "templates": list(templates)}, sort_keys=True).encode("utf-8")
     decision = labels.decision
     return {"row_columns": hashlib.sha256(str(RESULTS_SCHEMA).encode("utf-8")).hexdigest()[:16],
             "backend": backend.name, "model": backend.model_id,
             "label_set_sha256": hashlib.sha256(label_set).hexdigest(), "top_k": decision.top_k,
             "min_prob": decision.min_prob, "multi_label_threshold": decision.multi_label_threshold,
-            "explain": explain, "backend_settings": backend.result_settings()}
+            "explain": explain, "backend_settings": backend.result_settings(),
+            "examples_sha256": examples.digest if examples else None,
+            "examples_weight": examples.weight if examples else None}
+
+
+def examples_details(path: Optional[str], examples: Optional[Examples]) -> dict[str, Any]:
+    """What a run's manifest says of its --examples for people (the settings hold their digest)."""
+    if examples is None:
+        return {}
+    return {"examples": path, "examples_images": len(examples.labels),
+            "examples_labels": len(set(examples.labels))}
 
 
 def new_manifest(job: str, prog: str, argv: Sequence[str], run: RunFolder, model: str, *,

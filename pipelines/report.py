@@ -26,8 +26,9 @@ from PIL import Image
 import pipelines
 from pipelines.cli import ConfigError, OneLineParser, exit_job, unknown_beam_args
 from transforms.decode import decode_image
-from transforms.records import EMBEDDINGS
-from transforms.run_folder import RunFolderError, finished_manifest, read_run
+from transforms.records import EMBEDDINGS, REVIEW
+from transforms.review import top_prob
+from transforms.run_folder import RunFolderError, finished_manifest, read_run, run_files
 from transforms.stores import use_job_options
 
 THUMB_SIDE = 256
@@ -75,21 +76,17 @@ def thumbnails(uris: set[str]) -> dict[str, Optional[str]]:
         return dict(zip(uris, pool.map(thumbnail, uris)))
 
 
-def _top_prob(row: dict) -> float:
-    return float(row["probs"][0]) if row["probs"] else 0.0
-
-
 def _by_label(results: Sequence[dict]) -> dict[str, list[dict]]:
     """Top label -> its rows, most probable first."""
     by_label: dict[str, list[dict]] = {}
     for row in results:
         by_label.setdefault(str(row["labels"][0]), []).append(row)
-    return {label: sorted(rows, key=_top_prob, reverse=True) for label, rows in by_label.items()}
+    return {label: sorted(rows, key=top_prob, reverse=True) for label, rows in by_label.items()}
 
 
 def _least_sure(results: Sequence[dict], count: int) -> list[dict]:
     """The `count` rows with the lowest top-1 probability, lowest first."""
-    return sorted(results, key=_top_prob)[:count]
+    return sorted(results, key=top_prob)[:count]
 
 
 def _figure(row: dict, thumbs: dict[str, Optional[str]]) -> str:
@@ -162,8 +159,9 @@ def _label_map(run: str, results: Sequence[dict]) -> str:
 
 
 def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Optional[str]], title: str,
-           per_label: int = PER_LABEL, least_sure: int = LEAST_SURE, label_map: str = "") -> str:
-    """The whole page as a string."""
+           per_label: int = PER_LABEL, least_sure: int = LEAST_SURE, label_map: str = "",
+           review_file: Optional[str] = None) -> str:
+    """The whole page as a string; `review_file`, the run's review.csv, is offered under the least sure images."""
     by_label = _by_label(results)
     counts = Counter({label: len(rows) for label, rows in by_label.items()})
     stages = Counter(row["stage"] for row in errors)
@@ -187,8 +185,11 @@ def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Op
                      f'({len(rows)})</h2><div class="sheet">{"".join(_figure(r, thumbs) for r in rows[:per_label])}'
                      f'</div>{f"<p class=more>and {more} more</p>" if more > 0 else ""}</section>')
     unsure = _least_sure(results, least_sure)
+    offer = (f"<p>To teach the labels, type the right label into the <code>label</code> column of some rows of "
+             f"<code>{html.escape(review_file)}</code> (these images and more) and pass the file as "
+             "<code>--examples</code> to relabel or classify.</p>" if review_file else "")
     parts.append('<section class="least-sure"><h2>Least sure (lowest top-1 probability first)</h2>'
-                 f'<div class="sheet">{"".join(_figure(r, thumbs) for r in unsure)}</div></section>')
+                 f'<div class="sheet">{"".join(_figure(r, thumbs) for r in unsure)}</div>{offer}</section>')
     parts.append('<section class="errors"><h2>Errors</h2>' + (
         '<table class="errors"><tr><th>uri</th><th>stage</th><th>error</th><th>message</th></tr>' + "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(row[c]))}</td>" for c in ("uri", "stage", "error", "message"))
@@ -201,12 +202,14 @@ def write_report(run: str, output: str, title: str = "Zero-shot labels", per_lab
     """Reads the finished run in folder `run`, fetches the thumbnails it shows, writes the page to `output`."""
     try:
         results, errors = read_run(run, "results"), read_run(run, "errors")
+        review = run_files(run, REVIEW)
     except RunFolderError as e:
         raise ConfigError(str(e)) from None
     shown = {row["uri"] for rows in _by_label(results).values() for row in rows[:per_label]}
     shown |= {row["uri"] for row in _least_sure(results, LEAST_SURE)}
     with fsspec.open(output, "w", encoding="utf-8") as f:
-        f.write(render(results, errors, thumbnails(shown), title, per_label, label_map=_label_map(run, results)))
+        f.write(render(results, errors, thumbnails(shown), title, per_label, label_map=_label_map(run, results),
+                       review_file=review[0] if review else None))
 
 
 def render_search(hits: Sequence[dict], thumbs: dict[str, Optional[str]], title: str) -> str:

@@ -33,11 +33,11 @@ def runs(finished_run, photos, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind, job, tables, page", [
-    ("classify", "classify", {"results": 7, "errors": 0, EMBEDDINGS: 7}, "Zero-shot labels"),
-    ("relabel", "relabel", {"results": 7}, "Zero-shot labels"),
+    ("classify", "classify", {"results": 7, "errors": 0, EMBEDDINGS: 7, "review": 7}, "Zero-shot labels"),
+    ("relabel", "relabel", {"results": 7, "review": 7}, "Zero-shot labels"),
     ("search", "search", {"results": 2}, "Images found by text"),
     ("topics", "topics", {"topics": 2, "images": 7}, "Topics"),
-    ("evaluate", "classify", {"results": 1, "errors": 0}, "Zero-shot labels"),
+    ("evaluate", "classify", {"results": 1, "errors": 0, "review": 1}, "Zero-shot labels"),
 ])
 def test_every_kind_of_run_is_read_through_its_manifest(runs, tmp_path, kind, job, tables, page):
     manifest = read_manifest(str(runs[kind]))

@@ -55,7 +55,8 @@ def test_a_finished_run_is_its_folder_and_a_manifest_written_last(tmp_path, phot
     assert manifest.command[:3] == ("python -m pipelines.classify_images", "--input", f"{photos}/*.jpg")
     assert manifest.rows("results") == 7 and manifest.rows("errors") == 0
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == sorted([SUCCESS, claim] + [s.path for s in manifest.shards["results"] + manifest.shards["errors"]])
+    assert files == sorted([SUCCESS, claim] + [s.path for table in ("results", "errors", "review")
+                                               for s in manifest.shards[table]])
     assert len(read_run(str(out))) == 7 and read_run(str(out), "errors") == []
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from transforms.backends import Backend
 from transforms.decode import DEFAULT_MAX_SIDE, DecodeImages
 from transforms.embed import EmbedImages
+from transforms.examples import Examples, TeachLabels
 from transforms.faults import WatchErrors
 from transforms.label_sets import check_label_names, load_templates
 from transforms.progress import SaveProgress
@@ -42,7 +43,8 @@ class ZeroShotClassify(beam.PTransform):
                  max_bytes: int = DEFAULT_MAX_BYTES,
                  max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
                  max_error_fraction: Optional[float] = None, input_count: Optional[beam.PCollection] = None,
-                 save_progress_to: Optional[str] = None, resumed: Optional[beam.PCollection] = None):
+                 save_progress_to: Optional[str] = None, resumed: Optional[beam.PCollection] = None,
+                 examples: Optional[Examples] = None):
         """
         Args:
             labels: label names, or label -> the phrases embedded for it.
@@ -58,6 +60,7 @@ class ZeroShotClassify(beam.PTransform):
             save_progress_to: a run folder where the embed stage saves its vectors as it goes, for a rerun to resume
                 from (transforms.progress).
             resumed: (ImageInfo, Embedded) of images a rerun does not embed again, ranked with the others.
+            examples: confirmed images (transforms.examples.embed_examples) that teach the labels.
         """
         super().__init__()
         if not labels:
@@ -79,9 +82,12 @@ class ZeroShotClassify(beam.PTransform):
         self.watch_key = uuid.uuid4().hex  # the workers' tallies of this step
         self.save_progress_to = save_progress_to
         self.resumed = resumed
+        self.examples = examples
 
     def expand(self, inputs):
         label_matrix = inputs.pipeline | "EmbedLabels" >> EmbedLabels(self.label_phrases, self.templates, self.backend)
+        if self.examples is not None:
+            label_matrix = label_matrix | "TeachLabels" >> TeachLabels(self.examples, self.backend)
         read = inputs | "Read" >> beam.ParDo(ReadFiles(self.max_bytes)).with_outputs(ERRORS, main="files")
         decoded = read.files | "Decode" >> beam.ParDo(
             DecodeImages(self.max_pixels, self.max_side, self.backend.image_side)).with_outputs(ERRORS, main="images")

@@ -38,6 +38,9 @@ class LabelMatrix(NamedTuple):
     # The label each of the backend's concepts belongs to (an ImageNet class -> the label whose WordNet concept
     # covers it), for the evidence column; empty where the backend has no such concepts.
     class_labels: Mapping[str, str] = {}
+    # Where examples taught the labels (transforms/examples.py): the map of each probability's log-odds fitted to
+    # them, (slope, intercept): p -> sigmoid(slope x logit(p) + intercept).
+    calibration: Optional[tuple[float, float]] = None
 
 
 def build_label_matrix(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
@@ -130,6 +133,21 @@ def label_probabilities(scores: np.ndarray, logit_scale: float, none: Optional[n
     return (probs[:, :-1] if none is not None else probs).astype(np.float32)
 
 
+def logit(probs: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), finite for every probability a float32 can hold."""
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(probs) - np.log1p(-probs)
+
+
+def calibrated(probs: np.ndarray, calibration: Optional[tuple[float, float]]) -> np.ndarray:
+    """The probabilities through a map fitted to examples, sigmoid(slope x logit(p) + intercept), or as they are:
+    monotone, so the ranking never changes."""
+    if calibration is None:
+        return probs
+    slope, intercept = calibration
+    return (1.0 / (1.0 + np.exp(-(slope * logit(probs) + intercept)))).astype(np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """Which labels an image gets: the `top_k` best, `unknown` when the best probability is below `min_prob`,
@@ -203,8 +221,9 @@ def rank_rows(batch: Sequence[tuple[ImageInfo, Embedded]], labels: LabelMatrix, 
     of every job (classify, relabel) and of the library's `relabel`."""
     vectors = np.stack([embedded.vector for _, embedded in batch])
     scores = vectors @ labels.vectors.T
-    probs = label_probabilities(scores, labels.logit_scale or logit_scale, none_scores(vectors, labels, none_margin),
-                                labels.logit_bias)
+    probs = calibrated(label_probabilities(scores, labels.logit_scale or logit_scale,
+                                           none_scores(vectors, labels, none_margin), labels.logit_bias),
+                       labels.calibration)
     ranked = np.argsort(-scores, axis=1, kind="stable")
     rows = []
     for (info, embedded), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):

@@ -11,6 +11,7 @@ import pyarrow as pa
 # Tags of the two outputs of ZeroShotClassify; every stage's dead letters go to ERRORS.
 RESULTS = "results"
 ERRORS = "errors"
+REVIEW = "review"  # the images a labeling run was least sure of, to confirm by hand (review.csv)
 EMBEDDINGS = "embeddings"  # the image vectors, kept with --keep_embeddings
 EMBEDDING_DTYPES = ("float32", "float16")
 
@@ -78,6 +79,19 @@ class ResultRow:
                             "with --explain on `local`: the ImageNet classes (and probabilities) behind the "
                             "image's vector, each with the label whose WordNet concept covers it (null: none "
                             "does); empty otherwise")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewRow:
+    """One image a labeling run was least sure of, for a person to confirm (review.csv)."""
+
+    uri: str = column(pa.string(), "the image file")
+    label: str = column(pa.string(), "empty: type the right label here; rows left empty are skipped, so the file, "
+                                     "filled in, is an --examples file")
+    top_prob: float = column(pa.float32(), "the probability of the run's best label (0 for `unknown`); the rows "
+                                           "go from the least sure up")
+    top_labels: str = column(pa.string(), "the run's labels for the image, best first, each with its probability")
+    sha256: str = column(pa.string(), "of the file's bytes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,9 +171,10 @@ def markdown_table(row_type: type) -> str:
     return "\n".join(lines)
 
 
-ROW_TYPES = (ResultRow, ErrorRow, EmbeddingRow, SearchHit, TopicRow, ImageTopic)
+ROW_TYPES = (ResultRow, ReviewRow, ErrorRow, EmbeddingRow, SearchHit, TopicRow, ImageTopic)
 RESULTS_SCHEMA = arrow_schema(ResultRow)
 ERRORS_SCHEMA = arrow_schema(ErrorRow)
+REVIEW_SCHEMA = arrow_schema(ReviewRow)
 SEARCH_SCHEMA = arrow_schema(SearchHit)
 TOPICS_SCHEMA = arrow_schema(TopicRow)
 IMAGE_TOPICS_SCHEMA = arrow_schema(ImageTopic)
@@ -190,6 +205,6 @@ def exception_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    print(f"Results:\n\n{markdown_table(ResultRow)}\n\nErrors:\n\n{markdown_table(ErrorRow)}\n\n"
+    print(f"Results:\n\n{markdown_table(ResultRow)}\n\nReview:\n\n{markdown_table(ReviewRow)}\n\nErrors:\n\n{markdown_table(ErrorRow)}\n\n"
           f"Embeddings:\n\n{markdown_table(EmbeddingRow)}\n\nSearch hits:\n\n{markdown_table(SearchHit)}\n\n"
           f"Topics:\n\n{markdown_table(TopicRow)}\n\nImages of topics:\n\n{markdown_table(ImageTopic)}")

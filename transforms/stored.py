@@ -7,14 +7,21 @@ import heapq
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
+import fsspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from transforms.backends import Backend, get_backend, l2_normalize
+from transforms.examples import Examples, teach
+from transforms.faults import with_retries
 from transforms.label_sets import check_label_names, load_templates
 from transforms.manifest import Manifest
 from transforms.rank import Decision, LabelMatrix, embed_label_set, rank_rows
 from transforms.records import EMBEDDINGS, Embedded, ImageInfo, SearchHit, as_dict
 from transforms.run_folder import check_shard, finished_manifest, manifest_files
+from transforms.stores import use_worker_options
 from transforms.write import read_rows
 
 DEFAULT_BATCH = 1024  # stored vectors per matrix product
@@ -43,6 +50,25 @@ def stored_vector(row: Mapping[str, Any]) -> tuple[ImageInfo, Embedded]:
     """An embeddings row as the (ImageInfo, Embedded) pair the ranking takes; float16 vectors come back float32."""
     vector = np.asarray(row["embedding"], dtype=np.float32)
     return ImageInfo(row["uri"], row["sha256"], row["width"], row["height"]), Embedded(vector)
+
+
+def stored_vectors_of(shards: Sequence[str], uris: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+    """uri -> (sha256, float32 vector) of the stored images among `uris`: only the row groups that hold one of
+    them are read past their uri column, so a few examples cost little in a run of millions."""
+    use_worker_options()
+    wanted, found = pa.array(list(uris), type=pa.string()), {}
+    for path in shards:
+        def read(path: str = path) -> None:
+            with fsspec.open(path, "rb") as f:
+                shard = pq.ParquetFile(f)
+                for group in range(shard.num_row_groups):
+                    hits = pc.is_in(shard.read_row_group(group, columns=["uri"]).column("uri"), value_set=wanted)
+                    if pc.any(hits).as_py():
+                        rows = shard.read_row_group(group, columns=["uri", "sha256", "embedding"]).filter(hits)
+                        for row in rows.to_pylist():
+                            found[row["uri"]] = (row["sha256"], np.asarray(row["embedding"], dtype=np.float32))
+        with_retries(path, read)
+    return found
 
 
 class ReadEmbeddings(beam.PTransform):
@@ -130,7 +156,7 @@ def _stored(embeddings: EmbeddingsSource, backend: Backend) -> list[tuple[ImageI
 
 def relabel(embeddings: EmbeddingsSource, labels: Union[Sequence[str], Mapping[str, Sequence[str]]],
             backend: Union[str, Backend] = "local", templates: Optional[Sequence[str]] = None,
-            decision: Decision = Decision()) -> list[dict]:
+            decision: Decision = Decision(), examples: Optional[Examples] = None) -> list[dict]:
     """Result rows (as classify_images writes them) for stored image vectors. Only the backend's text side is used.
 
     Args:
@@ -139,6 +165,7 @@ def relabel(embeddings: EmbeddingsSource, labels: Union[Sequence[str], Mapping[s
         backend: a backend name or a configured Backend; it must be the model that made the vectors.
         templates: prompts with one `{}` (default: the backend's own).
         decision: top-k, --min_prob or multi-label, as on the command line.
+        examples: confirmed images that teach the labels (transforms.examples.embed_examples).
     """
     backend = get_backend(backend) if isinstance(backend, str) else backend
     stored = _stored(embeddings, backend)
@@ -148,6 +175,8 @@ def relabel(embeddings: EmbeddingsSource, labels: Union[Sequence[str], Mapping[s
     check_label_names(list(phrases), "relabel's labels")
     matrix: LabelMatrix = embed_label_set(phrases, list(templates or load_templates(backend.default_templates)),
                                           backend.load())
+    if examples is not None:
+        matrix = teach(matrix, examples, backend.logit_scale, backend.none_margin)
     return [row for start in range(0, len(stored), DEFAULT_BATCH)
             for row in rank_rows(stored[start:start + DEFAULT_BATCH], matrix, backend.logit_scale, backend.model_id,
                                  decision, backend.none_margin)]

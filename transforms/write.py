@@ -97,8 +97,8 @@ def _csv_record(row: dict[str, Any], names: list[str]) -> str:
     return _csv_line([row[name] for name in names])
 
 
-def _write_shard(path: str, rows: Iterable[dict[str, Any]], schema: pa.Schema, file_format: str,
-                 rows_per_write: int) -> Shard:
+def write_shard(path: str, rows: Iterable[dict[str, Any]], schema: pa.Schema, file_format: str,
+                rows_per_write: int = 10_000) -> Shard:
     """Writes `rows` (none: an empty shard) as one shard at `path`, `rows_per_write` at a time."""
     shard = _ShardFile(path, schema, file_format)
     iterator = iter(rows)
@@ -111,7 +111,7 @@ def _write_numbered(grouped: tuple[int, Iterable[dict[str, Any]]], prefix: str, 
                     num_shards: int, rows_per_write: int) -> Shard:
     """(shard index, its rows) -> shard `index` of `num_shards`, PREFIX-SSSSS-of-NNNNN.FORMAT."""
     index, rows = grouped
-    return _write_shard(shard_path(prefix, file_format, index, num_shards), rows, schema, file_format, rows_per_write)
+    return write_shard(shard_path(prefix, file_format, index, num_shards), rows, schema, file_format, rows_per_write)
 
 
 class _WriteBundles(beam.DoFn):
@@ -217,7 +217,7 @@ def _with_missing(_, written: list[Shard], prefix: str, schema: pa.Schema, file_
     else:
         paths = [] if written else [shard_path(prefix, file_format)]
     done = {shard.path for shard in written}
-    return written + [_write_shard(path, [], schema, file_format, 1) for path in paths if path not in done]
+    return written + [write_shard(path, [], schema, file_format, 1) for path in paths if path not in done]
 
 
 class WriteEmbeddings(beam.PTransform):

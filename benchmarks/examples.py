@@ -1,0 +1,157 @@
+"""Chooses how examples teach the embedded backend (transforms/examples.py), leave-one-source-out, for 1, 3 and 5
+confirmed images per label, and reports top-1 and ECE per source against zero-shot.
+
+For each dev set and each draw (seeded), k images of every label that has more than k are the examples (a label
+with n <= k images gets n - 1, so that one stays to be scored); every other image is scored. Two choices, each
+made on the other sources for every held-out source, each source counting once:
+1. the mix weight (label vector = text + weight x mean of its examples' image vectors), by mean top-1;
+2. the calibration at that weight: the probabilities as the backend makes them, or mapped by Platt scaling of their
+   log-odds fitted to the examples left-one-out, by maximum likelihood or under priors of several widths, by the
+   mean log-loss of the scored images' top-1 probability (whether the top label is right).
+
+python -m benchmarks.examples [--devsets devsets] [--draws 20]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.devdata import DevSet, load_devsets
+from pipelines.evaluate import expected_calibration_error
+from transforms.backends.local import ConSEEmbedder, LocalBackend
+from transforms.examples import CALIBRATION_PRIOR_SD, DEFAULT_WEIGHT, Examples, teach
+from transforms.label_sets import load_templates
+from transforms.rank import LabelMatrix, calibrated, embed_label_set, label_probabilities, none_scores
+
+EXAMPLES_PER_LABEL = (1, 3, 5)
+WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+# None: probabilities as the backend makes them; else the prior's sd of the map fitted to the examples
+# (transforms.examples.fit_calibration; inf: maximum likelihood)
+CALIBRATIONS = (None, math.inf, 2.0, 1.0, 0.5, 0.25)
+
+
+def draw_examples(truth: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the examples: k images of each label with more than k, n - 1 of a label with n <= k."""
+    chosen = []
+    for label in np.unique(truth):
+        members = np.flatnonzero(truth == label)
+        chosen.extend(rng.choice(members, size=min(k, len(members) - 1), replace=False))
+    return np.array(sorted(chosen), dtype=int)
+
+
+def scored(labels: LabelMatrix, vectors: np.ndarray, truth: np.ndarray, backend: LocalBackend) -> dict[str, float]:
+    """top-1, ECE and the log-loss of the top-1 probability (whether the top label is right) of `vectors` ranked
+    against `labels`, as the pipeline ranks."""
+    scores = vectors @ labels.vectors.T
+    probs = calibrated(label_probabilities(scores, labels.logit_scale or backend.logit_scale,
+                                           none_scores(vectors, labels, backend.none_margin)),
+                       labels.calibration).astype(np.float64)
+    top, confidence = probs.argmax(axis=1), np.clip(probs.max(axis=1), 1e-12, 1 - 1e-12)
+    right = top == truth
+    return {"top1": float(right.mean()), "ece": expected_calibration_error(confidence, right),
+            "top1_loss": float(-np.where(right, np.log(confidence), np.log1p(-confidence)).mean())}
+
+
+def run_set(dev: DevSet, embedder: ConSEEmbedder, backend: LocalBackend, k: int, draws: int) -> dict:
+    """(weight, calibration) -> mean metrics over draws on the images not drawn as examples; 'zero-shot' too."""
+    base = embed_label_set(dev.label_phrases, load_templates(backend.default_templates), embedder)
+    vectors = embedder.embed_class_probabilities(dev.class_probs)
+    names = list(dev.label_phrases)
+    totals: dict = defaultdict(lambda: defaultdict(float))
+    rng = np.random.default_rng(k)
+    for _ in range(draws):
+        chosen = draw_examples(dev.truth, k, rng)
+        rest = np.setdiff1d(np.arange(len(dev.truth)), chosen)
+        for name, value in scored(base, vectors[rest], dev.truth[rest], backend).items():
+            totals["zero-shot"][name] += value / draws
+        for weight, calibration in itertools.product(WEIGHTS, CALIBRATIONS):
+            examples = Examples(tuple(names[i] for i in dev.truth[chosen]), vectors[chosen], weight)
+            taught = teach(base, examples, backend.logit_scale, backend.none_margin, calibration)
+            for name, value in scored(taught, vectors[rest], dev.truth[rest], backend).items():
+                totals[(weight, calibration)][name] += value / draws
+    return {"examples": len(chosen), "scored": len(rest), "metrics": totals}
+
+
+def teachable(dev: DevSet) -> bool:
+    """A set where at least half the images have a label with two or more images: examples can be drawn."""
+    counts = np.bincount(dev.truth)
+    return (counts[dev.truth] >= 2).mean() >= 0.5
+
+
+def by_source(results: dict[str, dict], sets: list[DevSet]) -> dict[str, dict]:
+    """source -> key -> metric mean over the source's teachable sets."""
+    out: dict = {}
+    for source in dict.fromkeys(dev.source for dev in sets):
+        members = [results[dev.name]["metrics"] for dev in sets if dev.source == source]
+        out[source] = {key: {name: float(np.mean([m[key][name] for m in members])) for name in members[0][key]}
+                       for key in members[0]}
+    return out
+
+
+def label(calibration) -> str:
+    if calibration is None:
+        return "none"
+    return "fitted LOO, " + ("max. likelihood" if calibration == math.inf else f"prior sd {calibration:g}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devsets", type=Path, default=Path("devsets"))
+    parser.add_argument("--draws", type=int, default=20)
+    args = parser.parse_args(argv)
+    backend = LocalBackend()
+    embedder = ConSEEmbedder(backend)
+    sets = [dev for dev in load_devsets(args.devsets, backend) if teachable(dev)]
+    print("teachable dev sets: " + ", ".join(f"{dev.name} ({len(dev.truth)} images, {len(dev.label_phrases)} labels)"
+                                             for dev in sets), file=sys.stderr)
+    shipped = (DEFAULT_WEIGHT, CALIBRATION_PRIOR_SD)
+    for k in EXAMPLES_PER_LABEL:
+        results = {dev.name: run_set(dev, embedder, backend, k, args.draws) for dev in sets}
+        sources = by_source(results, sets)
+        print(f"\n### {k} example{'s' * (k > 1)} per label ({args.draws} draws)\n")
+        print("| held-out source | examples / scored images | chosen on the others (weight, calibration) | "
+              "top-1 zero-shot | top-1 taught | ECE zero-shot | ECE taught | top-1 log-loss zero-shot | "
+              "top-1 log-loss taught |")
+        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        rows = []
+        for held in sources:
+            others = [s for s in sources if s != held]
+            weight = max(WEIGHTS, key=lambda w: (np.mean([sources[s][(w, None)]["top1"] for s in others]), -w))
+            calibration = min(CALIBRATIONS, key=lambda c: np.mean([sources[s][(weight, c)]["top1_loss"]
+                                                                    for s in others]))
+            zero, taught = sources[held]["zero-shot"], sources[held][(weight, calibration)]
+            rows.append((zero, taught))
+            sizes = ", ".join(f"{results[dev.name]['examples']} / {results[dev.name]['scored']}"
+                              for dev in sets if dev.source == held)
+            print(f"| {held} | {sizes} | {weight:g}, {label(calibration)} | {zero['top1']:.1%} | "
+                  f"{taught['top1']:.1%} | {zero['ece']:.3f} | {taught['ece']:.3f} | {zero['top1_loss']:.3f} | "
+                  f"{taught['top1_loss']:.3f} |")
+        mean = {name: (np.mean([z[name] for z, _ in rows]), np.mean([t[name] for _, t in rows]))
+                for name in ("top1", "ece", "top1_loss")}
+        print(f"| **mean** | | | {mean['top1'][0]:.1%} | **{mean['top1'][1]:.1%}** | {mean['ece'][0]:.3f} | "
+              f"**{mean['ece'][1]:.3f}** | {mean['top1_loss'][0]:.3f} | **{mean['top1_loss'][1]:.3f}** |")
+        print(f"\nEvery setting, mean over all sources ({k} per label):\n")
+        print("| weight | calibration | top-1 | ECE | top-1 log-loss |"
+              + "".join(f" {s} top-1 / ECE |" for s in sources))
+        print("| ---: | --- | ---: | ---: | ---: |" + " ---: |" * len(sources))
+        for key in [("zero-shot", None)] + list(itertools.product(WEIGHTS, CALIBRATIONS)):
+            lookup = "zero-shot" if key[0] == "zero-shot" else key
+            means = {name: np.mean([sources[s][lookup][name] for s in sources])
+                     for name in ("top1", "ece", "top1_loss")}
+            mark = "**" if key == shipped else ""
+            print(f"| {mark}{key[0] if key[0] == 'zero-shot' else f'{key[0]:g}'}{mark} | "
+                  f"{'' if key[0] == 'zero-shot' else label(key[1])} | {means['top1']:.1%} | {means['ece']:.3f} | "
+                  f"{means['top1_loss']:.3f} |" + "".join(f" {sources[s][lookup]['top1']:.1%} / "
+                                                   f"{sources[s][lookup]['ece']:.3f} |" for s in sources))
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
