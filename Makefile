@@ -55,6 +55,7 @@ accuracy: devsets
 	$(PY) -m benchmarks.accuracy
 	$(PY) -m benchmarks.class_mass
 	$(PY) -m benchmarks.topics
+	$(PY) -m benchmarks.examples
 
 clean:
 	rm -rf $(VENV) demo-output bench-output devsets eval-output *.egg-info build dist

@@ -2,6 +2,7 @@
 graph exported once per machine. No test here times anything (docs/BENCHMARKS.md does, by ratios in one run)."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -110,14 +111,23 @@ def test_the_exported_graph_is_cached_keyed_by_the_weights_and_checked(tmp_path,
         exports.append(1)
         return b"graph bytes"
 
+    def cached(key):  # what ONNX Runtime gets: the cached file's path, which it reads itself
+        graph = graph_cache.cached_graph("test", key, export)
+        assert isinstance(graph, str) and Path(graph).parent == tmp_path
+        return graph_cache.graph_bytes(graph)
+
     key = image_runtime.graph_key("a" * 64)
-    assert graph_cache.cached_graph("test", key, export) == b"graph bytes"
-    assert graph_cache.cached_graph("test", key, export) == b"graph bytes" and len(exports) == 1  # read back
+    assert cached(key) == b"graph bytes"
+    assert cached(key) == b"graph bytes" and len(exports) == 1  # read back
     assert image_runtime.graph_key("b" * 64) != key  # other weights, another file
-    (cached,) = tmp_path.glob("*.onnx")
-    cached.write_bytes(b"damaged")  # no longer the bytes its digest names: exported again, and replaced
-    assert graph_cache.cached_graph("test", key, export) == b"graph bytes" and len(exports) == 2
-    assert cached.read_bytes() == b"graph bytes"
+    (graph,) = tmp_path.glob("*.onnx")
+    graph.write_bytes(b"damaged")  # no longer the bytes its digest names: exported again, and replaced
+    assert cached(key) == b"graph bytes" and len(exports) == 2
+    assert graph.read_bytes() == b"graph bytes"
+    # A stamp of the old form (the digest alone) is checked by hashing, then stamped with size and change time.
+    (stamp,) = tmp_path.glob("*.sha256")
+    stamp.write_text(hashlib.sha256(b"graph bytes").hexdigest())
+    assert cached(key) == b"graph bytes" and len(exports) == 2 and len(stamp.read_text().split()) == 3
     monkeypatch.setenv(graph_cache.CACHE_ENV, "off")
     assert graph_cache.cached_graph("test", key, export) == b"graph bytes" and len(exports) == 3
 
@@ -128,7 +138,7 @@ def test_a_cached_graph_without_its_digest_is_exported_again(tmp_path, monkeypat
     graph_cache.cached_graph("test", "d" * 64, lambda: b"first")
     (digest,) = tmp_path.glob("*.sha256")
     digest.unlink()
-    assert graph_cache.cached_graph("test", "d" * 64, lambda: b"second") == b"second"
+    assert graph_cache.graph_bytes(graph_cache.cached_graph("test", "d" * 64, lambda: b"second")) == b"second"
     assert digest.is_file()
 
 

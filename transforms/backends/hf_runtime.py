@@ -10,12 +10,12 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
 from transforms.backends.base import l2_normalize
-from transforms.backends.graph_cache import cached_graph, cpu_session
+from transforms.backends.graph_cache import cached_graph, cpu_session, graph_bytes
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 AGREEMENT = 1e-4  # largest difference of a unit vector's component from eager PyTorch's for the graph to be used
@@ -107,7 +107,7 @@ class OnnxImageTower:
     1-3 s for CLIP B/32's, at the same speed); the int8 graph gets them all (its integer matrix products are fused
     at load: about 10% faster)."""
 
-    def __init__(self, graph: bytes, threads: int = 0, int8: bool = False):
+    def __init__(self, graph: Union[str, bytes], threads: int = 0, int8: bool = False):
         self.session = cpu_session(graph, threads, all_optimizations=int8)
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
@@ -139,7 +139,7 @@ def onnx_image_tower(model, weights_sha256: str, probe: np.ndarray, runtime: str
                      difference, AGREEMENT)
         return None
     if runtime == "onnx-int8":
-        graph = cached_graph("hf-image-tower-int8", key, lambda: quantize_dynamic_int8(graph))
+        graph = cached_graph("hf-image-tower-int8", key, lambda: quantize_dynamic_int8(graph_bytes(graph)))
         tower = OnnxImageTower(graph, threads, int8=True)
     return tower
 

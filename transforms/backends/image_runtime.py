@@ -10,7 +10,7 @@ import importlib.util
 import logging
 import tempfile
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, Union
 
 import numpy as np
 from PIL import Image
@@ -61,9 +61,10 @@ class TorchClassifier:
 
 
 class OnnxClassifier:
-    """An ONNX Runtime session over a serialized graph; `threads` intra-op threads (0: one per physical core)."""
+    """An ONNX Runtime session over a graph (its file's path, or its bytes); `threads` intra-op threads (0: one per
+    physical core)."""
 
-    def __init__(self, graph: bytes, threads: int = 0):
+    def __init__(self, graph: Union[str, bytes], threads: int = 0):
         from transforms.backends.graph_cache import cpu_session
 
         self.session = cpu_session(graph, threads)

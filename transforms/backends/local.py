@@ -186,7 +186,7 @@ def _build_graph() -> bytes:
 @functools.lru_cache(maxsize=4)
 def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]):
     """The image classifier on the chosen runtime, once per process and configuration."""
-    from transforms.backends.graph_cache import cached_graph
+    from transforms.backends.graph_cache import cached_graph, graph_bytes
     from transforms.backends.image_runtime import (
         OnnxClassifier,
         TorchClassifier,
@@ -201,7 +201,7 @@ def _load_classifier(runtime: str, threads: int, int8_calibration: Optional[str]
     packaged_file(EFFICIENTNET_PACKAGE, *EFFICIENTNET_FILE)  # the weights the graph was made from are still these
     graph = cached_graph("efficientnet-lite0", graph_key(weights_sha256), _build_graph)
     if runtime == "onnx-int8":
-        graph = quantize_int8(graph, calibration_batches(int8_calibration))
+        graph = quantize_int8(graph_bytes(graph), calibration_batches(int8_calibration))
     return OnnxClassifier(graph, threads)
 
 
