@@ -223,14 +223,14 @@ class LabelChoice:
         except ValueError as e:  # ExamplesError and the label sets' errors say which flag
             raise ConfigError(str(e)) from None
 
-    def embedded_examples(self, backend: Backend, known: Optional[dict[str, tuple]] = None,
-                          **bounds: Any) -> Optional[Examples]:
+    def embedded_examples(self, backend: Backend,
+                          known: Optional[dict[str, tuple]] = None) -> Optional[Examples]:
         """The examples with their image vectors (embed_examples: those `known` to a kept run as they are, the
         others read and embedded now), or None without --examples; ConfigError with one line."""
         if not self.examples:
             return None
         try:
-            examples = embed_examples(self.examples, backend, known, self.examples_weight, **bounds)
+            examples = embed_examples(self.examples, backend, known, self.examples_weight)
         except (ExamplesError, StoreError) as e:
             raise ConfigError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - the model could not embed them: the job could not either

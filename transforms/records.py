@@ -69,7 +69,8 @@ class ResultRow:
                                                  "logit scale x cosine over all labels of the set (and, for "
                                                  "`local`, a \"none of these\" competitor); for a model that "
                                                  "learned a bias (SigLIP), each label's own sigmoid of scale x "
-                                                 "cosine + bias, which need not sum to 1")
+                                                 "cosine + bias, which need not sum to 1; with --examples, mapped "
+                                                 "by the calibration fitted to them")
     model: str = column(pa.string(), "backend model id")
     width: int = column(pa.int32(), "upright width of the original image (after EXIF orientation)")
     height: int = column(pa.int32(), "upright height of the original image")
