@@ -53,16 +53,19 @@ def test_each_example_is_scored_by_its_label_taught_without_it():
 
 
 def test_the_fitted_map_is_the_known_answer():
-    # Four examples whose top label had probability 0.5 (log-odds 0), one of them right, and four at log-odds 1,
-    # three right. The map that makes both groups mean what they say: sigmoid(intercept) = 1/4 and
-    # sigmoid(slope + intercept) = 3/4, so intercept = -ln 3 and slope = 2 ln 3.
-    top_probs = np.array([0.5] * 4 + [1 / (1 + math.exp(-1))] * 4)
-    right = np.array([True, False, False, False, True, True, True, False])
-    slope, intercept = fit_calibration(top_probs, right, prior_sd=math.inf)
+    # Four examples, two labels. Every example gives label 0 log-odds 1 and label 1 probability 0.5 (log-odds 0);
+    # three are label 0's. Of the four claims at log-odds 1, three are right; of the four at 0.5, one is. The map
+    # that makes both mean what they say: sigmoid(intercept) = 1/4 and sigmoid(slope + intercept) = 3/4, so
+    # intercept = -ln 3 and slope = 2 ln 3.
+    probs = np.array([[1 / (1 + math.exp(-1)), 0.5]] * 4)
+    truth = np.array([0, 0, 0, 1])
+    slope, intercept = fit_calibration(probs, truth, prior_sd=math.inf)
     assert slope == pytest.approx(2 * math.log(3), abs=2e-3) and intercept == pytest.approx(-math.log(3), abs=2e-3)
-    # Five examples that are all right at 0.6: the likelihood alone maps 0.6 to certainty; the prior keeps it short.
+
+    # Five examples whose label was always right at 0.6 and the other wrong at 0.4: the likelihood alone maps 0.6
+    # to certainty; the prior keeps it short of that.
     def mapped(prior_sd):
-        slope, intercept = fit_calibration(np.full(5, 0.6), np.ones(5, dtype=bool), prior_sd)
+        slope, intercept = fit_calibration(np.array([[0.6, 0.4]] * 5), np.zeros(5, dtype=int), prior_sd)
         return 1 / (1 + math.exp(-(slope * math.log(0.6 / 0.4) + intercept)))
 
     assert mapped(math.inf) > 0.9999 and 0.8 < mapped(CALIBRATION_PRIOR_SD) < 0.99
@@ -72,8 +75,7 @@ def test_teaching_maps_the_probabilities_and_keeps_the_ranking():
     labels = LabelMatrix(["a", "b"], E[:2].copy())
     right, wrong = 0.6 * E[0] + 0.8 * E[2], 0.6 * E[1] + 0.8 * E[3]
     taught = teach(labels, Examples(("a",) * 4, np.stack([right] * 3 + [wrong]), 0.0), 10.0, None)
-    slope, intercept = taught.calibration
-    assert slope != pytest.approx(1.0) and intercept != pytest.approx(0.0)
+    assert taught.calibration != pytest.approx((1.0, 0.0), abs=1e-3)  # a map that changes the probabilities
     rows = rank_rows([(ImageInfo(f"{i}.jpg", "", 1, 1), Embedded(v)) for i, v in enumerate((right, wrong))],
                      taught, 10.0, "m", Decision(top_k=2))
     assert [row["labels"] for row in rows] == [["a", "b"], ["b", "a"]]

@@ -133,8 +133,8 @@ def teach(labels: LabelMatrix, examples: Examples, logit_scale: float, none_marg
           prior_sd: Optional[float] = CALIBRATION_PRIOR_SD) -> LabelMatrix:
     """The label matrix taught by examples: each label with examples gets its text vector + weight x the mean of
     its examples' vectors, normalized; labels without keep their text vector. Then a map of the probabilities
-    (fit_calibration) is fitted to the examples, each ranked by the labels as they would be without it
-    (leave-one-out), so that on the user's kind of image the best label's probability means what it says.
+    (fit_calibration) is fitted to the examples, each scored by the labels as they would be without it
+    (leave-one-out), so that on the user's kind of image a label's probability means what it says.
 
     `logit_scale` and `none_margin` are the backend's, as the ranking uses them (rank_rows). `prior_sd`: how far the
     map may stray from no change; None fits none (for the benchmark that chose CALIBRATION_PRIOR_SD)."""
@@ -152,7 +152,7 @@ def teach(labels: LabelMatrix, examples: Examples, logit_scale: float, none_marg
     probs = label_probabilities(scores, labels.logit_scale or logit_scale, none_scores(vectors, labels, none_margin),
                                 labels.logit_bias)
     right = probs.argmax(axis=1) == truth
-    calibration = None if prior_sd is None else fit_calibration(probs.max(axis=1), right, prior_sd)
+    calibration = None if prior_sd is None else fit_calibration(probs, truth, prior_sd)
     _LOG.info("taught %d labels by %d examples (weight %g); each example ranked without itself: top-1 %.0f%%, "
               "mean top probability %.2f; probabilities mapped by log-odds x %.3g %+.3g", int((counts > 0).sum()),
               len(truth), examples.weight, 100 * right.mean(), probs.max(axis=1).mean(),
@@ -182,18 +182,25 @@ def left_out_scores(text: np.ndarray, vectors: np.ndarray, truth: np.ndarray, su
     return np.einsum("nd,nd->n", vectors, own)
 
 
-def fit_calibration(top_probs: np.ndarray, right: np.ndarray,
+def fit_calibration(probs: np.ndarray, truth: np.ndarray,
                     prior_sd: float = CALIBRATION_PRIOR_SD) -> tuple[float, float]:
     """(slope, intercept) of the map of a probability's log-odds, p -> sigmoid(slope x logit(p) + intercept), that
-    best fits whether each example's top label was right at its top probability (Platt scaling of what a reported
-    probability claims), under normal priors of sd `prior_sd` on the log of the slope and on the intercept: a few
-    examples that are all right would otherwise push every probability to 1. One map for every backend: a
-    softmax's, a "none of these" competitor's and SigLIP's sigmoids alike. On a grid, then a finer one."""
-    odds = logit(top_probs)
+    best fits the examples' probabilities (`probs`, one row per example, a column per label) as what a probability
+    claims: that its label is the right one (`truth`: each example's label). Platt scaling over every (example,
+    label) pair, so that each label's probability, not only the best one's, means what it says; under normal priors
+    of sd `prior_sd` on the log of the slope and on the intercept, so that a few examples that are all right cannot
+    push every probability to 1. One map for every backend: a softmax's, a "none of these" competitor's and SigLIP's
+    sigmoids alike. On a grid, then two finer ones; the pairs counted by their log-odds to 0.01, so that a thousand
+    labels cost no more than ten."""
+    right = np.zeros(probs.shape, dtype=bool)
+    right[np.arange(len(truth)), truth] = True
+    odds, where = np.unique(np.round(logit(probs).ravel(), 2), return_inverse=True)
+    yes = np.bincount(where, weights=right.ravel(), minlength=len(odds))
+    no = np.bincount(where, minlength=len(odds)) - yes
 
     def loss(log_slope: np.ndarray, intercept: np.ndarray) -> np.ndarray:
         z = np.exp(log_slope)[..., None] * odds + intercept[..., None]
-        fit = (np.logaddexp(0, -z) * right + np.logaddexp(0, z) * ~right).sum(axis=-1)  # -log likelihood
+        fit = (np.logaddexp(0, -z) * yes + np.logaddexp(0, z) * no).sum(axis=-1)  # -log likelihood
         return fit + 0.5 * (log_slope ** 2 + intercept ** 2) / prior_sd ** 2
 
     center, width = np.zeros(2), np.array([3.0, 6.0])  # log slope in [-3, 3], intercept in [-6, 6]
