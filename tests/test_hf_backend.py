@@ -16,7 +16,7 @@ from tests.tiny_models import SAVED_AS, SIDE, tiny_clip, tiny_siglip, tiny_sigli
 from transforms.backends import l2_normalize
 from transforms.backends.hf import HFBackend
 from transforms.decode import decode_image
-from transforms.run_folder import read_run
+from transforms.run_folder import SUCCESS, read_run
 
 LABELS = ["a cat", "a cup of coffee", "a rocket in space", "a flower"]
 
@@ -199,6 +199,92 @@ def test_siglip2_naflex_reads_each_image_at_its_own_aspect(small_photos, labels_
                      "0") == 0
     rows = read_run(str(tmp_path / "out"))
     assert len(rows) == 7 and all(0 <= prob <= 1 for row in rows for prob in row["probs"])  # sigmoids
+
+
+def _counting_calls(cls, name, folder):
+    """Wraps cls.name so that every call, in whichever process or thread, adds a line to folder/name."""
+    method = getattr(cls, name)
+
+    def count(*args, **kwargs):
+        with open(folder / name, "a") as f:
+            f.write("call\n")
+        return method(*args, **kwargs)
+    return count
+
+
+def _calls(folder, name):
+    return len((folder / name).read_text().split()) if (folder / name).exists() else 0
+
+
+def test_a_model_shared_by_a_machines_processes_embeds_the_images_each_process_prepared(
+        models, small_photos, labels_file, tmp_path, monkeypatch):
+    """--hf_share_model on (the default on GPUs): one copy of the model per machine, which the worker processes call
+    through Beam's proxy (share_model_across_processes); each process runs the processor on its own images before
+    they are batched, so the model only embeds ready arrays. The rows are those of a model in the worker's process."""
+    from transforms.backends import hf
+
+    for shared in ("on", "off"):
+        calls = tmp_path / f"calls-{shared}"
+        calls.mkdir()
+        for cls, name in ((hf.HFBackend, "image_inputs"), (hf.HFEmbedder, "embed_inputs"),
+                          (hf.HFEmbedder, "embed_images")):
+            monkeypatch.setattr(cls, name, _counting_calls(cls, name, calls))
+        assert _classify(["--hf_model", str(models["clip"]), "--hf_share_model", shared], small_photos, labels_file,
+                         tmp_path / shared, "--top_k", "4") == 0
+        monkeypatch.undo()
+        assert _calls(calls, "image_inputs") >= 7 and _calls(calls, "embed_inputs") >= 1
+        assert _calls(calls, "embed_images") == 0  # the model never got decoded images to prepare itself
+    shared, alone = _by_name(read_run(str(tmp_path / "on"))), _by_name(read_run(str(tmp_path / "off")))
+    assert len(shared) == 7
+    for name, row in alone.items():
+        assert shared[name]["labels"] == row["labels"] and shared[name]["probs"] == pytest.approx(row["probs"])
+
+
+def test_the_copy_that_embedded_the_labels_is_not_kept_beside_a_shared_model(models, monkeypatch):
+    """Where one copy of the model per machine embeds the images (a GPU's memory holds one), the process that
+    embedded the label set drops its own copy; otherwise labels and images share the process's copy."""
+    from transforms.rank import build_label_matrix
+
+    loads = []
+    real_load = HFBackend._load
+    monkeypatch.setattr(HFBackend, "_load", lambda self: loads.append(self.share_model) or real_load(self))
+    for share, copies in (("on", 2), ("off", 1)):
+        backend = HFBackend(model=str(models["clip"]), share_model=share)
+        labels = build_label_matrix({label: [label] for label in LABELS}, ["{}"], backend)
+        assert labels.vectors.shape == (4, backend.embedding_dim)
+        backend.load()  # what this process's image batches would use when the model is not shared
+        assert loads.count(share) == copies
+        backend.unload()
+
+
+def test_a_preprocessor_that_fails_on_a_decoded_image_stops_the_job(models, small_photos, labels_file, tmp_path,
+                                                                    monkeypatch, capsys):
+    """The decoder hands the processor valid RGB images only, so a processor that fails on one is the model's fault
+    and would fail on every image: the job ends with one line and no rows, never with an error row per image."""
+    from transforms.backends import hf
+
+    def refuse(self, image):
+        raise ValueError("Unsupported number of image dimensions: 2")
+
+    monkeypatch.setattr(hf.HFBackend, "image_inputs", refuse)
+    out = tmp_path / "out"
+    assert _classify(["--hf_model", str(models["clip"]), "--hf_runtime", "torch"], small_photos, labels_file,
+                     out) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: the job failed: ValueError: Unsupported number of image dimensions: 2 (the "
+                           "model's preprocessor, on "), last
+    assert not (out / SUCCESS).exists()
+
+
+def test_a_half_precision_model_is_handed_half_precision_pixels(models, small_photos):
+    """Half the bytes to move to a shared model and to the device; bfloat16 keeps less of them than float16."""
+    image = Image.open(next(small_photos.glob("*.png"))).convert("RGB")
+    full = HFBackend(model=str(models["clip"])).image_inputs(image)["pixel_values"]
+    half = HFBackend(model=str(models["clip"]), dtype="bfloat16").image_inputs(image)["pixel_values"]
+    assert full.dtype == np.float32 and half.dtype == np.float16 and np.abs(half - full).max() < 2e-3
+    vectors = [HFBackend(model=str(models["clip"]), dtype=dtype, runtime="torch")._load().embed_images([image])
+               for dtype in ("float32", "bfloat16")]
+    assert float(vectors[0][0] @ vectors[1][0]) > 0.99
 
 
 def test_on_cpu_the_image_tower_runs_on_onnx_runtime_with_pytorchs_vectors(models, small_photos, tmp_path):

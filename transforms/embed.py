@@ -1,17 +1,19 @@
-"""Embedder stage: batches of decoded images -> unit vectors through Beam's RunInference and a backend's handler."""
+"""Embedder stage: decoded images -> what the model reads of each (in every worker process) -> batches -> unit vectors,
+through Beam's RunInference and a backend's handler."""
 from __future__ import annotations
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from transforms.backends import Backend
+from transforms.backends.base import ModelInputs
 from transforms.metrics import ProgressLog, StageMetrics
 from transforms.records import ERRORS, EmbedFailure, error_row
 
 
 class _SplitEmbedded(beam.DoFn):
-    """Drops the echoed input image; images the handler reported as failed go to `errors`. Logs progress: the model
-    is the slow part, and a runner may rank only once every image is embedded (the DirectRunner does)."""
+    """Keeps the image's info and its vector; images the handler reported as failed go to `errors`. Logs progress: the
+    model is the slow part, and a runner may rank only once every image is embedded (the DirectRunner does)."""
 
     def setup(self):
         self.metrics = StageMetrics("embed")
@@ -35,15 +37,33 @@ class ModelError(RuntimeError):
 
 class _FailTheJob(beam.DoFn):
     """A batch the model could not embed (an API down past its retries, a call that timed out, a malformed reply)
-    ends the job with one line naming the cause; its images are never split up and sent again one by one."""
+    ends the job with one line naming the cause; its images are never split up and sent again one by one. So does
+    an image the model's preprocessor failed on: the decoder read it as a valid RGB image, so the fault is the
+    preprocessor's, and it would be every image's."""
 
     def process(self, failed):
-        batch, (exc_type, exc_repr, formatted) = failed
+        element, (exc_type, exc_repr, formatted) = failed
         # The traceback's last line is "package.module.SomeError: message"; keep "SomeError: message".
         last_line = "".join(formatted).strip().splitlines()[-1] if formatted else exc_repr
         cause = f"{exc_type.__name__}: {last_line.partition(f'{exc_type.__name__}: ')[2] or exc_repr}"
-        raise ModelError(f"{cause} (a batch of {len(batch)} images; no image was at fault, so the job stops)")
+        if isinstance(element, list):
+            raise ModelError(f"{cause} (a batch of {len(element)} images; no image was at fault, so the job stops)")
+        raise ModelError(f"{cause} (the model's preprocessor, on {element[0].uri}, which decoded as a valid image; "
+                         "so the job stops)")
         yield  # a generator, as Beam expects of process()
+
+
+class _Preprocess:
+    """(info, decoded image) -> (info, what the model reads of it): the backend's preprocessor, as RunInference's
+    preprocess function, which runs before the images are batched."""
+
+    def __init__(self, preprocessor):
+        self.preprocessor = preprocessor
+
+    def __call__(self, element) -> tuple:
+        info, image = element
+        inputs: ModelInputs = self.preprocessor(image)
+        return info, inputs
 
 
 class EmbedImages(beam.PTransform):
@@ -59,10 +79,13 @@ class EmbedImages(beam.PTransform):
 
     def expand(self, images):
         handler = KeyedModelHandler(self.backend.model_handler(self.batch_size, self.evidence_size))
+        if (preprocessor := self.backend.image_preprocessor()) is not None:
+            handler = handler.with_preprocess_fn(_Preprocess(preprocessor))
         embedded, failed = images | "RunInference" >> RunInference(handler).with_exception_handling(
             timeout=self.backend.call_timeout_s)
         split = embedded | "Vectors" >> beam.ParDo(_SplitEmbedded()).with_outputs(ERRORS, main="vectors")
         # Only the timeout needs Beam's exception handling (it stops a hung call); every failure it catches ends the
         # job, with the model's own exception as the last line.
-        _ = failed.failed_inferences | "FailedBatches" >> beam.ParDo(_FailTheJob())
+        _ = ((failed.failed_inferences, *failed.failed_preprocessing) | "AllFailures" >> beam.Flatten()
+             | "FailTheJob" >> beam.ParDo(_FailTheJob()))
         return split.vectors, split[ERRORS]

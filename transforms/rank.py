@@ -45,9 +45,14 @@ class LabelMatrix(NamedTuple):
 
 def build_label_matrix(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
                        backend: Backend) -> LabelMatrix:
-    """The label set embedded by the backend's process-wide model (once per job, in EmbedLabels)."""
+    """The label set embedded by the backend's process-wide model (once per job, in EmbedLabels). Where the images'
+    model is one copy per machine (a GPU's), this process's copy is dropped afterwards."""
     Metrics.counter(NAMESPACE, "label_sets_embedded").inc()
-    return embed_label_set(label_phrases, templates, backend.load())
+    try:
+        return embed_label_set(label_phrases, templates, backend.load())
+    finally:
+        if backend.share_model_across_processes:
+            backend.unload()
 
 
 def embed_label_set(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],

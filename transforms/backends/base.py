@@ -5,7 +5,7 @@ import abc
 import argparse
 import dataclasses
 import threading
-from typing import Any, ClassVar, Iterable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Optional, Sequence, Union
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -15,12 +15,21 @@ from transforms.label_sets import prompt_texts
 from transforms.metrics import NAMESPACE
 from transforms.records import Embedded
 
+# What an image model reads of one image, by input name (pixel_values; a NaFlex processor's mask and patch grid too),
+# each array of the same shape for every image: a batch is these stacked name by name.
+ModelInputs = dict[str, np.ndarray]
+
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length as float32; the only normalization in the project, so cosine = dot product."""
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+def stack_inputs(inputs: Sequence[ModelInputs]) -> ModelInputs:
+    """One batch of model inputs from each image's own."""
+    return {name: np.stack([one[name] for one in inputs]) for name in inputs[0]}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -90,6 +99,11 @@ class Embedder(abc.ABC):
         such words all get the same vector. A backend that cannot tell returns []."""
         return []
 
+    def embed_inputs(self, inputs: ModelInputs) -> np.ndarray:
+        """(n, dim) unit vectors for a batch of what the Backend's image_preprocessor made of n images (stack_inputs);
+        only backends that have a preprocessor implement it."""
+        raise NotImplementedError(f"{type(self).__name__} reads decoded images (embed_images)")
+
     def prepare_images(self) -> None:
         """Loads whatever embed_images needs beyond the text side, so that a model that cannot load fails the job
         when a worker starts, not as one error row per image. Relabeling and search never call it."""
@@ -106,9 +120,10 @@ class ImageBatchHandling:
 
     _batch_size: int
 
-    def get_num_bytes(self, batch: Sequence[Image.Image]) -> int:
+    def get_num_bytes(self, batch: Sequence[Union[Image.Image, ModelInputs]]) -> int:
         # The default pickles the whole batch just to measure it; pixels are what matter.
-        return sum(image.width * image.height * len(image.getbands()) for image in batch)
+        return sum(sum(array.nbytes for array in one.values()) if isinstance(one, dict) else
+                   one.width * one.height * len(one.getbands()) for one in batch)
 
     def get_metrics_namespace(self) -> str:
         return NAMESPACE
@@ -156,6 +171,13 @@ class Backend(abc.ABC):
         """The RunInference handler that embeds batches of decoded images with this backend: by default in this
         process, with the loaded Embedder. Remote backends return a RemoteModelHandler."""
         return EmbedderModelHandler(self, batch_size, evidence_size)
+
+    def image_preprocessor(self) -> Optional[Callable[[Image.Image], ModelInputs]]:
+        """A picklable function from one decoded image to what the image model reads of it, or None where the
+        Embedder reads decoded images (embed_images). The embed stage runs it in each worker process before the
+        images are batched, so that a model shared by a machine's processes (a GPU) spends its time on forward
+        passes, not on resizing, while the other processes prepare the next batches."""
+        return None
 
     def check(self, workers_here: bool = True) -> None:
         """Raises a readable error if this backend cannot run (missing weights, key...) before a job starts.
@@ -205,6 +227,12 @@ class Backend(abc.ABC):
                 _LOADED[key] = self._load()
             return _LOADED[key]
 
+    def unload(self) -> None:
+        """Drops this process's Embedder (the next load() builds another): where one copy of the model per machine
+        embeds the images, the copy that embedded the label set must not stay beside it."""
+        with _LOAD_LOCK:
+            _LOADED.pop((type(self), self._cache_key()), None)
+
     def _cache_key(self) -> Any:
         return repr(self)
 
@@ -221,6 +249,8 @@ class EmbedderModelHandler(ImageBatchHandling, ModelHandler[Image.Image, Predict
         self._backend = backend
         self._batch_size = batch_size
         self._evidence_size = evidence_size
+        # Here, not asked of the model: a model shared across processes is a proxy that passes on method calls only.
+        self._model_id = backend.model_id
 
     def share_model_across_processes(self) -> bool:
         return self._backend.share_model_across_processes
@@ -230,11 +260,13 @@ class EmbedderModelHandler(ImageBatchHandling, ModelHandler[Image.Image, Predict
         embedder.prepare_images()
         return embedder
 
-    def run_inference(self, batch: Sequence[Image.Image], model: Embedder,
+    def run_inference(self, batch: Sequence[Union[Image.Image, ModelInputs]], model: Embedder,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
-        if self._evidence_size:
+        if isinstance(batch[0], dict):  # already preprocessed (Backend.image_preprocessor)
+            vectors, evidence = model.embed_inputs(stack_inputs(batch)), [()] * len(batch)
+        elif self._evidence_size:
             vectors, evidence = model.embed_images_explained(batch, self._evidence_size)
         else:
             vectors, evidence = model.embed_images(batch), [()] * len(batch)
-        return [PredictionResult(image, Embedded(vector, why), model.model_id)
-                for image, vector, why in zip(batch, vectors, evidence)]
+        # The input is not echoed back: nothing downstream reads it, and it may be megabytes of pixels.
+        return [PredictionResult(None, Embedded(vector, why), self._model_id) for vector, why in zip(vectors, evidence)]

@@ -16,13 +16,13 @@ import struct
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import fsspec
 import numpy as np
 from PIL import Image
 
-from transforms.backends.base import Backend, Embedder, l2_normalize, option
+from transforms.backends.base import Backend, Embedder, ModelInputs, l2_normalize, option, stack_inputs
 from transforms.backends.hf_runtime import RUNTIMES, image_features, onnx_image_tower, pooled
 from transforms.backends.weights import hash_file
 from transforms.stores import is_local, use_worker_options
@@ -172,12 +172,12 @@ class HFEmbedder(Embedder):
         self.model = (model_class or AutoModel).from_pretrained(folder, trust_remote_code=trust, dtype=self.dtype)
         self.model.to(self.device)
         self.model.eval()
-        self.image_processor = image_processor(folder, trust)
+        self.image_inputs = settings.image_inputs
         self.onnx = None
         if settings.resolved_runtime != "torch":
             side, noise = settings.image_side, np.random.default_rng(0)
             probes = [Image.fromarray(noise.integers(0, 256, (side, side + 37 * i, 3), dtype=np.uint8)) for i in (0, 1)]
-            pixels = self._inputs(probes)["pixel_values"].astype(np.float32)
+            pixels = stack_inputs([self.image_inputs(probe) for probe in probes])["pixel_values"]
             self.onnx = onnx_image_tower(self.model, weights_digest(folder), pixels, settings.resolved_runtime)
             if self.onnx is None and settings.runtime != "auto":  # asked for, and its vectors would be another's
                 raise RuntimeError(f"--hf_runtime {settings.runtime} cannot run this model (see the warning above)")
@@ -206,16 +206,13 @@ class HFEmbedder(Embedder):
         with self.torch.inference_mode():
             return l2_normalize(pooled(self.model.get_text_features(**inputs)).float().cpu().numpy())
 
-    def _inputs(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
-        """What the processor makes of `images`: pixels, and for NaFlex their mask and patch grid. (Its Pillow path,
-        without torchvision, costs about 3 ms of a ViT-B/32 image's 70 on 2 cores: not worth a faster copy.)"""
-        return dict(self.image_processor(images=list(images), return_tensors="np"))
-
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        inputs = self._inputs(images)
+        return self.embed_inputs(stack_inputs([self.image_inputs(image) for image in images]))
+
+    def embed_inputs(self, inputs: ModelInputs) -> np.ndarray:
         if self.onnx is not None:
             return l2_normalize(self.onnx.features(inputs["pixel_values"]))
-        inputs = {name: self.torch.from_numpy(np.asarray(value)).to(self.device) for name, value in inputs.items()}
+        inputs = {name: self.torch.from_numpy(value).to(self.device) for name, value in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with self.torch.inference_mode():
             vectors = image_features(self.model, inputs)
@@ -243,6 +240,10 @@ class HFBackend(Backend):
                                   "PyTorch's within 1e-4, else PyTorch; on GPUs PyTorch), torch, onnx, or onnx-int8 "
                                   "(dynamic int8: faster, vectors not the same)", choices=list(RUNTIMES),
                           affects_results=False)
+    # Beam's share_model_across_processes: a GPU's memory holds one copy, and on CPU a large model may need it too.
+    share_model: str = option("auto", "one copy of the model per machine, which every SDK process of the machine "
+                                      "sends its batches to, each process preparing its own images: auto (on GPUs), "
+                                      "on or off", choices=["auto", "on", "off"], affects_results=False)
     text_prefix: Optional[str] = option(None, "put before every label text (default: 'search_query: ' for Nomic "
                                               "text towers, else none)")
     name = "hf"
@@ -302,8 +303,31 @@ class HFBackend(Backend):
 
     @property
     def share_model_across_processes(self) -> bool:
-        # On a GPU worker one copy of the weights serves every SDK process (Beam's multi_process_shared).
-        return self.resolved_device == "cuda"
+        return self.share_model == "on" or (self.share_model == "auto" and self.resolved_device == "cuda")
+
+    def unload(self) -> None:
+        super().unload()
+        if self.resolved_device == "cuda":
+            import gc
+
+            import torch
+
+            gc.collect()  # the model's tensors go back to torch's cache of GPU memory,
+            torch.cuda.empty_cache()  # and from it to the GPU, for the shared copy
+
+    def image_inputs(self, image: Image.Image) -> ModelInputs:
+        """What the model reads of one decoded image: its processor's pixels (for NaFlex also their mask and patch
+        grid, padded to max_num_patches, so every image's arrays have one shape). For a float16 or bfloat16 model in
+        float16: half the bytes to hand to a shared model's process and to the device, and more precision than
+        bfloat16 keeps."""
+        inputs = image_processor(self.folder, self.trust_remote_code)(images=[image], return_tensors="np")
+        inputs = {name: np.asarray(value)[0] for name, value in inputs.items()}
+        if self.dtype != "float32":
+            inputs["pixel_values"] = inputs["pixel_values"].astype(np.float16)
+        return inputs
+
+    def image_preprocessor(self) -> Callable[[Image.Image], ModelInputs]:
+        return self.image_inputs
 
     def check(self, workers_here: bool = True) -> None:
         needed = ("torch", "transformers") + (("sentence_transformers",) if self.text_model else ())
