@@ -2,13 +2,16 @@
 through Beam's RunInference and a backend's handler."""
 from __future__ import annotations
 
+from typing import Callable
+
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from PIL import Image
 
 from transforms.backends import Backend
 from transforms.backends.base import ModelInputs
 from transforms.metrics import ProgressLog, StageMetrics
-from transforms.records import ERRORS, EmbedFailure, error_row
+from transforms.records import ERRORS, EmbedFailure, ImageInfo, error_row
 
 
 class _SplitEmbedded(beam.DoFn):
@@ -57,13 +60,12 @@ class _Preprocess:
     """(info, decoded image) -> (info, what the model reads of it): the backend's preprocessor, as RunInference's
     preprocess function, which runs before the images are batched."""
 
-    def __init__(self, preprocessor):
+    def __init__(self, preprocessor: Callable[[Image.Image], ModelInputs]):
         self.preprocessor = preprocessor
 
-    def __call__(self, element) -> tuple:
+    def __call__(self, element: tuple[ImageInfo, Image.Image]) -> tuple[ImageInfo, ModelInputs]:
         info, image = element
-        inputs: ModelInputs = self.preprocessor(image)
-        return info, inputs
+        return info, self.preprocessor(image)
 
 
 class EmbedImages(beam.PTransform):
