@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench devsets accuracy clean
+.PHONY: install demo test test-fast test-newest test-lowest lint bench devsets accuracy clean
 
 $(VENV)/.installed: setup.py requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ test: install
 # The tests that need no subprocess job, browser, portable runner, bucket server, clean venv or scale: minutes less.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
+
+# The two other ends of what setup.py allows, each in a clean venv (.venv-newest, .venv-lowest): the newest releases
+# it allows today, and the lowest (uv's --resolution lowest-direct). Each installs the wheel with every extra, labels
+# the sample photos with the installed command and runs the fast suite; a failure's last line names the release
+# that breaks it. `make test` runs the pinned set above.
+test-newest: install
+	$(PY) -m tests.allowed_versions newest --venv $(VENV)-newest
+
+test-lowest: install
+	$(PY) -m tests.allowed_versions lowest --venv $(VENV)-lowest
 
 lint: install
 	$(PY) -m ruff check .
@@ -58,4 +68,4 @@ accuracy: devsets
 	$(PY) -m benchmarks.examples
 
 clean:
-	rm -rf $(VENV) demo-output bench-output devsets eval-output *.egg-info build dist
+	rm -rf $(VENV) $(VENV)-newest $(VENV)-lowest demo-output bench-output devsets eval-output *.egg-info build dist

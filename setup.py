@@ -54,7 +54,8 @@ setup(
     package_data={"labels": ["*.txt", "*.json", "*.npz", "templates/*.txt"],
                   "transforms.backends": [f"{TEXT_MODEL.name}/*", f"{TEXT_MODEL.name}/*/*"]},
     install_requires=[
-        "apache-beam>=2.60,<3",
+        # 2.65: RunInference's RemoteModelHandler, which the nomic backend builds on, arrived in it.
+        "apache-beam>=2.65,<3",
         "nomic>=3.1,<4",
         "numpy>=1.24",
         "pillow>=10.1",
@@ -72,10 +73,12 @@ setup(
     extras_require={
         # Open-weights models (--backend hf). On a machine without a GPU, install the CPU build of torch first
         # (README): an unpinned torch is a build with CUDA, several GB.
-        "hf": ["torch>=2.2", "transformers>=5,<6", "sentence-transformers>=3,<7"],
+        # (sentence-transformers 5.2 is the first release that takes transformers 5; torch 2.2 is transformers 5's
+        # own floor.)
+        "hf": ["torch>=2.2", "transformers>=5,<6", "sentence-transformers>=5.2,<7"],
         # Buckets: Beam's filesystem for its own I/O, fsspec's for listing, reading and the run folder.
-        "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2023.12"],
-        "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2023.12"],
+        "gcp": ["apache-beam[gcp]>=2.65,<3", "gcsfs>=2023.12"],
+        "aws": ["apache-beam[aws]>=2.65,<3", "s3fs>=2023.12"],
         "test": ["pytest>=8", "pandas>=2", "duckdb>=1", "scikit-image>=0.22", "scikit-learn>=1.3"],
     },
     entry_points={"console_scripts": ["zero-shot-labels = pipelines.__main__:main"]},

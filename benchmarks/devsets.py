@@ -21,6 +21,7 @@ Pictures that fit no coarse concept are left out of the coarse sets rather than 
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import json
@@ -28,9 +29,10 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import warnings
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from PIL import Image
 
@@ -218,10 +220,13 @@ def build_openclipart_set(output: Path, root: Path = OPENCLIPART) -> None:
 
 
 def _decodable_size(path: Path) -> bool:
-    """False for the few drawings exported at poster size, which the job rightly refuses as decompression bombs."""
+    """False for the few drawings exported at poster size, which the job rightly refuses as decompression bombs.
+    Pillow's warning for an image over its limit is what this answers, so it is not printed (seven of them)."""
     try:
-        with Image.open(path) as image:
-            return image.width * image.height <= Image.MAX_IMAGE_PIXELS
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.width * image.height <= Image.MAX_IMAGE_PIXELS
     except Image.DecompressionBombError:
         return False
 
@@ -297,7 +302,9 @@ def read_index(devsets: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def main() -> int:
+def main(argv: Optional[list[str]] = None) -> int:
+    argparse.ArgumentParser(prog="python -m benchmarks.devsets", description=__doc__.splitlines()[0],
+                            epilog=f"Writes {OUTPUT}/NAME/ for each set, and {OUTPUT}/index.csv.").parse_args(argv)
     build_foolbox_sets(OUTPUT)
     build_everyday_set(OUTPUT)
     build_samples_coarse_set(OUTPUT)

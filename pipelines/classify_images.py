@@ -34,8 +34,8 @@ from pipelines.jobs import (
     report_labels,
     result_settings,
     run_job,
-    workers_in_this_process,
 )
+from pipelines.workers import workers_in_this_process
 from transforms import files
 from transforms.backends import Backend
 from transforms.classify import ZeroShotClassify, check_settings

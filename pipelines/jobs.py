@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+import pyarrow.parquet as pq
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 import pipelines
 from pipelines.cli import (
@@ -29,12 +30,14 @@ from pipelines.cli import (
     unknown_beam_args,
 )
 from pipelines.redact import redacted, scrubbed
+from pipelines.workers import DIRECT_RUNNERS, with_launcher_versions
 from transforms import files, internals
 from transforms.backends import BACKENDS, Backend
 from transforms.examples import DEFAULT_WEIGHT, Example, Examples, ExamplesError, embed_examples, read_examples
 from transforms.faults import StoreError
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
 from transforms.manifest import Manifest
+from transforms.progress import PROGRESS_PREFIX
 from transforms.rank import Decision
 from transforms.records import RESULTS, RESULTS_SCHEMA, REVIEW
 from transforms.review import DEFAULT_REVIEW_SIZE, WriteReview
@@ -49,14 +52,13 @@ from transforms.run_folder import (
 )
 from transforms.stored import DEFAULT_BATCH, EmbeddingsMismatch, embeddings_of
 from transforms.stores import is_local, use_job_options
-from transforms.summary import summary
+from transforms.summary import plural, summary
 from transforms.write import FORMATS, WriteRows, probe_writable
 
 # Old flag names removed in 0.2.0 (each collided with a live flag of a sibling job): the did-you-mean names the new.
 RENAMED_IN_0_2 = {"--embeddings": "--keep_embeddings", "--batch_size": "--vectors_per_batch",
                   "--top_k": "--images_per_query"}
 _LOG = logging.getLogger("zero_shot")
-DIRECT_RUNNERS = (None, "DirectRunner", "direct", "SwitchingDirectRunner")  # None: Beam's default, the DirectRunner
 BEAM_EPILOG = ("Every standard Beam option is accepted too (--runner, --direct_num_workers, --setup_file, ...), and "
                "--store_retry_s S: how long a store that fails (unreachable, timing out, throttling, refusing the "
                "credentials) is retried before the job stops, committing nothing (default 60).")
@@ -316,13 +318,6 @@ def checked_backend(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> 
     return backend
 
 
-def workers_in_this_process(beam_args: Sequence[str]) -> bool:
-    """The job's workers are this process: the DirectRunner, unless it runs them as subprocesses."""
-    options = PipelineOptions(list(beam_args))
-    return (options.view_as(StandardOptions).runner in DIRECT_RUNNERS
-            and options.view_as(DirectOptions).direct_running_mode != "multi_processing")
-
-
 def finished_run(folder: str, flag: str) -> Optional[Manifest]:
     """The manifest of the finished run in `folder`, or None; an unreadable folder is a ConfigError."""
     try:
@@ -371,7 +366,7 @@ def new_manifest(job: str, prog: str, argv: Sequence[str], run: RunFolder, model
 def written(manifest: Manifest, table: str) -> str:
     """'N rows in FILE, FILE' for one table of a committed run."""
     shards = manifest.shards.get(table, ())
-    return f"{manifest.rows(table)} rows in {', '.join(shard.path for shard in shards) or '(no file)'}"
+    return f"{plural(manifest.rows(table), 'row')} in {', '.join(shard.path for shard in shards) or '(no file)'}"
 
 
 def _why_it_failed(output: str, manifest: Manifest, error: Exception) -> str:
@@ -393,12 +388,31 @@ def _say_why_on_stop(output: str, manifest: Manifest) -> None:
     def stop(signum: int, _frame) -> None:
         name = signal.Signals(signum).name
         print(f"error: stopped by {name}: nothing of run {manifest.run_id} was committed, and {output!r} still "
-              "holds what it held; run the same command again to continue from the images already embedded",
-              file=sys.stderr)
+              f"holds what it held; {saved_so_far(output, manifest)}", file=sys.stderr)
         internals.end_process_now(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+def saved_so_far(output: str, manifest: Manifest) -> str:
+    """What a rerun of a stopped job starts from: the vectors a classify job saved as it went (transforms.progress),
+    counted where that is cheap (a local folder: the files' footers), or nothing."""
+    if manifest.job != "classify":
+        return "run the same command again"
+    folder = files.join(output, manifest.run_id)
+    if not is_local(output):  # no request to a store from a signal handler: it may be the reason for the stop
+        return (f"the vectors saved as it went ({folder}/{PROGRESS_PREFIX}*.parquet, every few hundred images) are "
+                "kept: run the same command again to continue from them")
+    try:
+        saved = sum(pq.read_metadata(path).num_rows
+                    for path in files.glob(files.join(folder, f"{PROGRESS_PREFIX}*.parquet")))
+    except Exception:  # noqa: BLE001 - a file cut short by the stop itself: the rerun skips it, and says so
+        saved = None
+    if saved == 0:
+        return "no embedded image had been saved yet, so the same command, run again, starts from the first image"
+    counted = "some embedded images" if saved is None else plural(saved, "embedded image")
+    return f"{counted} were saved in {folder}: run the same command again to continue from them"
 
 
 def _if_disk_full(output: str, run_id: str, error: Exception) -> str:
@@ -417,7 +431,7 @@ def run_job(output: str, beam_args: Sequence[str], manifest: Manifest,
     """Builds the pipeline with `build`, runs it, and prints the summary and what the committed run holds; a failed
     job ends with one line naming the exception that ended it, and exit status 1."""
     start = time.monotonic()
-    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    pipeline = beam.Pipeline(options=PipelineOptions(with_launcher_versions(beam_args)))
     build(pipeline)
     if pipelines.STARTED_AS_JOB:
         _say_why_on_stop(output, manifest)

@@ -94,4 +94,6 @@ def test_the_portable_runner_gives_the_direct_runners_rows(environment, job_serv
         assert portable[uri]["scores"] == pytest.approx(row["scores"], abs=1e-5)
         assert portable[uri]["probs"] == pytest.approx(row["probs"], abs=1e-5)
     assert _by_uri(read_run(str(out), "errors")) == _by_uri(errors) and len(errors) == 1
-    assert "labeled 8 images, 1 errors (11.1% of inputs; read 0, decode 1, embed 0)" in done.stdout
+    assert "labeled 8 images, 1 error (11.1% of inputs; read 0, decode 1, embed 0)" in done.stdout
+    # EXTERNAL workers may live on other machines: Beam ships them the launcher's versions (pipelines/workers.py)
+    assert ("the workers install this launcher's versions of" in done.stdout) == (environment == "external")

@@ -3,6 +3,7 @@ too many errors stop the job early; a store's fault is never a file's row; each 
 hang, leak a secret or crash, fed exactly as it came."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
@@ -14,6 +15,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -356,6 +359,20 @@ def test_sigterm_ends_the_job_with_one_line_and_a_rerun_continues(tmp_path):
     assert "run the same command again to continue" in err
     rerun = _again(flags)
     assert rerun.returncode == 0 and "resumed" in rerun.stdout, rerun.stderr[-3000:]
+
+
+def test_a_stopped_job_says_what_a_rerun_starts_from(tmp_path):
+    run = Manifest(job="classify", run_id="run-x", started="2026-12-07T00:00:00Z", command=("classify",),
+                   format="parquet", model="m")
+    out = str(tmp_path / "out")
+    assert "no embedded image had been saved yet" in jobs.saved_so_far(out, run)
+    (tmp_path / "out" / "run-x").mkdir(parents=True)
+    for name, rows in (("progress-a.parquet", 3), ("progress-b.parquet", 1)):
+        pq.write_table(pa.table({"uri": [f"{name}-{i}" for i in range(rows)]}), tmp_path / "out" / "run-x" / name)
+    assert jobs.saved_so_far(out, run) == (f"4 embedded images were saved in {out}/run-x: run the same command again "
+                                           "to continue from them")
+    assert "progress-*.parquet, every few hundred images) are kept" in jobs.saved_so_far("s3://bkt/out", run)
+    assert jobs.saved_so_far(out, dataclasses.replace(run, job="relabel")) == "run the same command again"
 
 
 def test_a_full_disk_names_the_run_folder_to_free(tmp_path):

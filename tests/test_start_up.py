@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from labels import build_class_vectors
-from pipelines.jobs import workers_in_this_process
+from pipelines.workers import workers_in_this_process
 from transforms.backends import graph_cache, image_runtime, local
 from transforms.backends.local import LocalBackend, class_vectors, packaged_class_vectors
 from transforms.backends.minilm import MiniLM

@@ -8,8 +8,9 @@ import apache_beam as beam
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from transforms.internals import output_types
 from transforms.metrics import StageMetrics
-from transforms.records import ERRORS, ImageInfo, exception_row
+from transforms.records import ERROR_OUTPUT, ERRORS, ImageInfo, exception_row
 
 # Longer side of the decoded image. Models look at the central ~224 px square, so 512 keeps full detail for
 # them while bounding memory: at most 512 x 512 x 3 bytes travel per image, whatever the file's size.
@@ -85,6 +86,7 @@ def decode_image(data: bytes, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE,
         return bound_size(to_rgb(upright), longest), width, height
 
 
+@output_types(tuple[ImageInfo, Image.Image], ERROR_OUTPUT)
 class DecodeImages(beam.DoFn):
     """(uri, bytes) -> (ImageInfo, RGB image); anything Pillow cannot decode fully goes to `errors`."""
 

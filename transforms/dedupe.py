@@ -3,14 +3,15 @@ rows. "The same bytes" comes from the store's listing where it can (its MD5), so
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from transforms.internals import output_types
 from transforms.metrics import NAMESPACE, errors_metric
 from transforms.read import DEFAULT_MAX_BYTES, ReadFiles
-from transforms.records import ERRORS, RESULTS, ListingFailure
+from transforms.records import ERRORS, RESULTS, Embedded, ImageInfo, ListingFailure
 from transforms.stores import is_local
 
 COPIES_METRIC = "duplicates_not_embedded"
@@ -25,19 +26,22 @@ def _sha256_key(element: tuple[str, bytes]) -> tuple[str, str]:
     return uri, f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-def _listed_key(listed):
+@output_types(tuple[str, str], {_TO_HASH: Union[str, ListingFailure]})
+class _ListedKey(beam.DoFn):
     """(uri, listing checksum) -> (uri, content key) where the listing settles it; local files (and listing
     failures, which the reader turns into error rows) go to be hashed."""
-    if isinstance(listed, ListingFailure):
-        yield beam.pvalue.TaggedOutput(_TO_HASH, listed)
-        return
-    uri, checksum = listed
-    if checksum:
-        yield uri, checksum
-    elif is_local(uri):
-        yield beam.pvalue.TaggedOutput(_TO_HASH, uri)
-    else:  # a multipart or composite object lists no MD5: its own key, so it is still fetched once
-        yield uri, f"uri:{uri}"
+
+    def process(self, listed: Union[tuple[str, Optional[str]], ListingFailure]):
+        if isinstance(listed, ListingFailure):
+            yield beam.pvalue.TaggedOutput(_TO_HASH, listed)
+            return
+        uri, checksum = listed
+        if checksum:
+            yield uri, checksum
+        elif is_local(uri):
+            yield beam.pvalue.TaggedOutput(_TO_HASH, uri)
+        else:  # a multipart or composite object lists no MD5: its own key, so it is still fetched once
+            yield uri, f"uri:{uri}"
 
 
 class ContentKeys(beam.PTransform):
@@ -51,13 +55,14 @@ class ContentKeys(beam.PTransform):
         self.max_bytes = max_bytes
 
     def expand(self, listed):
-        split = listed | "ListedKey" >> beam.ParDo(_listed_key).with_outputs(_TO_HASH, main="keys")
+        split = listed | "ListedKey" >> beam.ParDo(_ListedKey()).with_outputs(_TO_HASH, main="keys")
         read = split[_TO_HASH] | "ReadToHash" >> beam.ParDo(ReadFiles(self.max_bytes)).with_outputs(ERRORS,
                                                                                                       main="files")
         hashed = read.files | "Hash" >> beam.Map(_sha256_key)
         return {"keys": (split.keys, hashed) | "AllKeys" >> beam.Flatten(), ERRORS: read[ERRORS]}
 
 
+@output_types(str, {RESUMED: tuple[ImageInfo, Embedded], COPIES: tuple[str, str]})
 class _FirstOfEach(beam.DoFn):
     """(content key, {'uris': its uris, 'saved': vectors a rerun's progress holds for it}) -> the first uri, to be
     labeled, or (RESUMED) the saved (ImageInfo, Embedded) of that content, as the first uri's; (COPIES) (first uri,

@@ -10,10 +10,12 @@ from PIL import Image
 
 from transforms.backends import Backend
 from transforms.backends.base import ModelInputs
+from transforms.internals import output_types
 from transforms.metrics import ProgressLog, StageMetrics
-from transforms.records import ERRORS, EmbedFailure, ImageInfo, error_row
+from transforms.records import ERROR_OUTPUT, ERRORS, Embedded, EmbedFailure, ImageInfo, error_row
 
 
+@output_types(tuple[ImageInfo, Embedded], ERROR_OUTPUT)
 class _SplitEmbedded(beam.DoFn):
     """Keeps the image's info and its vector; images the handler reported as failed go to `errors`. Logs progress: the
     model is the slow part, and a runner may rank only once every image is embedded (the DirectRunner does)."""

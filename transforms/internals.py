@@ -90,6 +90,23 @@ def end_process_now(status: int) -> NoReturn:
     os._exit(status)
 
 
+# --- What differs between the Beam releases setup.py allows ---------------------------------------------------------
+
+def output_types(main: Any, tagged: dict[str, Any]) -> Callable[[Any], Any]:
+    """Beam's `with_output_types` for a DoFn (or function) with tagged outputs: `main` is the main output's element
+    type, `tagged` each tag's. Beam 2.78 infers an undeclared main output from what `process` yields, TaggedOutput
+    included, and the next stage's type check then refuses a Union of TaggedOutput and a tuple; so every multi-output
+    stage declares its main type. Beam 2.77 and 2.78 read the tags' types as keywords; 2.65, the floor setup.py
+    allows, refuses keywords ("All arguments for the 'returns' decorator must be positional arguments") and gives
+    the tagged outputs Any, so the tags' types are declared only where Beam takes them."""
+    from apache_beam.typehints import with_output_types
+
+    try:
+        return with_output_types(main, **tagged)
+    except ValueError:
+        return with_output_types(main)
+
+
 # --- Private APIs of Beam and argparse ---------------------------------------------------------------------------
 
 def worker_pipeline_options() -> Optional[Any]:

@@ -12,8 +12,9 @@ import fsspec
 from fsspec.utils import glob_translate
 
 from transforms.faults import FileTooLargeError, NotAFileError, StoreError, with_retries
+from transforms.internals import output_types
 from transforms.metrics import StageMetrics
-from transforms.records import ERRORS, ListingFailure, error_row, exception_row
+from transforms.records import ERROR_OUTPUT, ERRORS, ListingFailure, error_row, exception_row
 from transforms.stores import is_local, use_worker_options
 
 DEFAULT_MAX_BYTES = 64 << 20
@@ -176,6 +177,7 @@ def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     return data
 
 
+@output_types(tuple[str, bytes], ERROR_OUTPUT)
 class ReadFiles(beam.DoFn):
     """URI -> (URI, bytes) read through fsspec; (URI, bytes) pairs pass through; failures go to `errors`, and so
     does a ListingFailure. Only regular files are read: a FIFO would block the worker forever, a device never end."""
@@ -187,7 +189,7 @@ class ReadFiles(beam.DoFn):
         use_worker_options()
         self.metrics = StageMetrics("read")
 
-    def process(self, element: Union[str, tuple[str, bytes]]):
+    def process(self, element: Union[str, tuple[str, bytes], ListingFailure]):
         if isinstance(element, ListingFailure):
             self.metrics.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(element.uri, "read", element.error, element.message))

@@ -200,6 +200,11 @@ def error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, 
     return as_dict(ErrorRow(uri, stage, error_type, message[:2000]))
 
 
+# The tagged output of a stage whose only dead letters are error rows, as its type hints declare it
+# (transforms.internals.output_types).
+ERROR_OUTPUT = {ERRORS: dict[str, str]}
+
+
 def exception_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
     """The dead-letter row for an exception caught while processing `uri`."""
     return error_row(uri, stage, type(error).__name__, str(error))

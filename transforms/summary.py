@@ -15,6 +15,11 @@ from transforms.skip import CARRIED_METRIC
 ERROR_STAGES = STAGES[:-1]
 
 
+
+def plural(count: int, noun: str) -> str:
+    """"1 image", "7 images", "0 images": a count and its noun, as a person writes them (every noun here takes -s)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
 def _value(metric):
     return metric.committed if metric.committed is not None else metric.attempted
 
@@ -66,19 +71,21 @@ def summary(result: PipelineResult, seconds: float) -> str:
     timings = ", ".join(f"{stage} {mean_ms[stage]:.1f}" for stage in STAGES if mean_ms[stage] is not None)
     inputs = counts["labeled"] + counts["kept"] + errors
     lines = [
-        f"labeled {counts['labeled']} images, {errors} errors ({errors / inputs:.1%} of inputs; {by_stage}) in "
+        f"labeled {plural(counts['labeled'], 'image')}, {plural(errors, 'error')} ({errors / inputs:.1%} of inputs; "
+        f"{by_stage}) in "
         f"{seconds:.1f} s: "
         f"{counts['labeled'] / seconds:.2f} images/s",
         f"mean ms per call: {timings} (embed and rank per batch)",
     ]
     if counts["copies"]:
-        lines.append(f"{counts['copies']} files had the same bytes as another file: read, decoded and embedded once, "
-                     "their rows copied")
+        lines.append(f"{plural(counts['copies'], 'file')} had the same bytes as another file: read, decoded and "
+                     "embedded once, their rows copied")
     if counts["resumed"]:
-        lines.append(f"resumed {counts['resumed']} images from the vectors an unfinished run saved: not read, "
-                     "decoded or embedded again")
+        lines.append(f"resumed {plural(counts['resumed'], 'image')} from the vectors an unfinished run saved: not "
+                     "read, decoded or embedded again")
     if counts["kept"]:
-        lines.append(f"kept {counts['kept']} rows of the previous run (--skip_existing): files whose bytes it labeled")
+        lines.append(f"kept {plural(counts['kept'], 'row')} of the previous run (--skip_existing): files whose bytes "
+                     "it labeled")
     if counters := backend_counters(result):
         lines.append("backend: " + ", ".join(f"{name} {value}" for name, value in sorted(counters.items())))
     return "\n".join(lines)

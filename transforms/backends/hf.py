@@ -15,6 +15,7 @@ import shutil
 import struct
 import tempfile
 import uuid
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -39,6 +40,23 @@ class ModelFolderError(ValueError):
 
 
 @functools.cache
+def install_command(extra: str, package: str = "beam-zero-shot-labels") -> str:
+    """The pip command that adds `extra` to the package the way it was installed here (pip records where from, PEP
+    610): from a checkout, a built file or a git URL, or by name from a package index."""
+    try:
+        origin = json.loads(metadata.distribution(package).read_text("direct_url.json") or "null")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        origin = None
+    if not origin:
+        return f"pip install '{package}[{extra}]'"
+    url = origin["url"]
+    if "vcs_info" in origin:
+        return f"pip install '{package}[{extra}] @ {origin['vcs_info']['vcs']}+{url}'"
+    path = url.removeprefix("file://")
+    editable = "-e " if origin.get("dir_info", {}).get("editable") else ""
+    return f"pip install {editable}'{path if url.startswith('file://') else url}[{extra}]'"
+
+
 def model_folder(name: str, revision: Optional[str] = None) -> str:
     """A local folder holding the model `name`: the folder itself, a copy of a gs:// or s3:// folder (made once per
     process, and shared by the processes of a worker through the temp folder), or a hub snapshot."""
@@ -333,7 +351,7 @@ class HFBackend(Backend):
         needed = ("torch", "transformers") + (("sentence_transformers",) if self.text_model else ())
         if missing := [module for module in needed if importlib.util.find_spec(module) is None]:
             raise ModuleNotFoundError(f"it needs {' and '.join(missing)}, which the plain install leaves out: "
-                                      "pip install 'beam-zero-shot-labels[hf]'")
+                                      f"{install_command('hf')}")
         config = _config(self.folder)
         weights_digest(self.folder)
         check_safetensors(self.folder)

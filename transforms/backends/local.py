@@ -306,7 +306,10 @@ class LocalBackend(Backend):
             raise ValueError(f"--local_threads must be at least 0, got {self.threads}")
 
     def warm_up(self) -> None:
-        threading.Thread(target=self._load_quietly, name="warm-up", daemon=True).start()
+        # Not a daemon: a process that ends while ONNX Runtime builds its session in this thread (a job that fails
+        # as Beam builds it) would tear the runtime down under it and abort ("terminate called without an active
+        # exception", exit 134); Python joins the thread first. A job's own exits (os._exit) do not wait for it.
+        threading.Thread(target=self._load_quietly, name="warm-up").start()
 
     def _load_quietly(self) -> None:
         try:
