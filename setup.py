@@ -59,8 +59,8 @@ setup(
         "nomic>=3.1,<4",
         "numpy>=1.24",
         "pillow>=10.1",
-        "fsspec>=2023.12",
-        "pyarrow>=14",
+        "fsspec>=2024.3",  # before it, fsspec.open globs a file name: "photo [1].jpg" could not be read
+        "pyarrow>=15",  # before it, pyarrow cannot write float16 to Parquet (--embeddings_dtype float16)
         "matplotlib>=3.7",  # the evaluation job's confusion matrix
         # The embedded backend, without torch: the image model runs on ONNX Runtime from a graph written with onnx
         # from the packaged weights, the text model in NumPy from its safetensors and tokenizer.
@@ -73,12 +73,12 @@ setup(
     extras_require={
         # Open-weights models (--backend hf). On a machine without a GPU, install the CPU build of torch first
         # (README): an unpinned torch is a build with CUDA, several GB.
-        # (sentence-transformers 5.2 is the first release that takes transformers 5; torch 2.2 is transformers 5's
-        # own floor.)
-        "hf": ["torch>=2.2", "transformers>=5,<6", "sentence-transformers>=5.2,<7"],
+        # (sentence-transformers 5.2 is the first release that takes transformers 5; torch 2.4 the first whose ONNX
+        # export takes dynamo=False, which the image tower's export names since torch 2.9 made dynamo the default.)
+        "hf": ["torch>=2.4", "transformers>=5,<6", "sentence-transformers>=5.2,<7"],
         # Buckets: Beam's filesystem for its own I/O, fsspec's for listing, reading and the run folder.
-        "gcp": ["apache-beam[gcp]>=2.65,<3", "gcsfs>=2023.12"],
-        "aws": ["apache-beam[aws]>=2.65,<3", "s3fs>=2023.12"],
+        "gcp": ["apache-beam[gcp]>=2.65,<3", "gcsfs>=2024.3"],
+        "aws": ["apache-beam[aws]>=2.65,<3", "s3fs>=2024.3"],
         "test": ["pytest>=8", "pandas>=2", "duckdb>=1", "scikit-image>=0.22", "scikit-learn>=1.3"],
     },
     entry_points={"console_scripts": ["zero-shot-labels = pipelines.__main__:main"]},

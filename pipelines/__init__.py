@@ -5,6 +5,7 @@ with what it saves, in transforms/internals.py):
 
 - Beam's optional ModelManager module, which imports torch, is replaced by Beam's own fallback value;
 - import-time warnings through the root logger are swallowed (a job's own logging is set up by jobs.parse);
+- started as a job, Google's clients' notices about their own support plans (FutureWarning) are left out;
 - started as a job, the garbage collector is paused until the pipeline is built
   (jobs.run_job resumes it), and everything the job prints goes through pipelines.redact, with the values of its
   secret flags.
@@ -39,6 +40,7 @@ internals.quiet_import_time_logging()
 internals.skip_beams_model_manager()
 STARTED_AS_JOB = internals.started_as_job(COMMAND)
 if STARTED_AS_JOB:
+    internals.quiet_google_client_notices()
     internals.pause_garbage_collection()
     from pipelines.redact import RedactingStream, secret_values
 

@@ -100,7 +100,7 @@ def tiny_split_towers(folder: Path) -> tuple[Path, Path]:
     """(image tower folder, sentence-transformers text tower folder), both 24-dimensional."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from sentence_transformers.models import Pooling, Transformer
     from transformers import BertConfig, BertModel, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)

@@ -71,6 +71,17 @@ def quiet_import_time_logging() -> None:
     logging.getLogger().addHandler(logging.NullHandler())
 
 
+def quiet_google_client_notices() -> None:
+    """Google's client libraries, which Beam imports wherever the [gcp] extra is installed, warn as they are imported
+    about their own support plans (the Python versions and grpcio releases they will stop supporting): five
+    FutureWarnings on every job's start with some of the versions setup.py allows, before a configuration error's
+    one line. Notices for those libraries' users' developers, not for a job's: a job's process leaves out
+    FutureWarnings raised in google.* modules, and only those."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google(\.|$)")
+
+
 def end_process(status: int) -> NoReturn:
     """Ends a job's process with `status`: the exit handlers run (atexit's private `_run_exitfuncs`: logging's
     shutdown among them) and the output is flushed, as at any exit, and then the process ends without deleting, one
