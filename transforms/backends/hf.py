@@ -39,7 +39,6 @@ class ModelFolderError(ValueError):
     """The model cannot be found or read: not a folder holding a model, not in the hub cache and no hub reachable."""
 
 
-@functools.cache
 def install_command(extra: str, package: str = "beam-zero-shot-labels") -> str:
     """The pip command that adds `extra` to the package the way it was installed here (pip records where from, PEP
     610): from a checkout, a built file or a git URL, or by name from a package index."""
@@ -57,6 +56,7 @@ def install_command(extra: str, package: str = "beam-zero-shot-labels") -> str:
     return f"pip install {editable}'{path if url.startswith('file://') else url}[{extra}]'"
 
 
+@functools.cache
 def model_folder(name: str, revision: Optional[str] = None) -> str:
     """A local folder holding the model `name`: the folder itself, a copy of a gs:// or s3:// folder (made once per
     process, and shared by the processes of a worker through the temp folder), or a hub snapshot."""
