@@ -15,10 +15,10 @@ from transforms.skip import CARRIED_METRIC
 ERROR_STAGES = STAGES[:-1]
 
 
-
 def plural(count: int, noun: str) -> str:
     """"1 image", "7 images", "0 images": a count and its noun, as a person writes them (every noun here takes -s)."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
 
 def _value(metric):
     return metric.committed if metric.committed is not None else metric.attempted
