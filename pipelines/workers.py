@@ -31,15 +31,11 @@ DIRECT_RUNNERS = (None, "DirectRunner", "direct", "SwitchingDirectRunner")  # No
 
 def _installed_extras(distribution: metadata.Distribution) -> set[str]:
     """The extras of `distribution` whose every requirement is installed: the ones this launcher uses."""
-    by_extra: dict[str, list[Requirement]] = {}
-    for text in distribution.requires or ():
-        requirement = Requirement(text)
-        for extra in distribution.metadata.get_all("Provides-Extra") or ():
-            if requirement.marker is not None and requirement.marker.evaluate({"extra": extra}) \
-                    and not requirement.marker.evaluate({"extra": ""}):
-                by_extra.setdefault(extra, []).append(requirement)
-    return {extra for extra, requirements in by_extra.items()
-            if extra not in DEV_EXTRAS and all(_installed(r.name) for r in requirements)}
+    requirements = [Requirement(text) for text in distribution.requires or ()]
+    return {extra for extra in distribution.metadata.get_all("Provides-Extra") or () if extra not in DEV_EXTRAS
+            and all(_installed(r.name) for r in requirements
+                    if r.marker is not None and r.marker.evaluate({"extra": extra})
+                    and not r.marker.evaluate({"extra": ""}))}
 
 
 def _installed(name: str) -> bool:
@@ -50,16 +46,21 @@ def _installed(name: str) -> bool:
         return False
 
 
-def _closure(name: str, extras: set[str], seen: dict[str, metadata.Distribution]) -> None:
-    """Every installed distribution that `name` with `extras` requires, directly or not, into `seen`."""
+def _closure(name: str, extras: set[str], seen: dict[str, tuple[metadata.Distribution, set[str]]]) -> None:
+    """Every installed distribution that `name` with `extras` requires, directly or not, into `seen` (name -> the
+    distribution and the extras it was walked with). A package reached again with more extras (apache-beam, then
+    apache-beam[gcp]) is walked again for them."""
+    key = canonicalize_name(name)
+    if key in seen and extras <= seen[key][1]:
+        return
     distribution = metadata.distribution(name)
-    seen[canonicalize_name(name)] = distribution
+    walked = extras | (seen[key][1] if key in seen else set())
+    seen[key] = (distribution, walked)
     for text in distribution.requires or ():
         requirement = Requirement(text)
         wanted = requirement.marker is None or any(requirement.marker.evaluate({"extra": extra})
                                                    for extra in ("", *extras))
-        key = canonicalize_name(requirement.name)
-        if wanted and key not in seen and _installed(requirement.name):
+        if wanted and _installed(requirement.name):
             _closure(requirement.name, set(requirement.extras), seen)
 
 
@@ -67,12 +68,11 @@ def launcher_requirements(package: str = PACKAGE) -> list[str]:
     """`name==version` of each installed package that `package` (with the extras installed here) requires, directly
     or not, sorted; the package itself is left out (the workers install it from --setup_file). Versions are public:
     `torch==2.13.0` is what PyPI serves for a launcher's `2.13.0+cpu`, and on a GPU worker is its CUDA build."""
-    root = metadata.distribution(package)
-    seen: dict[str, metadata.Distribution] = {}
-    _closure(package, _installed_extras(root), seen)
+    seen: dict[str, tuple[metadata.Distribution, set[str]]] = {}
+    _closure(package, _installed_extras(metadata.distribution(package)), seen)
     del seen[canonicalize_name(package)]
     return sorted(f"{distribution.metadata['Name']}=={Version(distribution.version).public}"
-                  for distribution in seen.values())
+                  for distribution, _ in seen.values())
 
 
 def workers_in_this_process(beam_args: Sequence[str]) -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRAS = "hf,test,aws,gcp"
@@ -48,34 +49,37 @@ def uv(*args: object) -> subprocess.CompletedProcess:
     return done
 
 
-def name_key(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def pins() -> dict[str, str]:
     """Package -> the version requirements-dev.txt pins, in its order, and torch's, which the Makefile pins."""
     pinned = {}
     for line in (REPO / "requirements-dev.txt").read_text().splitlines():
         if match := re.match(r"^([A-Za-z0-9_.-]+)(\[[^]]*])?==(\S+)", line):
-            pinned[name_key(match.group(1))] = match.group(3)
+            pinned[canonicalize_name(match.group(1))] = match.group(3)
     pinned["torch"] = re.search(r"^TORCH_VERSION \?= (\S+)", (REPO / "Makefile").read_text(), re.M).group(1)
     return pinned
 
 
 def installed(python: Path) -> dict[str, str]:
     freeze = uv("pip", "freeze", "--python", python).stdout
-    return {name_key(name): version for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", freeze, re.M)}
+    return {canonicalize_name(name): version
+            for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", freeze, re.M)}
 
 
-def build_wheel(folder: Path) -> Path:
-    """The project's wheel, built by uv from a copy of the tracked files (and the text model setup.py fetched), so
-    that no build/ or egg-info of the checkout leaks in, nor is written there."""
-    source = folder / "source"
-    tracked = run(["git", "ls-files", "-z"], cwd=REPO).stdout
+def copy_tracked_files(source: Path) -> None:
+    """The files git tracks, copied to `source`: what a build from them holds is what a clean clone holds (no build/
+    or egg-info of the checkout leaks in, and none is written there)."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     for name in filter(None, tracked.split("\0")):
         if (REPO / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
+
+
+def build_wheel(folder: Path) -> Path:
+    """The project's wheel, built by uv from a copy of the tracked files (copy_tracked_files; setup.py fetches the
+    text model into it)."""
+    source = folder / "source"
+    copy_tracked_files(source)
     uv("build", "--wheel", "--out-dir", folder / "dist", source)
     (wheel,) = (folder / "dist").glob("*.whl")
     return wheel

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.allowed_versions import copy_tracked_files
 
 TORCH = os.environ.get("TORCH_VERSION", "2.13.0")  # the Makefile's pin
 
@@ -27,11 +27,7 @@ def _run(*command, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess
 def distributions(tmp_path_factory) -> dict[str, Path]:
     """The wheel and the sdist, built from a copy of the tracked files (no build/ or egg-info can leak in)."""
     source = tmp_path_factory.mktemp("source")
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for name in filter(None, tracked.decode().split("\0")):
-        if (REPO / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            (source / name).write_bytes((REPO / name).read_bytes())
+    copy_tracked_files(source)
     dist = tmp_path_factory.mktemp("dist")
     _run(sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel", "--outdir", dist, source, cwd=source)
     (wheel,), (sdist,) = dist.glob("*.whl"), dist.glob("*.tar.gz")
