@@ -1,9 +1,11 @@
 """Guards of transforms/internals.py: each fails, saying what changed, when a Beam, fsspec or Python upgrade moves the
-internal a trick relies on, or makes the trick unneeded."""
+internal a trick relies on, or makes the trick unneeded; and of how Beam reads the transforms' type hints."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.machinery
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +125,20 @@ def test_output_types_declare_the_main_output_and_the_tags_where_beam_reads_them
     # the main output as declared, never Beam 2.78's inference from `process` (a Union with TaggedOutput)
     assert outputs.numbers.element_type == typehints.Tuple[str, int]
     assert outputs.errors.element_type in (typehints.Dict[str, str], typehints.Any)  # Any: Beam 2.65
+
+
+def test_no_transform_hints_an_input_beam_cannot_check():
+    """Beam 2.78 takes an annotation on a PTransform's expand() input as its input type hint, and for anything but a
+    PCollection or PBegin logs "This input type hint will be ignored" on every job that applies it."""
+    import inspect
+    import pkgutil
+
+    import transforms
+
+    for module in pkgutil.walk_packages(transforms.__path__, "transforms."):
+        for _, cls in inspect.getmembers(importlib.import_module(module.name), inspect.isclass):
+            if issubclass(cls, beam.PTransform) and cls.__module__ == module.name and "expand" in vars(cls):
+                (_, given, *_) = inspect.signature(cls.expand).parameters.values()
+                hint = given.annotation  # a string: the modules use `from __future__ import annotations`
+                checkable = re.match(r"(beam\.)?(pvalue\.)?(PCollection|PBegin)\b", str(hint))
+                assert hint is inspect.Parameter.empty or checkable, f"{cls.__name__}.expand({given}): Beam warns on it"
