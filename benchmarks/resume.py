@@ -1,5 +1,6 @@
-"""`make bench`, resume: a job SIGKILLed once 85% of its images are embedded, then the same command again, against a
-clean run of the same images; and a job that fails its commit on --max_error_fraction, run again with a higher one.
+"""`make bench`, resume: a job SIGKILLed once 85% of its images are embedded, then the same command again, or the
+command with other --labels, against a clean run of the same images with those labels; and a job that fails its
+commit on --max_error_fraction, run again with a higher one.
 
 Every figure is measured in this one run, on this machine, each job a fresh process, and printed as markdown with
 ratios; the rows of every rerun are checked against the clean run's.
@@ -27,8 +28,8 @@ from transforms.run_folder import read_run
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _command(images: Path, output: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.classify_images", "--input", f"{images}/*.jpg", "--labels", "everyday",
+def _command(images: Path, output: Path, *flags: str, labels: str = "everyday") -> list[str]:
+    return [sys.executable, "-m", "pipelines.classify_images", "--input", f"{images}/*.jpg", "--labels", labels,
             "--output", str(output), *flags]
 
 
@@ -83,13 +84,18 @@ def main() -> None:
             (first / f"broken{i:05d}.jpg").write_bytes(data)
     rows = []
     for round_ in range(args.rounds):
-        outputs = {name: args.work / f"{name}-{round_}" for name in ("clean", "killed", "spread", "first")}
+        outputs = {name: args.work / f"{name}-{round_}"
+                   for name in ("clean", "killed", "spread", "first", "clean-general", "relabeled")}
         for folder in outputs.values():
             shutil.rmtree(folder, ignore_errors=True)
         clean_s = timed(_command(images, outputs["clean"]))
         saved = killed_at(_command(images, outputs["killed"]), outputs["killed"], 0.85, args.images)
         row = {"clean": clean_s, "saved": saved, "killed": timed(_command(images, outputs["killed"])),
-               "killed rows": same_rows(outputs["killed"], outputs["clean"])}
+               "killed rows": same_rows(outputs["killed"], outputs["clean"]),
+               "clean general": timed(_command(images, outputs["clean-general"], labels="general"))}
+        killed_at(_command(images, outputs["relabeled"]), outputs["relabeled"], 0.85, args.images)
+        row["relabeled"] = timed(_command(images, outputs["relabeled"], labels="general"))
+        row["relabeled rows"] = same_rows(outputs["relabeled"], outputs["clean-general"])
         for case, inputs in (("spread", spread), ("first", first)):
             row[f"{case} failed"] = timed(_command(inputs, outputs[case]), expect=1)
             row[case] = timed(_command(inputs, outputs[case], "--max_error_fraction", "0.15"))
@@ -107,6 +113,10 @@ def main() -> None:
     print(f"| SIGKILL with {rows[0]['saved']} of {args.images} images saved ({rows[0]['saved'] / args.images:.0%}) "
           f"| killed | {median(r['killed'] for r in rows):.1f} s | "
           f"**{median(r['killed'] / r['clean'] for r in rows):.2f}** | {all(r['killed rows'] for r in rows)} |")
+    print(f"| SIGKILL with {rows[0]['saved']} of {args.images} images saved, then `--labels general` (was "
+          f"`everyday`) | killed | {median(r['relabeled'] for r in rows):.1f} s | "
+          f"**{median(r['relabeled'] / r['clean general'] for r in rows):.2f}** (of a clean `general` run, "
+          f"{median(r['clean general'] for r in rows):.1f} s) | {all(r['relabeled rows'] for r in rows)} |")
     for case, what in (("spread", "12% broken files among the photos"), ("first", "12% broken files, sorted first")):
         print(f"| TooManyErrorsError ({what}), then `--max_error_fraction 0.15` | "
               f"{median(r[f'{case} failed'] for r in rows):.1f} s | {median(r[case] for r in rows):.1f} s | "

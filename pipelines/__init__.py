@@ -8,11 +8,14 @@ with what it saves, in transforms/internals.py):
 - started as a job, Google's clients' notices about their own support plans (FutureWarning) are left out;
 - started as a job, the garbage collector is paused until the pipeline is built
   (jobs.run_job resumes it), and everything the job prints goes through pipelines.redact, with the values of its
-  secret flags.
+  secret flags;
+- started as a job, Ctrl-C and SIGTERM while it is checked (embedding --examples may take a minute) end it with one
+  line, as they do once it runs (jobs.run_job says what that run kept).
 
 The library (transforms/) does none of this: it never changes a user's process.
 """
 import os
+import signal
 import sys
 
 from transforms import internals
@@ -45,3 +48,11 @@ if STARTED_AS_JOB:
     from pipelines.redact import RedactingStream, secret_values
 
     internals.redact_output(lambda stream: RedactingStream(stream, secret_values(sys.argv[1:])))
+
+    def _stopped_before_the_run(signum: int, _frame) -> None:
+        print(f"error: stopped by {signal.Signals(signum).name} before the job ran: nothing was committed; run the "
+              "same command again", file=sys.stderr)
+        internals.end_process_now(128 + signum)
+
+    signal.signal(signal.SIGTERM, _stopped_before_the_run)
+    signal.signal(signal.SIGINT, _stopped_before_the_run)

@@ -18,7 +18,6 @@ from pipelines.cli import (
     add_backend_argument,
     add_backend_settings,
     exit_job,
-    one_line,
 )
 from pipelines.jobs import (
     BEAM_EPILOG,
@@ -41,8 +40,9 @@ from transforms.backends import Backend
 from transforms.classify import ZeroShotClassify, check_settings
 from transforms.dedupe import COPIES, RESUMED, ContentKeys, CopyRows, OnePerContent
 from transforms.examples import Examples
+from transforms.faults import one_line
 from transforms.label_sets import load_templates
-from transforms.manifest import Manifest
+from transforms.manifest import Manifest, differing_setting
 from transforms.progress import ReadProgress, resumable, write_started
 from transforms.read import MatchFiles, first_match
 from transforms.records import EMBEDDING_DTYPES, EMBEDDINGS, ERRORS, ERRORS_SCHEMA, RESULTS, RESULTS_SCHEMA, REVIEW
@@ -157,10 +157,9 @@ def check_reusable(previous: Manifest, settings: dict[str, Any], file_format: st
     if previous.settings.get("row_columns") != settings["row_columns"]:
         raise ConfigError(f"--skip_existing: run {previous.run_id} was written by another version of "
                           "zero-shot-labels, whose rows have other columns; they cannot be reused")
-    if differ := [name for name in settings if previous.settings.get(name) != settings[name]]:
-        raise ConfigError(f"--skip_existing: run {previous.run_id} was made with another {differ[0]} "
-                          f"({previous.settings.get(differ[0])!r}, now {settings[differ[0]]!r}); its rows "
-                          "cannot be reused")
+    if differ := differing_setting(previous.settings, settings):
+        raise ConfigError(f"--skip_existing: run {previous.run_id} was made with another {differ} "
+                          f"({previous.settings.get(differ)!r}, now {settings[differ]!r}); its rows cannot be reused")
     if previous.format != file_format:
         raise ConfigError(f"--skip_existing: run {previous.run_id} is in {previous.format}; "
                           f"write this run with --format {previous.format} too")
@@ -177,7 +176,8 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, plan: Plan
     a bucket is fetched once: to compare it with the previous run and to label it, from the same bytes."""
     listed = pipeline | "Match" >> MatchFiles(args.input, checksums=True, exclude=plan.run.output)
     keyed = listed | "ContentKeys" >> ContentKeys()
-    saved = pipeline | "ReadProgress" >> ReadProgress(plan.progress) if plan.progress else None
+    saved = (pipeline | "ReadProgress" >> ReadProgress(plan.progress, plan.backend.embedding_dim)
+             if plan.progress else None)
     distinct = keyed["keys"] | "OnePerContent" >> OnePerContent(saved)
     to_label, kept, errors = distinct.main, {}, [keyed[ERRORS]]
     if plan.previous:

@@ -7,6 +7,7 @@ from typing import NoReturn, Sequence
 
 from transforms import internals
 from transforms.backends import BACKENDS
+from transforms.faults import one_line
 
 # "package.module.SomeError: message" at the start of a line: how a worker's traceback, which runners fold into the
 # text of the exception the launcher sees, names the exception that ended it.
@@ -66,12 +67,6 @@ def failure_line(error: BaseException) -> str:
         name, message = raised[-1]
         return f"{name}: {message}"
     return one_line(error)
-
-
-def one_line(error: BaseException) -> str:
-    """'ExceptionType: the first line of its message', for errors whose detail (a traceback, a filesystem's
-    several-line advice) would break the one line a user reads."""
-    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def exit_job(status: int) -> NoReturn:

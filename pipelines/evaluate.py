@@ -21,6 +21,7 @@ from pipelines.cli import ConfigError, OneLineParser, add_backend_argument, exit
 from transforms.examples import ExamplesError, read_examples, read_uri_labels
 from transforms.label_sets import LabelSetError, load_label_set
 from transforms.run_folder import read_run
+from transforms.write import spreadsheet_cell
 
 FAILED = "(failed)"  # the prediction of an image that never got labels: it counts as wrong, never as absent
 
@@ -165,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     writer = csv.writer(buffer)
     writer.writerow(["label", "support", "predicted", "correct", "precision", "recall"])
     for label, row in metrics["per_class"].items():
-        writer.writerow([label, *row.values()])
+        writer.writerow([spreadsheet_cell(label), *row.values()])
     (output / "per_class.csv").write_text(buffer.getvalue())
     print(f"\n{args.labels} on {args.backend}: n={metrics['n']}  top-1 {metrics['top1']:.1%}  "
           f"top-5 {metrics['top5']:.1%}  ECE {metrics['ece']:.3f}  failed {metrics['failed']}  "

@@ -26,7 +26,6 @@ from pipelines.cli import (
     add_backend_argument,
     add_backend_settings,
     failure_line,
-    one_line,
     unknown_beam_args,
 )
 from pipelines.redact import redacted, scrubbed
@@ -34,7 +33,7 @@ from pipelines.workers import DIRECT_RUNNERS, with_launcher_versions
 from transforms import files, internals
 from transforms.backends import BACKENDS, Backend
 from transforms.examples import DEFAULT_WEIGHT, Example, Examples, ExamplesError, embed_examples, read_examples
-from transforms.faults import StoreError
+from transforms.faults import StoreError, one_line
 from transforms.label_sets import builtin_label_sets, builtin_templates, load_label_phrases, load_templates
 from transforms.manifest import Manifest
 from transforms.progress import PROGRESS_PREFIX
@@ -44,7 +43,9 @@ from transforms.review import DEFAULT_REVIEW_SIZE, WriteReview
 from transforms.run_folder import (
     SUCCESS,
     CommitRun,
+    ConcurrentRunError,
     RunFolderError,
+    check_next_claim,
     new_run_id,
     read_manifest,
     table_prefix,
@@ -162,6 +163,8 @@ def stored_shards(embeddings: str, backend: Backend) -> tuple[Manifest, list[str
         return embeddings_of(embeddings, backend)
     except (EmbeddingsMismatch, RunFolderError) as e:
         raise ConfigError(f"--embeddings: {e}") from None
+    except StoreError as e:
+        raise ConfigError(f"cannot read --embeddings {embeddings!r}: {one_line(e)}") from None
 
 
 def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
@@ -266,6 +269,12 @@ class RunFolder:
             raise ConfigError(f"--output {self.output!r} holds a finished run ({current.run_id}, finished "
                               f"{current.finished}); pass --overwrite to replace it once the new run has "
                               "succeeded")
+        try:
+            check_next_claim(self.output, current)
+        except ConcurrentRunError as e:
+            raise ConfigError(str(e)) from None
+        except StoreError as e:
+            raise ConfigError(f"cannot read --output {self.output!r}: {one_line(e)}") from None
         return current and current.run_id
 
     def probe(self) -> None:

@@ -55,14 +55,18 @@ def secret_values(argv: Sequence[str]) -> list[str]:
 
 
 class RedactingStream(io.TextIOBase):
-    """A text stream that writes everything through `scrubbed`, with the given secret values replaced too."""
+    """A text stream that writes everything through `scrubbed`, with the given secret values replaced too: where
+    they stand whole, never inside a word, so that a short secret ("y") neither mangles every line it occurs in
+    nor shows where it was cut out."""
 
     def __init__(self, stream, secrets: Sequence[str]):
-        self.stream, self.secrets = stream, sorted(set(secrets), key=len, reverse=True)
+        self.stream = stream
+        whole = "|".join(re.escape(secret) for secret in sorted(set(secrets), key=len, reverse=True))
+        self.secrets = re.compile(rf"(?<![\w])(?:{whole})(?![\w])") if whole else None
 
     def write(self, text: str) -> int:
-        for secret in self.secrets:
-            text = text.replace(secret, "<redacted>")
+        if self.secrets:
+            text = self.secrets.sub("<redacted>", text)
         self.stream.write(scrubbed(text))
         return len(text)
 

@@ -26,6 +26,8 @@ from PIL import Image
 import pipelines
 from pipelines.cli import ConfigError, OneLineParser, exit_job, unknown_beam_args
 from transforms.decode import decode_image
+from transforms.faults import StoreError, with_retries
+from transforms.read import read_bytes
 from transforms.records import EMBEDDINGS, REVIEW
 from transforms.review import top_prob
 from transforms.run_folder import RunFolderError, finished_manifest, read_run, run_files
@@ -59,12 +61,14 @@ table.errors td, table.errors th { border: 1px solid #ddd; padding: 0.2rem 0.4re
 
 
 def thumbnail(uri: str, side: int = THUMB_SIDE) -> Optional[str]:
-    """A data: URI of a JPEG at most `side` px, or None if the image cannot be read or decoded."""
+    """A data: URI of a JPEG at most `side` px, or None if the image cannot be read or decoded; a store that fails
+    is retried as the jobs retry it, then stops the report (StoreError), rather than make every image a placeholder."""
     try:
-        with fsspec.open(uri, "rb") as f:
-            image = decode_image(f.read(), Image.MAX_IMAGE_PIXELS, side)[0]
+        image = decode_image(with_retries(uri, lambda: read_bytes(uri)), Image.MAX_IMAGE_PIXELS, side)[0]
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=80)
+    except StoreError:
+        raise
     except Exception:  # noqa: BLE001 - a thumbnail that fails is a placeholder, never a failed report
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -294,6 +298,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StoreError as e:
+        print(f"error: the report failed: StoreError: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {args.output}")
     return 0
 

@@ -246,3 +246,21 @@ def test_examples_teach_the_hf_backend_alike_in_classify_and_relabel(photos, tmp
         assert row["labels"] == relabeled[uri]["labels"] and row["probs"] == pytest.approx(relabeled[uri]["probs"],
                                                                                             abs=1e-5)
     assert any(classified[uri]["scores"] != pytest.approx(plain[uri]["scores"], abs=1e-3) for uri in plain)
+
+
+def test_labels_a_spreadsheet_would_run_are_written_as_text_and_read_back(photos, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("=cat\n+coffee\n-rocket\n@astronaut\n")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("uri,label\nchelsea.jpg,=cat\ncoffee.jpg,+coffee\n")
+    out = tmp_path / "evaluated"
+    assert evaluate.main(["--input", f"{photos}/c[ho]*.jpg", "--truth", str(truth), "--labels", str(labels),
+                          "--output", str(out)]) == 0
+    with (out / "per_class.csv").open(newline="") as f:
+        assert [row["label"] for row in csv.DictReader(f)] == ["'=cat", "'+coffee"]  # the labels in the truth
+    rows = read_run(str(out / "predictions"), "review")
+    assert rows and all(row["top_labels"].startswith("'") for row in rows)
+    copied = rows[0]["top_labels"].split(" ")[0]  # the reviewer copies the best label's cell as it is
+    fill_in(rows, {rows[0]["uri"].rsplit("/", 1)[-1].split(".")[0]: copied}, tmp_path / "filled.csv")
+    (example,) = read_examples(str(tmp_path / "filled.csv"), ["=cat", "+coffee", "-rocket", "@astronaut"])
+    assert example == (rows[0]["uri"], copied[1:])

@@ -5,6 +5,7 @@ works; bad models stop the job before it starts."""
 from __future__ import annotations
 
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -130,6 +131,9 @@ def test_a_split_image_and_sentence_transformers_text_tower(models, small_photos
     (["--hf_model", "{labels}"], "is not a folder"),
     (["--hf_model", "{empty}"], "is not a transformers model (no readable config.json"),
     (["--hf_model", "{image}"], "is an image model only (clip_vision_model): give its text tower with --hf_text_model"),
+    (["--hf_model", "{text}"], "is a text model only (bert): --hf_model takes an image-text model, or an image model "
+                               "with --hf_text_model"),
+    (["--hf_model", "{untokenized}"], "untokenized' has no tokenizer transformers can load: no tokenizer.json ("),
     ([], "--backend hf needs --hf_model"),
 ])
 def test_a_model_that_cannot_run_stops_the_job_before_it_starts(models, labels_file, small_photos, tmp_path, capsys,
@@ -137,7 +141,10 @@ def test_a_model_that_cannot_run_stops_the_job_before_it_starts(models, labels_f
     if "cuda" in flags and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     (tmp_path / "empty").mkdir()
-    paths = {"clip": models["clip"], "image": models["image"], "labels": labels_file, "empty": tmp_path / "empty"}
+    shutil.copytree(models["clip"], tmp_path / "untokenized")
+    (tmp_path / "untokenized" / "tokenizer.json").unlink()
+    paths = {"clip": models["clip"], "image": models["image"], "text": models["text"], "labels": labels_file,
+             "empty": tmp_path / "empty", "untokenized": tmp_path / "untokenized"}
     flags = [flag.format(**paths) for flag in flags]
     assert _classify(flags, small_photos, labels_file, tmp_path / "out") == 2
     err = capsys.readouterr().err.strip()

@@ -112,6 +112,23 @@ def test_fsspec_gives_the_job_settings_to_every_new_filesystem(monkeypatch):
     assert s3.key == "k" and s3.client_kwargs.get("endpoint_url", s3.endpoint_url) == "http://127.0.0.1:1"
 
 
+def test_s3fs_still_takes_its_tries_from_the_class_attribute_that_is_bounded():
+    """If s3fs renames `retries` or stops reading it, the bound does nothing: a stalled store would hold each
+    request for 25 timeouts again."""
+    import inspect
+
+    import s3fs.core
+
+    original = s3fs.core.S3FileSystem.retries
+    try:
+        internals.bound_s3fs_retries()
+        assert s3fs.core.S3FileSystem.retries == internals.S3FS_TRIES
+    finally:
+        s3fs.core.S3FileSystem.retries = original
+    assert "retries=self.retries" in inspect.getsource(s3fs.core.S3FileSystem._call_s3)
+    assert "retries=fs.retries" in inspect.getsource(s3fs.core)  # the ranged read's own loop
+
+
 def test_output_types_declare_the_main_output_and_the_tags_where_beam_reads_them():
     @internals.output_types(tuple[str, int], {"errors": dict[str, str]})
     class Split(beam.DoFn):

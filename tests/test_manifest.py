@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import evaluate, relabel, report, search, topics
+from pipelines import classify_images, evaluate, relabel, report, search, topics
 from transforms.manifest import LAYOUT, Manifest, migrated_from_layout_3
 from transforms.records import EMBEDDINGS
 from transforms.run_folder import SUCCESS, RunFolderError, read_manifest, read_run
@@ -101,3 +101,26 @@ def test_a_newer_layout_stops_every_reader_with_one_line_and_is_not_called_damag
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and "upgrade it" in err and "damaged" not in err, err
+
+
+@pytest.mark.parametrize("version", [str(LAYOUT + 1), float(LAYOUT + 1)])
+def test_a_newer_layout_written_as_text_or_a_float_is_still_newer_not_damaged(runs, tmp_path, version):
+    newer = tmp_path / "newer"
+    shutil.copytree(runs["classify"], newer)
+    data = json.loads((newer / SUCCESS).read_text())
+    (newer / SUCCESS).write_text(json.dumps({**data, "version": version}))
+    with pytest.raises(RunFolderError, match=f"has manifest layout {LAYOUT + 1}, newer than") as raised:
+        read_run(str(newer))
+    assert "delete" not in str(raised.value)
+
+
+def test_a_hand_edited_field_of_the_wrong_type_is_a_damaged_run_in_one_line(runs, tmp_path, photos, capsys):
+    edited = tmp_path / "edited"
+    shutil.copytree(runs["classify"], edited)
+    data = json.loads((edited / SUCCESS).read_text())
+    (edited / SUCCESS).write_text(json.dumps({**data, "settings": []}))
+    capsys.readouterr()
+    assert classify_images.main(["--input", f"{photos}/chelsea.jpg", "--labels", "everyday", "--output",
+                                 str(tmp_path / "out"), "--skip_existing", str(edited)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "settings is list, not" in err, err

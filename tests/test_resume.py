@@ -3,6 +3,7 @@ too many errors stop the job early; a store's fault is never a file's row; each 
 hang, leak a secret or crash, fed exactly as it came."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa
@@ -95,13 +98,39 @@ def test_a_killed_job_run_again_embeds_only_the_rest_and_gives_a_clean_runs_rows
     _same_rows(read_run(str(out)), read_run(str(clean)))
 
 
+@contextlib.contextmanager
+def _claim_taken_once_started(out: Path) -> Iterator[None]:
+    """Another job claims the first commit of `out` just after a job's checks passed: that job's commit fails at
+    the end, and what it saved stays."""
+    check = jobs.check_next_claim
+
+    def check_then_claimed(output: str, current) -> None:
+        check(output, current)
+        Path(output).mkdir(parents=True, exist_ok=True)
+        Path(output, "_COMMIT-00000001").write_text("another job")
+
+    with mock.patch.object(jobs, "check_next_claim", check_then_claimed):
+        yield
+    (out / "_COMMIT-00000001").unlink()
+
+
+def test_a_stale_commit_claim_stops_the_job_before_it_starts(tmp_path, photos, capsys):
+    """A claim left by a job killed while it committed would fail this job's own commit: said before any work."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_COMMIT-00000001").write_text("run-killed")
+    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday", "--output", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: another job (run run-killed) is committing to {str(out)!r}, or was killed while it did: this job "
+        f"does not start. If no job is running there, delete {out / '_COMMIT-00000001'} and run again")
+    assert not list(out.glob("run-*"))
+
+
 def _unfinished_run(out: Path, photos: Path, labels: str = "everyday") -> str:
     """A run folder as a killed job leaves it: its _STARTED record and one progress file with the photos' vectors,
     made by a real job whose commit failed."""
-    (out / "_COMMIT-00000001").parent.mkdir(parents=True, exist_ok=True)
-    (out / "_COMMIT-00000001").write_text("another job")  # its claim is taken: the commit fails
-    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", labels, "--output", str(out)]) == 1
-    (out / "_COMMIT-00000001").unlink()
+    with _claim_taken_once_started(out):
+        assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", labels, "--output", str(out)]) == 1
     (run,) = [folder.name for folder in out.glob("run-*")]
     assert list((out / run).glob(f"{progress.PROGRESS_PREFIX}*.parquet"))
     return run
@@ -127,10 +156,11 @@ def test_a_failed_run_is_resumed_and_its_images_are_not_embedded_again(tmp_path,
     assert not (out / run).exists()
 
 
-@pytest.mark.parametrize("flags, why", [(["--labels", "general"], "another label_set_sha256"),
-                                        (["--labels", "everyday", "--top_k", "2"], "another top_k"),
+@pytest.mark.parametrize("flags, why", [(["--labels", "everyday", "--local_top_t", "5"], "another model"),
+                                        (["--labels", "everyday", "--local_class_prompt", "a picture of a {}."],
+                                         "another model"),
                                         (["--labels", "everyday", "--fresh"], None)])
-def test_other_settings_or_fresh_start_afresh_and_say_so(tmp_path, photos, capsys, flags, why):
+def test_another_model_or_fresh_start_afresh_and_say_so(tmp_path, photos, capsys, flags, why):
     out = tmp_path / "out"
     _unfinished_run(out, photos)
     capsys.readouterr()
@@ -141,6 +171,37 @@ def test_other_settings_or_fresh_start_afresh_and_say_so(tmp_path, photos, capsy
         assert f"was made with another {why.split()[1]}: starting afresh" in captured.err
 
 
+@pytest.mark.parametrize("flags, why", [(["--labels", "general"], "label_set_sha256"),
+                                        (["--labels", "everyday", "--top_k", "2", "--min_prob", "0.2"], "top_k")])
+def test_other_labels_or_decisions_reuse_the_saved_vectors_and_label_them_anew(tmp_path, photos, capsys, flags,
+                                                                               why):
+    """The vectors depend on the model alone: after a kill, the one command a user changes costs no embedding."""
+    out = tmp_path / "out"
+    _unfinished_run(out, photos)
+    capsys.readouterr()
+    assert classify_images.main(["--input", f"{photos}/*.jpg", "--output", str(out), *flags]) == 0
+    captured = capsys.readouterr()
+    assert "resumed 7 images from the vectors an unfinished run saved" in captured.out
+    assert f"was made with another {why}; its images' vectors are the same, so they are reused" in captured.err
+    clean = tmp_path / "clean"
+    assert classify_images.main(["--input", f"{photos}/*.jpg", "--output", str(clean), *flags]) == 0
+    _same_rows(read_run(str(out)), read_run(str(clean)))
+
+
+def test_a_progress_file_with_vectors_of_another_length_is_skipped_with_a_warning(tmp_path, photos, capsys):
+    out = tmp_path / "out"
+    run = _unfinished_run(out, photos)
+    (saved,) = (out / run).glob(f"{progress.PROGRESS_PREFIX}*.parquet")
+    table = pq.read_table(saved)
+    short = pa.array([vector[:-1] for vector in table["vector"].to_pylist()], pa.list_(pa.float32()))
+    pq.write_table(table.set_column(table.schema.get_field_index("vector"), "vector", short), saved)
+    capsys.readouterr()
+    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday", "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "resumed" not in captured.out and "labeled 7 images" in captured.out
+    assert "holds vectors of length 383, the model's are 384): its images are embedded again" in captured.err
+
+
 def test_a_progress_file_cut_short_is_skipped_and_its_images_embedded_again(tmp_path, photos, capsys):
     out = tmp_path / "out"
     run = _unfinished_run(out, photos)
@@ -149,7 +210,7 @@ def test_a_progress_file_cut_short_is_skipped_and_its_images_embedded_again(tmp_
     capsys.readouterr()
     assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday", "--output", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "resumed" not in captured.out and "cannot be read" in captured.err
+    assert "resumed" not in captured.out and "cannot be used (ArrowInvalid" in captured.err
     assert len(read_run(str(out))) == 7
 
 
@@ -292,6 +353,39 @@ def test_a_failing_store_is_retried_within_the_budget_then_stops_the_job():
     use_job_options(PipelineOptions([]))
 
 
+def test_a_stalled_request_counts_against_the_budget_from_when_it_was_made():
+    """A stalled store answers nothing until the client's timeout: the time spent waiting is time it failed."""
+    use_job_options(PipelineOptions(["--store_retry_s", "1"]))
+
+    def timed_out():
+        time.sleep(1.2)  # the client's read timeout, longer than the whole budget
+        raise TimeoutError("read timeout")
+
+    start = time.monotonic()
+    try:
+        with pytest.raises(faults.StoreError, match=r"the store s3://stalled failed for 1 s \(TimeoutError: read "):
+            faults.with_retries("s3://stalled/a.jpg", timed_out)
+    finally:
+        use_job_options(PipelineOptions([]))
+    assert time.monotonic() - start < 2  # one timeout, not a budget after it
+
+
+def test_a_stream_broken_by_the_store_goes_on_from_where_it_broke_off():
+    reads = []
+
+    def rows_from(given: int):
+        reads.append(given)
+        for row in range(given, 5):
+            if row == 3 and len(reads) == 1:
+                raise ConnectionResetError("reset mid-stream")
+            yield row
+
+    assert list(faults.stream_with_retries("s3://bkt/shard.parquet", rows_from)) == [0, 1, 2, 3, 4]
+    assert reads == [0, 3]
+    with pytest.raises(ValueError):  # the file's own fault, or a bug: raised at once
+        list(faults.stream_with_retries("s3://bkt/shard.parquet", lambda given: iter([int("x")])))
+
+
 def test_an_object_rewritten_after_listing_is_read_again_and_one_still_changing_gets_a_row():
     class FileExpired(OSError):  # s3fs's exception for an object whose ETag changed since it was opened
         pass
@@ -359,6 +453,31 @@ def test_sigterm_ends_the_job_with_one_line_and_a_rerun_continues(tmp_path):
     assert "run the same command again to continue" in err
     rerun = _again(flags)
     assert rerun.returncode == 0 and "resumed" in rerun.stdout, rerun.stderr[-3000:]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_the_job_is_checked_ends_it_with_one_line(tmp_path, photos, stop):
+    """Before the job runs (here: reading a label file that a FIFO holds open; in use, embedding --examples) a stop
+    is said the way it is once the job runs, with no traceback."""
+    labels = tmp_path / "labels.txt"
+    os.mkfifo(labels)
+    job = subprocess.Popen([sys.executable, "-m", "pipelines.classify_images", "--input", f"{photos}/*.jpg",
+                            "--labels", str(labels), "--output", str(tmp_path / "out")], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while True:  # opening the FIFO for writing succeeds once the job has it open for reading, and is waiting
+        try:
+            writer = os.open(labels, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert job.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    job.send_signal(stop)
+    _, err = job.communicate(timeout=60)
+    os.close(writer)
+    assert job.returncode == 128 + stop
+    assert err.strip().splitlines() == [f"error: stopped by {stop.name} before the job ran: nothing was committed; "
+                                        "run the same command again"], err[-2000:]
 
 
 def test_a_stopped_job_says_what_a_rerun_starts_from(tmp_path):
@@ -431,11 +550,9 @@ def test_a_rerun_counts_the_resumed_images_among_the_inputs_the_error_watch_judg
     stop the rerun that was told to accept them."""
     images = make_images(tmp_path / "images", 800, max_side=64)
     out = tmp_path / "out"
-    (out / "_COMMIT-00000001").parent.mkdir(parents=True)
-    (out / "_COMMIT-00000001").write_text("another job")  # the commit fails: every vector stays saved
     flags = ["--input", f"{images}/*", "--labels", "everyday", "--output", str(out), "--max_error_fraction", "0.25"]
-    assert classify_images.main(flags) == 1
-    (out / "_COMMIT-00000001").unlink()
+    with _claim_taken_once_started(out):  # the commit fails: every vector stays saved
+        assert classify_images.main(flags) == 1
     for i in range(220):
         (images / f"broken{i:03d}.jpg").write_bytes(b"\xff\xd8\xff not a photo %d" % i)
     capsys.readouterr()

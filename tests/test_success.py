@@ -2,6 +2,7 @@
 missing, wrong or corrupt rows, fed exactly as it came, and what the job does with it now."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import classify_images, relabel, report, search, topics
 from pipelines.jobs import redacted
+from pipelines.redact import RedactingStream
 from tests.conftest import REPO, commit_gate
 from transforms import run_folder
 from transforms.backends import local
@@ -303,6 +305,20 @@ def test_no_secret_reaches_the_manifest(tmp_path, photos):
 def test_redaction_knows_urls_signatures_and_secret_flags(argv, expected):
     assert redacted(argv) == expected
 
+
+
+def test_a_short_secret_is_redacted_where_it_stands_whole_and_nowhere_else():
+    out = io.StringIO()
+    RedactingStream(out, ["y"]).write("Classify: --store_retry_s 60 --s3_secret_access_key y, key=y\n")
+    assert out.getvalue() == "Classify: --store_retry_s 60 --s3_secret_access_key <redacted>, key=<redacted>\n"
+
+
+def test_a_job_with_a_one_letter_secret_prints_its_lines_unmangled(tmp_path, photos):
+    done = subprocess.run([sys.executable, "-m", "pipelines.classify_images", "--input", f"{photos}/chelsea.jpg",
+                           "--labels", "general", "--output", str(tmp_path / "out"), "--s3_secret_access_key", "t"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "redacted" not in done.stdout + done.stderr and "labeled 1 image" in done.stdout
 
 # --- Readers and the report on a damaged run --------------------------------------------------------------------
 

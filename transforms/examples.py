@@ -18,6 +18,7 @@ from transforms.decode import DEFAULT_MAX_SIDE, decode_image
 from transforms.faults import StoreError, with_retries
 from transforms.rank import LabelMatrix, label_probabilities, logit, none_scores
 from transforms.read import DEFAULT_MAX_BYTES, read_bytes
+from transforms.write import from_spreadsheet_cell
 
 _LOG = logging.getLogger("zero_shot")
 # How far the examples' mean image vector pulls its label's text vector, and how far the probability map fitted to
@@ -49,7 +50,8 @@ def read_uri_labels(path: str, flag: str) -> list[tuple[str, str]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if not {"uri", "label"} <= set(reader.fieldnames or ()):
         raise ExamplesError(f"{flag} {path!r} needs a header with columns uri,label")
-    return [((row["uri"] or "").strip(), (row["label"] or "").strip()) for row in reader]
+    return [(from_spreadsheet_cell((row["uri"] or "").strip()), from_spreadsheet_cell((row["label"] or "").strip()))
+            for row in reader]
 
 
 def read_examples(path: str, labels: Sequence[str]) -> list[Example]:

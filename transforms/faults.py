@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import apache_beam as beam
 import fsspec
@@ -44,6 +44,12 @@ class FileChangedError(OSError):
     """The object changed while it was read, twice: its row says so; a rerun reads it again."""
 
 
+def one_line(error: BaseException) -> str:
+    """'ExceptionType: the first line of its message', for errors whose detail (a traceback, a filesystem's
+    several-line advice) would break the one line a user reads."""
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
 def store_of(uri: str) -> str:
     """'s3://bucket' for an object's uri (the part the user can check), the uri itself otherwise."""
     protocol, _, path = uri.partition("://")
@@ -68,8 +74,8 @@ def is_file_fault(uri: str, error: BaseException) -> bool:
         return True
     if isinstance(error, PermissionError):
         return not (_error_codes(error) & _CREDENTIAL_CODES)
-    return isinstance(error, (FileNotFoundError, IsADirectoryError, FileTooLargeError, NotAFileError,
-                              FileChangedError))
+    return isinstance(error, (FileNotFoundError, FileExistsError, IsADirectoryError, FileTooLargeError,
+                              NotAFileError, FileChangedError))
 
 
 def is_store_fault(uri: str, error: BaseException) -> bool:
@@ -80,22 +86,58 @@ def is_store_fault(uri: str, error: BaseException) -> bool:
 
 
 def _is_changed(error: BaseException) -> bool:
-    """An object rewritten between its listing (or its open) and its read: fsspec's FileExpired, a 412."""
+    """An object rewritten between its listing (or its open) and its read: fsspec's FileExpired, a 412; not the 412
+    of a create-if-absent (s3fs's FileExistsError), which is the answer the request asked for."""
+    if isinstance(error, FileExistsError):
+        return False
     return type(error).__name__ == "FileExpired" or "PreconditionFailed" in _error_codes(error)
 
 
-_failing_since: dict[str, float] = {}  # store -> when its requests began to fail, in this process
+_failing_since: dict[str, float] = {}  # store -> since when its requests have gone unanswered, in this process
+_answered_at: dict[str, float] = {}  # store -> when it last answered a request, in this process
 _lock = threading.Lock()
+
+
+class _StoreClock:
+    """One caller's view of its store's failures: the budget's clock is per store and shared by every request of
+    the process, so an outage costs one budget, not one per remaining file."""
+
+    def __init__(self, uri: str):
+        self.store, self.wait = store_of(uri), 0.5
+
+    def answered(self) -> None:
+        with _lock:
+            _failing_since.pop(self.store, None)
+            _answered_at[self.store] = time.monotonic()
+
+    def failed(self, error: Exception, asked: float) -> None:
+        """Waits before the next try, or raises StoreError once the store has failed for --store_retry_s. A stalled
+        store fails a request only when the client's timeouts (and its own retries) run out: the store has been
+        failing since the request was made, or since it last answered, not since the timeout."""
+        now = time.monotonic()
+        with _lock:
+            first = self.store not in _failing_since
+            since = _failing_since.setdefault(self.store, max(asked, _answered_at.get(self.store, asked)))
+        budget_s = store_retry_s()
+        if now - since >= budget_s:
+            raise StoreError(f"the store {self.store} failed for {now - since:.0f} s ({one_line(error)}); the job "
+                             "stops and commits nothing (--store_retry_s sets how long to retry; a rerun "
+                             "resumes)") from None
+        if first:
+            _LOG.warning("the store %s failed (%s); retrying for up to %.0f s", self.store, one_line(error),
+                         since + budget_s - now)
+        time.sleep(min(self.wait, max(0.0, since + budget_s - now)))
+        self.wait = min(self.wait * 2, 10.0)
 
 
 def with_retries(uri: str, request: Callable[[], T]) -> T:
     """`request()` (a request for `uri`), made again while its store fails, for at most --store_retry_s seconds of
     failing in this process (a success resets the clock), then StoreError naming the store, the cause and how long
-    it tried. The clock is per store and shared by every request of the process, so an outage costs one budget, not
-    one per remaining file. Anything else is raised at once; an object that changed while it was read is read
-    once more, with fresh metadata, then FileChangedError."""
-    store, changed, wait = store_of(uri), False, 0.5
+    it tried. Anything else is raised at once; an object that changed while it was read is read once more, with
+    fresh metadata, then FileChangedError."""
+    clock, changed = _StoreClock(uri), False
     while True:
+        asked = time.monotonic()
         try:
             result = request()
         except Exception as e:  # noqa: BLE001 - sorted below: the file's own fault goes back to the caller
@@ -108,27 +150,30 @@ def with_retries(uri: str, request: Callable[[], T]) -> T:
                 raise FileChangedError(f"the object changed while it was read, twice: {e}") from e
             if not is_store_fault(uri, e):
                 raise  # the file's own fault, or a bug: not something waiting helps
-            wait = _wait_or_give_up(store, e, wait)
+            clock.failed(e, asked)
             continue
-        with _lock:
-            _failing_since.pop(store, None)
+        clock.answered()
         return result
 
 
-def _wait_or_give_up(store: str, error: Exception, wait: float) -> float:
-    now = time.monotonic()
-    with _lock:
-        since = _failing_since.setdefault(store, now)
-    budget_s = store_retry_s()
-    if now - since >= budget_s:
-        cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        raise StoreError(f"the store {store} failed for {now - since:.0f} s ({cause}); the job stops and commits "
-                         "nothing (--store_retry_s sets how long to retry; a rerun resumes)") from None
-    if since == now:
-        _LOG.warning("the store %s failed (%s: %s); retrying for up to %.0f s", store, type(error).__name__, error,
-                     budget_s)
-    time.sleep(min(wait, max(0.0, since + budget_s - now)))
-    return min(wait * 2, 10.0)
+def stream_with_retries(uri: str, items_from: Callable[[int], Iterator[T]]) -> Iterator[T]:
+    """The items `items_from(0)` yields, read from `uri` as a stream: when the store fails mid-stream, it is opened
+    again as with_retries says and `items_from(n)` goes on after the n items already given, so a shard of a million
+    rows is neither read twice nor held in memory."""
+    clock, given = _StoreClock(uri), 0
+    while True:
+        asked = time.monotonic()
+        try:
+            for item in items_from(given):
+                clock.answered()
+                yield item
+                given += 1
+                asked = time.monotonic()
+            return
+        except Exception as e:  # noqa: BLE001 - sorted below, as with_retries does
+            if not is_store_fault(uri, e):
+                raise
+            clock.failed(e, asked)
 
 
 class TooManyErrorsError(RuntimeError):

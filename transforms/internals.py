@@ -3,7 +3,8 @@
 Each function here is guarded by a test in tests/test_internals.py that fails, naming what changed, when the
 internal it relies on changes or disappears on an upgrade of Beam, fsspec or Python: nothing here may break silently.
 The process tricks are for a process a job owns (pipelines/__init__.py, the jobs' exit); the library's stages use
-only `worker_pipeline_options` and `set_fsspec_defaults`. Figures: docs/BENCHMARKS.md, 2 cores, 2026-11.
+only `worker_pipeline_options`, `set_fsspec_defaults` and `bound_s3fs_retries`. Figures: docs/BENCHMARKS.md, 2
+cores, 2026-11.
 
 Only the standard library is imported here at module level: pipelines/__init__.py calls the start-up tricks before
 Beam is imported.
@@ -160,3 +161,18 @@ def set_fsspec_defaults(settings: dict[str, dict[str, Any]]) -> None:
     for protocol, values in settings.items():
         if values:  # fsspec gives them to every filesystem class serving the protocol (s3 and s3a alike)
             fsspec.config.conf.setdefault(protocol, {}).update(values)
+
+
+S3FS_TRIES = 2  # one quick second try for a blip; waiting out anything longer is faults.with_retries's
+
+
+def bound_s3fs_retries() -> None:
+    """s3fs makes each request up to `S3FileSystem.retries` times (5), a class attribute that no argument and no
+    fsspec setting reaches, and a ranged read nests that loop in itself: with 5, a stalled store held one read for
+    25 read timeouts (125 s), past the job's --store_retry_s. With 2, one request waits at most 4 read timeouts;
+    faults.with_retries retries within the budget. Process-wide, like fsspec's own config (set_fsspec_defaults)."""
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:  # no [aws] extra: no S3 store to bound
+        return
+    S3FileSystem.retries = S3FS_TRIES

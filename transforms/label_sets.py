@@ -11,6 +11,8 @@ from typing import Sequence
 
 import fsspec
 
+from transforms.faults import StoreError, one_line, with_retries
+
 LOG = logging.getLogger("zero_shot")
 # What an image gets when no label is chosen (--min_prob, --multi_label): no label set may use it.
 UNKNOWN = "unknown"
@@ -43,16 +45,20 @@ def parse_label_lines(text: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+def _read_text(path: str) -> str:
+    with fsspec.open(path, "rt", encoding="utf-8", newline="") as f:
+        return f.read()
+
+
 def _read_lines(name_or_path: str, folder, kind: str) -> list[str]:
     builtin = folder / f"{name_or_path}.txt"
     try:
         if builtin.is_file():
             text = builtin.read_text(encoding="utf-8")
         else:
-            with fsspec.open(name_or_path, "rt", encoding="utf-8", newline="") as f:
-                text = f.read()
-    except (OSError, UnicodeDecodeError, ValueError, ImportError) as e:  # ImportError: the URL's driver is missing
-        detail = f"{type(e).__name__}: {e}" if isinstance(e, ImportError) else type(e).__name__
+            text = with_retries(name_or_path, lambda: _read_text(name_or_path))
+    except (OSError, UnicodeDecodeError, ValueError, ImportError, StoreError) as e:  # ImportError: no driver
+        detail = one_line(e) if isinstance(e, (ImportError, StoreError)) else type(e).__name__
         raise LabelSetError(
             f"cannot read {kind} {name_or_path!r} ({detail}); give a file path or URL, "
             f"or one of the built-in ones: {', '.join(_builtin_names(folder))}"

@@ -6,9 +6,11 @@ migration, a newer one is refused with one line naming the version.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
-from typing import Any, Mapping, Optional
+import typing
+from typing import Any, Mapping, Optional, Sequence
 
 from transforms.write import Shard
 
@@ -19,6 +21,18 @@ JOBS = ("classify", "relabel", "search", "topics")
 # How layouts 1-3 named the job: only by the module in the first word of the command.
 _JOB_OF_MODULE = {"pipelines.classify_images": "classify", "pipelines.relabel": "relabel",
                   "pipelines.search": "search", "pipelines.topics": "topics"}
+
+
+# All an image's vector depends on (the model id names the backend's image settings): the vectors an unfinished run
+# saved are reused under other labels, templates, examples or decision options, and ranked again.
+VECTOR_SETTINGS = ("backend", "model")
+
+
+def differing_setting(before: Mapping[str, Any], now: Mapping[str, Any],
+                      names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The first of `names` (default: every setting in `now`) whose value in a run's settings `before` is not the
+    one in `now`, or None: the one comparison of settings behind resume and --skip_existing."""
+    return next((name for name in (names or now) if before.get(name) != now.get(name)), None)
 
 
 class ManifestError(ValueError):
@@ -64,29 +78,65 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: bytes) -> "Manifest":
-        """The manifest `data` holds, of any layout up to LAYOUT; ManifestError otherwise."""
+        """The manifest `data` holds, of any layout up to LAYOUT; ManifestError otherwise (NewerLayoutError for a
+        later layout, however its number is written)."""
         try:
             fields = json.loads(data.decode("utf-8"))
-            version = fields.get("version", 1)
+            version = _layout_number(fields.get("version", 1))
         except (ValueError, AttributeError) as e:
             raise ManifestError(f"not a manifest: {type(e).__name__}") from None
-        if isinstance(version, int) and version > LAYOUT:
+        if version is not None and version > LAYOUT:
             raise NewerLayoutError(f"manifest layout {version}, newer than the layouts 1-{LAYOUT} this version of "
                                    "zero-shot-labels reads: upgrade it to read or replace this run")
         if version not in range(1, LAYOUT + 1):
-            raise ManifestError(f"not a manifest: layout {version!r}")
+            raise ManifestError(f"not a manifest: layout {fields.get('version')!r}")
+        fields = dict(fields, version=version)
         if version < LAYOUT:
             fields = migrated_from_layout_3(fields)
         try:
             shards = {table: tuple(Shard(str(shard["path"]), shard["rows"]) for shard in listed)
                       for table, listed in fields.pop("shards").items()}
-            manifest = cls(**dict(fields, command=tuple(fields["command"]), shards=shards))
+            fields = dict(fields, shards=shards)
+            if wrong := next((name for name, value in fields.items() if not _is_a(value, _FIELD_TYPES[name])), None):
+                raise TypeError(f"{wrong} is {type(fields[wrong]).__name__}, not {_FIELD_TYPES[wrong]}")
+            manifest = cls(**dict(fields, command=tuple(fields["command"])))
         except (KeyError, TypeError, AttributeError) as e:
             raise ManifestError(f"not a manifest: {type(e).__name__}: {e}") from None
         if manifest.job not in JOBS or not all(isinstance(shard.rows, int) for listed in shards.values()
                                                 for shard in listed):
             raise ManifestError(f"not a manifest: job {manifest.job!r}, or a shard's row count is not a number")
         return manifest
+
+
+def _layout_number(version: Any) -> Optional[int]:
+    """The layout a manifest's `version` names: 4, 4.0 and "4" alike (a hand edit, another writer); None if it is
+    no whole number."""
+    if isinstance(version, bool):
+        return None
+    if isinstance(version, str) and version.strip().isdigit():
+        return int(version)
+    if isinstance(version, (int, float)) and float(version).is_integer():
+        return int(version)
+    return None
+
+
+_FIELD_TYPES = typing.get_type_hints(Manifest)
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether a field read from JSON is of its declared type, as far as JSON can say (lists for tuples)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_is_a(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin in (tuple, collections.abc.Mapping, dict):
+        return isinstance(value, dict if origin is not tuple else (list, tuple))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint) and not (hint is int and isinstance(value, bool))
 
 
 def migrated_from_layout_3(fields: dict[str, Any]) -> dict[str, Any]:

@@ -26,11 +26,12 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from transforms import files
-from transforms.faults import StoreError
-from transforms.manifest import Manifest
+from transforms.faults import StoreError, one_line
+from transforms.manifest import VECTOR_SETTINGS, Manifest, differing_setting
 from transforms.records import Embedded, ImageInfo
 from transforms.stores import use_worker_options
 
@@ -107,19 +108,21 @@ def content_keys(row: dict[str, Any]) -> Iterator[str]:
         yield f"md5:{base64.b64encode(bytes.fromhex(row['md5'])).decode('ascii')}"
 
 
-def read_progress(path: str) -> Iterator[tuple[str, tuple[ImageInfo, Embedded]]]:
-    """(content key, (ImageInfo, Embedded)) for each image a progress file saved; a file that cannot be read is
-    skipped with a warning (its images are embedded again)."""
+def read_progress(path: str, dim: int) -> Iterator[tuple[str, tuple[ImageInfo, Embedded]]]:
+    """(content key, (ImageInfo, Embedded)) for each image a progress file saved; a file that cannot be read, or
+    whose vectors are not of the model's `dim`, is skipped with a warning (its images are embedded again)."""
     use_worker_options()
     try:
-        rows = pq.read_table(io.BytesIO(files.read(path)), schema=_SCHEMA).to_pylist()
+        table = pq.read_table(io.BytesIO(files.read(path)), schema=_SCHEMA)
+        lengths = pc.unique(pc.list_value_length(table["vector"])).to_pylist()
+        if lengths not in ([], [dim]):
+            raise ValueError(f"it holds vectors of length {', '.join(map(str, lengths))}, the model's are {dim}")
     except StoreError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged file costs its images, never the run
-        _LOG.warning("progress file %s cannot be read (%s: %s): its images are embedded again", path,
-                     type(e).__name__, e)
+        _LOG.warning("progress file %s cannot be used (%s): its images are embedded again", path, one_line(e))
         return
-    for row in rows:
+    for row in table.to_pylist():
         saved = (ImageInfo(row["uri"], row["sha256"], row["width"], row["height"], row["md5"]),
                  Embedded(np.asarray(row["vector"], dtype=np.float32),
                           [(item["class"], item["prob"]) for item in row["evidence"]]))
@@ -128,17 +131,18 @@ def read_progress(path: str) -> Iterator[tuple[str, tuple[ImageInfo, Embedded]]]
 
 
 class ReadProgress(beam.PTransform):
-    """Progress files -> (content key, (ImageInfo, Embedded)), files spread over workers."""
+    """Progress files -> (content key, (ImageInfo, Embedded)), files spread over workers; `dim`: the length of the
+    model's vectors, which every saved one must have."""
 
-    def __init__(self, paths: Sequence[str]):
+    def __init__(self, paths: Sequence[str], dim: int):
         super().__init__()
-        self.paths = list(paths)
+        self.paths, self.dim = list(paths), dim
 
     def expand(self, pbegin):
         return (pbegin
                 | "Files" >> beam.Create(self.paths)
                 | "Spread" >> beam.Reshuffle()
-                | "Vectors" >> beam.FlatMap(read_progress))
+                | "Vectors" >> beam.FlatMap(read_progress, self.dim))
 
 
 def _read_started(output: str, run_id: str) -> Optional[Manifest]:
@@ -151,19 +155,22 @@ def _read_started(output: str, run_id: str) -> Optional[Manifest]:
 
 
 def resumable(output: str, run_ids: Iterable[str], settings: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(the unfinished runs among `run_ids` started with these `settings`, their progress files); each other one is
-    logged with why it is not resumed."""
+    """(the unfinished runs among `run_ids` whose saved vectors this run can use, their progress files): those
+    started with the same model (VECTOR_SETTINGS), whatever their labels or decision; each other one is logged
+    with why it is not resumed."""
     kept, saved = [], []
     for run_id in sorted(run_ids):
         started = _read_started(output, run_id)
         if started is None:
             _LOG.info("unfinished run %s under %s: no %s record, so nothing of it is reused", run_id, output, STARTED)
             continue
-        if differ := [name for name in settings if started.settings.get(name) != settings[name]]:
+        if differ := differing_setting(started.settings, settings, VECTOR_SETTINGS):
             _LOG.warning("unfinished run %s under %s was made with another %s: starting afresh, not resuming it",
-                         run_id, output, differ[0])
+                         run_id, output, differ)
             continue
+        if differ := differing_setting(started.settings, settings):
+            _LOG.info("unfinished run %s under %s was made with another %s; its images' vectors are the same, so "
+                      "they are reused and labeled as this run says", run_id, output, differ)
         kept.append(run_id)
         saved.extend(files.glob(files.join(output, run_id, f"{PROGRESS_PREFIX}*.parquet")))
     return kept, saved
-

@@ -8,7 +8,7 @@ import apache_beam as beam
 from transforms import files
 from transforms.label_sets import UNKNOWN
 from transforms.records import REVIEW, REVIEW_SCHEMA, ReviewRow, as_dict
-from transforms.write import Shard, write_shard
+from transforms.write import Shard, spreadsheet_cell, write_shard
 
 DEFAULT_REVIEW_SIZE = 50
 
@@ -21,8 +21,8 @@ def top_prob(row: dict[str, Any]) -> float:
 def review_row(row: dict[str, Any]) -> dict[str, Any]:
     """A result row as the reviewer sees it: its labels in one cell, a spreadsheet's reading, and no label yet."""
     labels = ", ".join(f"{label} {prob:.2f}" for label, prob in zip(row["labels"], row["probs"])) or UNKNOWN
-    return as_dict(ReviewRow(uri=row["uri"], label="", top_prob=round(top_prob(row), 4), top_labels=labels,
-                             sha256=row["sha256"]))
+    return as_dict(ReviewRow(uri=spreadsheet_cell(row["uri"]), label="", top_prob=round(top_prob(row), 4),
+                             top_labels=spreadsheet_cell(labels), sha256=row["sha256"]))
 
 
 def _write_review(rows: list[dict[str, Any]], folder: str) -> Shard:

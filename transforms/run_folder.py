@@ -164,7 +164,7 @@ def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
     for path, shard in zip(_present_files(output, manifest, table), manifest.shards.get(table, ())):
         before = len(rows)
         try:
-            rows.extend(with_retries(path, lambda: list(read_rows(path))))
+            rows.extend(read_rows(path))
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001 - cut short, overwritten: not the shard this run wrote
@@ -208,18 +208,22 @@ def _link_new(path: str, data: bytes) -> None:
         os.unlink(staging)
 
 
+def _put_new(path: str, data: bytes) -> None:
+    with fsspec.open(path, "xb") as f:
+        f.write(data)
+
+
 def _claim(output: str, generation: int, run_id: str) -> None:
     """Creates OUTPUT/_COMMIT-<generation> holding `run_id`, only if no such file exists: the one step two
     committing jobs cannot both pass. Where fsspec has no exclusive create for the store (no driver installed, or
     none for "xb"), it is written after a look: best effort, as a store without it allows."""
-    path = files.join(output, f"{CLAIM_PREFIX}{generation:08d}")
+    path = _claim_path(output, generation)
     use_worker_options()
     try:
         if is_local(output):
             _link_new(path.removeprefix("file://"), run_id.encode("utf-8"))
         else:  # a conditional PUT: created whole with its content, or refused
-            with fsspec.open(path, "xb") as f:
-                f.write(run_id.encode("utf-8"))
+            with_retries(path, lambda: _put_new(path, run_id.encode("utf-8")))
         return
     except FileExistsError:
         pass
@@ -231,9 +235,25 @@ def _claim(output: str, generation: int, run_id: str) -> None:
             return
     holder = files.read(path).decode("utf-8")
     if holder != run_id:  # else: this run's own commit, retried after it claimed
-        raise ConcurrentRunError(
-            f"another job (run {holder}) is committing to {output!r}, or was killed while it did: this run "
-            f"stays uncommitted in {run_id}/. If no job is running there, delete {path} and run again")
+        raise _claimed(output, path, holder, f"this run stays uncommitted in {run_id}/")
+
+
+def _claim_path(output: str, generation: int) -> str:
+    return files.join(output, f"{CLAIM_PREFIX}{generation:08d}")
+
+
+def _claimed(output: str, path: str, holder: str, outcome: str) -> ConcurrentRunError:
+    return ConcurrentRunError(f"another job (run {holder}) is committing to {output!r}, or was killed while it did: "
+                              f"{outcome}. If no job is running there, delete {path} and run again")
+
+
+def check_next_claim(output: str, current: Optional[Manifest]) -> None:
+    """ConcurrentRunError if the claim that the next commit to `output` takes (after the finished run `current`)
+    is held already, by a job committing there now or one killed while it did: checked before a job starts, so
+    that a stale claim costs no work."""
+    path = _claim_path(output, (current.generation if current else 0) + 1)
+    if files.exists(path):
+        raise _claimed(output, path, files.read(path).decode("utf-8", "replace"), "this job does not start")
 
 
 def check_error_fraction(output: str, manifest: Manifest) -> None:

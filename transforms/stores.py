@@ -2,6 +2,7 @@
 reading inputs, label files, thumbnails and the commit's claim reach the store Beam's sinks write to."""
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Optional
 
 from apache_beam.io.filesystems import FileSystems
@@ -31,6 +32,12 @@ def store_retry_s() -> float:
     return _retry_s
 
 
+def request_timeout_s(retry_s: float) -> float:
+    """How long one request waits to connect, or for the store's next bytes: a 12th of the retry budget (5 s by
+    default), between 2 s and s3fs's own 15 s."""
+    return min(15.0, max(2.0, retry_s / 12))
+
+
 def is_local(uri: str) -> bool:
     """Whether `uri` names this machine's disk (a plain path or file://) rather than an object in a store."""
     return "://" not in uri or uri.startswith("file://")
@@ -44,9 +51,14 @@ def fsspec_settings(options: PipelineOptions) -> dict[str, dict[str, Any]]:
                                    ("s3_session_token", "token"), ("s3_endpoint_url", "endpoint_url")):
         if getattr(s3, beam_name):
             s3fs[fsspec_name] = getattr(s3, beam_name)
-    # botocore waits 60 s for a connection by default, and s3fs tries 5 times: a store that stopped answering would
-    # hold each read for minutes before faults.StoreRetries could count it.
-    s3fs["config_kwargs"] = {"connect_timeout": 10}
+    # A store that stops answering (a frozen connection, a paused server) fails a request only when a timeout runs
+    # out, and the store clients try each request several times: botocore's 5 attempts of 60 s inside s3fs's
+    # nested 5 x 5 held one read for over 20 minutes. faults.with_retries is the retry loop that knows the budget,
+    # so botocore tries once and s3fs twice (internals.bound_s3fs_retries): one request waits at most 4
+    # request_timeout_s, a third of --store_retry_s.
+    timeout = request_timeout_s(options.view_as(StoreOptions).store_retry_s)
+    s3fs["config_kwargs"] = {"connect_timeout": timeout, "read_timeout": timeout,
+                             "retries": {"total_max_attempts": 1}}
     client = {name: value for name, value in (("region_name", s3.s3_region_name),
                                                ("verify", s3.s3_verify), ("use_ssl", False if s3.s3_disable_ssl
                                                                                     else None))
@@ -57,6 +69,10 @@ def fsspec_settings(options: PipelineOptions) -> dict[str, dict[str, Any]]:
     gcsfs = {"project": gcp.project} if gcp.project else {}
     if gcp.no_auth:  # Beam's --no_auth: anonymous access (public buckets, emulators)
         gcsfs["token"] = "anon"
+    if importlib.util.find_spec("gcsfs"):  # gcsfs, through aiohttp, waits forever for a request by default
+        import aiohttp
+
+        gcsfs["requests_timeout"] = aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout)
     return {"s3": s3fs, "gs": gcsfs}
 
 
@@ -68,6 +84,7 @@ def use_job_options(options: Optional[PipelineOptions]) -> None:
     FileSystems.set_options(options)
     _retry_s = options.view_as(StoreOptions).store_retry_s
     internals.set_fsspec_defaults(fsspec_settings(options))
+    internals.bound_s3fs_retries()
     _applied = options
 
 

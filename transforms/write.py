@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import files
+from transforms.faults import stream_with_retries
 from transforms.records import ROW_TYPES, embeddings_schema
 from transforms.stores import use_worker_options
 
@@ -27,6 +28,20 @@ FORMATS = ("parquet", "jsonl", "csv")
 
 def _json_line(row: dict[str, Any], names: list[str]) -> str:
     return json.dumps({name: row[name] for name in names}, ensure_ascii=False)
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula (OWASP's list)
+
+
+def spreadsheet_cell(text: str) -> str:
+    """`text` as a cell of a CSV made for people's spreadsheets (review.csv, per_class.csv): one that a spreadsheet
+    would run as a formula (a label "=HYPERLINK(...)") gets a leading apostrophe, which shows it as text."""
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
+
+
+def from_spreadsheet_cell(text: str) -> str:
+    """The text spreadsheet_cell was given: a cell read back from such a CSV (a review.csv given as --examples)."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS) else text
 
 
 def _csv_line(values: list[Any]) -> str:
@@ -254,13 +269,19 @@ def probe_writable(folder: str) -> None:
 
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
     """The rows of one shard as dicts, whatever its format (CSV cells holding JSON lists are parsed back), streamed:
-    a Parquet shard is read one record batch at a time, so a shard of a million embeddings never sits in memory."""
+    a Parquet shard is read one record batch at a time, so a shard of a million embeddings never sits in memory.
+    A store that fails mid-shard is retried as faults.with_retries says, going on from where the read broke off."""
     use_worker_options()
+    if path.endswith(".parquet"):
+        for batch in _parquet_batches(path):
+            yield from batch.to_pylist()
+    else:
+        yield from stream_with_retries(path, lambda given: itertools.islice(_text_rows(path), given, None))
+
+
+def _text_rows(path: str) -> Iterator[dict[str, Any]]:
     with fsspec.open(path, "rb") as f:
-        if path.endswith(".parquet"):
-            for batch in pq.ParquetFile(f).iter_batches():
-                yield from batch.to_pylist()
-        elif path.endswith(".jsonl"):
+        if path.endswith(".jsonl"):
             for line in io.TextIOWrapper(f, encoding="utf-8"):
                 if line.strip():
                     yield json.loads(line)
@@ -269,12 +290,21 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
                 yield {name: _CSV_PARSERS.get(name, str)(cell) for name, cell in row.items()}
 
 
+def _parquet_batches(path: str, **read: Any) -> Iterator[pa.RecordBatch]:
+    """The record batches of one Parquet shard (`read`: ParquetFile.iter_batches's arguments), read again from the
+    batch it broke off at while the store fails."""
+    def batches(given: int) -> Iterator[pa.RecordBatch]:
+        with fsspec.open(path, "rb") as f:
+            yield from itertools.islice(pq.ParquetFile(f).iter_batches(**read), given, None)
+
+    return stream_with_retries(path, batches)
+
+
 def read_vector_batches(path: str, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
     """(uris, (n, d) float32 vectors) of one embeddings shard (always Parquet), `batch_size` rows at a time, straight
     from Arrow's buffers: no row dicts, no Python floats."""
     use_worker_options()
-    with fsspec.open(path, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=["uri", "embedding"]):
-            vectors = batch.column("embedding")
-            matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), vectors.type.list_size)
-            yield batch.column("uri").to_pylist(), matrix.astype(np.float32, copy=False)
+    for batch in _parquet_batches(path, batch_size=batch_size, columns=["uri", "embedding"]):
+        vectors = batch.column("embedding")
+        matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), vectors.type.list_size)
+        yield batch.column("uri").to_pylist(), matrix.astype(np.float32, copy=False)

@@ -26,6 +26,7 @@ from PIL import Image
 from transforms.backends.base import Backend, Embedder, ModelInputs, l2_normalize, option, stack_inputs
 from transforms.backends.hf_runtime import RUNTIMES, image_features, onnx_image_tower, pooled
 from transforms.backends.weights import hash_file
+from transforms.faults import one_line
 from transforms.stores import is_local, use_worker_options
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -132,6 +133,18 @@ def _config(folder: str) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=8)
+def tokenizer(folder: str, trust_remote_code: bool = False):
+    """The model's own tokenizer, as transformers loads it from the folder; once per process."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - its files are missing, or this transformers cannot read them
+        missing = "" if (Path(folder) / "tokenizer.json").exists() else ": no tokenizer.json"
+        raise ModelFolderError(f"{folder!r} has no tokenizer transformers can load{missing} ({one_line(e)})") from None
+
+
+@functools.lru_cache(maxsize=8)
 def image_processor(folder: str, trust_remote_code: bool = False):
     """The model's image processor, as transformers loads it from whatever the folder holds (preprocessor_config.json,
     or processor_config.json as Processor.save_pretrained writes it; fast or slow classes); once per process."""
@@ -143,8 +156,7 @@ def image_processor(folder: str, trust_remote_code: bool = False):
     try:
         return AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - a folder without a processor, or one this transformers cannot read
-        raise ModelFolderError(f"{folder!r} has no image processor transformers can load ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ModelFolderError(f"{folder!r} has no image processor transformers can load ({one_line(e)})") from None
     finally:
         transformers_logging.set_verbosity(verbosity)
 
@@ -172,7 +184,7 @@ class HFEmbedder(Embedder):
     def __init__(self, settings: "HFBackend"):
         import torch
         import transformers
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         transformers.utils.logging.disable_progress_bar()  # a bar per worker for loading local weights is noise
 
@@ -208,7 +220,7 @@ class HFEmbedder(Embedder):
                                                   device=self.device, trust_remote_code=trust)
         else:
             self.text_tower = None
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+            self.tokenizer = tokenizer(folder, trust)
         if hasattr(self.model, "logit_scale") and not settings.text_model:
             self.logit_scale = float(self.model.logit_scale.detach().exp())
         if hasattr(self.model, "logit_bias") and not settings.text_model:
@@ -356,11 +368,17 @@ class HFBackend(Backend):
         weights_digest(self.folder)
         check_safetensors(self.folder)
         if "text_config" not in config and not self.text_model:
+            processor_files = ("preprocessor_config.json", "processor_config.json")
+            if "vision_config" not in config and not any((Path(self.folder) / n).exists() for n in processor_files):
+                raise ModelFolderError(f"{self.model!r} is a text model only ({config.get('model_type')}): --hf_model "
+                                       "takes an image-text model, or an image model with --hf_text_model")
             raise ModelFolderError(f"{self.model!r} is an image model only ({config.get('model_type')}): give its "
                                    "text tower with --hf_text_model")
         if self.text_model:
             weights_digest(model_folder(self.text_model, self.revision))
             check_safetensors(model_folder(self.text_model, self.revision))
+        else:
+            tokenizer(self.folder, self.trust_remote_code)
         image_processor(self.folder, self.trust_remote_code)
         if self.runtime.startswith("onnx") and (self.device == "cuda" or self.dtype != "float32"):
             raise ValueError(f"--hf_runtime {self.runtime} runs float32 on the CPU: with --hf_device {self.device} "

@@ -16,6 +16,7 @@ import numpy as np
 
 from transforms.backends.base import l2_normalize
 from transforms.backends.graph_cache import cached_graph, cpu_session, graph_bytes
+from transforms.faults import one_line
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 AGREEMENT = 1e-4  # largest difference of a unit vector's component from eager PyTorch's for the graph to be used
@@ -131,8 +132,7 @@ def onnx_image_tower(model, weights_sha256: str, probe: np.ndarray, runtime: str
             eager = image_features(model, {"pixel_values": torch.from_numpy(probe)}).float().numpy()
         difference = float(np.abs(l2_normalize(tower.features(probe)) - l2_normalize(eager)).max())
     except Exception as e:  # noqa: BLE001 - an architecture the exporter cannot trace: eager PyTorch serves it
-        _LOG.warning("the image tower cannot run on ONNX Runtime (%s: %s); it runs on PyTorch", type(e).__name__,
-                     str(e).splitlines()[0] if str(e) else "")
+        _LOG.warning("the image tower cannot run on ONNX Runtime (%s); it runs on PyTorch", one_line(e))
         return None
     if difference > AGREEMENT:
         _LOG.warning("the image tower's ONNX graph differs from PyTorch by %.1e (more than %g); it runs on PyTorch",

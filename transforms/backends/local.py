@@ -250,13 +250,26 @@ def _load_minilm() -> MiniLM:
     return MiniLM(model_dir)
 
 
+
+DEFAULT_CLASS_PROMPT = "a photo of a {}."
+
+
+def _prompt_id(class_prompt: str) -> str:
+    """The class prompt's part of the model id: the prompt changes every image vector, so another prompt is another
+    model (ids of the default and of the bare "{}" as they always were)."""
+    if class_prompt == "{}":
+        return ""
+    if class_prompt == DEFAULT_CLASS_PROMPT:
+        return "-prompted"
+    return f"-prompted-{hashlib.sha256(class_prompt.encode('utf-8')).hexdigest()[:8]}"
+
 @dataclasses.dataclass(frozen=True)
 class LocalBackend(Backend):
     """ConSE on models that ship inside PyPI packages: nothing is downloaded, ever."""
 
     # Defaults chosen leave-one-source-out on the dev sources (benchmarks/conse_search.py, docs/ACCURACY.md).
     top_t: int = option(20, "ImageNet classes mixed into an image's vector")
-    class_prompt: str = option("a photo of a {}.", "template the 1,000 ImageNet class names are embedded in",
+    class_prompt: str = option(DEFAULT_CLASS_PROMPT, "template the 1,000 ImageNet class names are embedded in",
                                research=True)
     chain_length: int = option(0, "broader WordNet concepts appended to each class text", research=True)
     hierarchy_weight: float = option(0.0, "share of a WordNet concept's ImageNet classes in its label's vector",
@@ -285,7 +298,7 @@ class LocalBackend(Backend):
     @property
     def model_id(self) -> str:
         settings = f"t{self.top_t}-chain{self.chain_length}-wn{self.hierarchy_weight:g}"
-        settings += ("" if self.centre else "-raw") + ("" if self.class_prompt == "{}" else "-prompted")
+        settings += ("" if self.centre else "-raw") + _prompt_id(self.class_prompt)
         settings += "-int8" if self.runtime == "onnx-int8" else ""  # int8 changes the vectors, the others do not
         return f"conse-{settings}:efficientnet-lite0+all-MiniLM-L6-v2"
 
