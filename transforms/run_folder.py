@@ -252,8 +252,11 @@ def check_next_claim(output: str, current: Optional[Manifest]) -> None:
     is held already, by a job committing there now or one killed while it did: checked before a job starts, so
     that a stale claim costs no work."""
     path = _claim_path(output, (current.generation if current else 0) + 1)
-    if files.exists(path):
-        raise _claimed(output, path, files.read(path).decode("utf-8", "replace"), "this job does not start")
+    try:
+        holder = files.read(path)
+    except (FileNotFoundError, NotADirectoryError):  # no claim; a file where the folder should be (refused later)
+        return
+    raise _claimed(output, path, holder.decode("utf-8", "replace"), "this job does not start")
 
 
 def check_error_fraction(output: str, manifest: Manifest) -> None:

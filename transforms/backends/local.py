@@ -250,7 +250,6 @@ def _load_minilm() -> MiniLM:
     return MiniLM(model_dir)
 
 
-
 DEFAULT_CLASS_PROMPT = "a photo of a {}."
 
 
@@ -262,6 +261,7 @@ def _prompt_id(class_prompt: str) -> str:
     if class_prompt == DEFAULT_CLASS_PROMPT:
         return "-prompted"
     return f"-prompted-{hashlib.sha256(class_prompt.encode('utf-8')).hexdigest()[:8]}"
+
 
 @dataclasses.dataclass(frozen=True)
 class LocalBackend(Backend):
