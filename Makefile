@@ -24,11 +24,11 @@ demo: install
 	$(PY) -m pipelines.demo
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests benchmarks/tests
 
 # The tests that need no subprocess job, browser, portable runner, bucket server, clean venv or scale: minutes less.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" tests benchmarks/tests
 
 # The two other ends of what setup.py allows, each in a clean venv (.venv-newest, .venv-lowest): the newest releases
 # it allows today, and the lowest (uv's --resolution lowest-direct). Each installs the wheel with every extra, labels
@@ -59,7 +59,7 @@ bench: install
 devsets: install
 	@test -d /usr/share/openclipart/png || apt-get install -y -q openclipart-png || \
 		{ echo "error: install Debian's openclipart-png (sudo apt-get install openclipart-png)"; exit 2; }
-	$(PY) -m benchmarks.devsets
+	$(PY) -m testbed.devsets
 
 accuracy: devsets
 	$(PY) -m benchmarks.accuracy

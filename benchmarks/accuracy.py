@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.devsets import image_glob, read_index
 from pipelines import evaluate
+from testbed.devsets import image_glob, read_index
 
 # The defaults before the leave-one-source-out search: bare class names, no WordNet mixing, scale 15, no "none".
 BEFORE = ["--templates", "photo", "--local_class_prompt", "{}", "--local_top_t", "20", "--local_chain_length", "0",

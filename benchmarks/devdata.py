@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.devsets import read_index
+from testbed.devsets import read_index
 from transforms.backends.local import ConSEEmbedder, LocalBackend
 from transforms.decode import decode_image
 from transforms.label_sets import load_label_phrases

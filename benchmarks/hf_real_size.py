@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.run import make_images
+from testbed.images import make_images
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 16

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.nomic_server import FakeNomicAPI
-from benchmarks.run import REPO, make_images
+from benchmarks.run import REPO
+from testbed.images import make_images
+from testbed.nomic_api import FakeNomicAPI
 from transforms.label_sets import load_label_set
 
 

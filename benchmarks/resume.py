@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.run import make_images
+from testbed.images import make_images
 from transforms.progress import PROGRESS_PREFIX, SAVE_EVERY
 from transforms.run_folder import read_run
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from benchmarks.run import make_images
+from testbed.images import make_images
 from transforms.records import EMBEDDINGS
 from transforms.run_folder import commit, new_run_id, read_manifest, run_files, table_prefix, utc_now
 from transforms.write import Shard

@@ -10,7 +10,6 @@ import argparse
 import datetime
 import os
 import platform
-import random
 import subprocess
 import sys
 import tempfile
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from pipelines.samples import write_sample_photos
+from testbed.images import make_images
 from transforms.backends import get_backend
 from transforms.backends.graph_cache import CACHE_ENV
 from transforms.backends.image_runtime import preprocess
@@ -31,34 +30,6 @@ from transforms.label_sets import load_label_set
 
 REPO = Path(__file__).resolve().parents[1]
 BEFORE = "a94c432"  # the last commit before start-up work: class texts embedded, graph exported, torch at every start
-
-
-def make_images(folder: Path, count: int, seed: int = 0, max_side: Optional[int] = None) -> Path:
-    """`count` distinct JPEGs (random crops, flips, sizes and qualities of the sample photos), at most `max_side`
-    pixels on the longer side if given (thumbnails: many images written and decoded quickly)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if len(list(folder.glob("*.jpg"))) == count:
-        return folder
-    for old in folder.glob("*.jpg"):
-        old.unlink()
-    sources = folder.parent / "sources"
-    write_sample_photos(sources)
-    photos = [Image.open(path).convert("RGB") for path in sorted(sources.glob("*.jpg"))]
-    rng = random.Random(seed)
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        w, h = photo.size
-        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
-        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        image = photo.crop((left, top, left + cw, top + ch))
-        if rng.random() < 0.5:
-            image = ImageOps.mirror(image)
-        scale = rng.uniform(0.8, 1.6)
-        image = image.resize((int(cw * scale), int(ch * scale)), Image.Resampling.BILINEAR)
-        if max_side:
-            image.thumbnail((max_side, max_side))
-        image.save(folder / f"img{i:05d}.jpg", quality=rng.randint(80, 95))
-    return folder
 
 
 def bare_loop(folder: Path, batch_size: int, backend: LocalBackend = LocalBackend()) -> tuple[float, float]:

@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.devsets import image_glob, read_index
 from pipelines import classify_images, topics
+from testbed.devsets import image_glob, read_index
 from transforms.records import EMBEDDINGS, embeddings_schema
 from transforms.run_folder import SUCCESS, read_manifest, read_run
 from transforms.write import Shard

@@ -4,13 +4,14 @@ They own their process, so they settle a few things about it before anything els
 with what it saves, in transforms/internals.py):
 
 - Beam's optional ModelManager module, which imports torch, is replaced by Beam's own fallback value;
-- import-time warnings through the root logger are swallowed (a job's own logging is set up by jobs.parse);
+- import-time warnings through the root logger are swallowed (a job's own logging is set up by the runner:
+  internals.job_logging);
 - started as a job, Google's clients' notices about their own support plans (FutureWarning) are left out;
 - started as a job, the garbage collector is paused until the pipeline is built
-  (jobs.run_job resumes it), and everything the job prints goes through pipelines.redact, with the values of its
+  (runner.run_pipeline resumes it), and everything the job prints goes through pipelines.redact, with the values of its
   secret flags;
 - started as a job, Ctrl-C and SIGTERM while it is checked (embedding --examples may take a minute) end it with one
-  line, as they do once it runs (jobs.run_job says what that run kept).
+  line, as they do once it runs (the runner says what that run kept).
 
 The library (transforms/) does none of this: it never changes a user's process.
 """

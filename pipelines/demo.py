@@ -23,14 +23,17 @@ RIGHT_ANSWERS = {
 
 
 def main() -> int:
-    photos = OUTPUT / "photos"
+    photos, run, page = OUTPUT / "photos", OUTPUT / "labels", OUTPUT / "report.html"
     write_sample_photos(photos)
-    run = OUTPUT / "labels"
-    page = OUTPUT / "report.html"
     status = classify_images.main(["--input", f"{photos}/*.jpg", "--labels", LABELS, "--output", str(run),
                                    "--overwrite", "--top_k", "3", "--explain", "3", "--report", str(page)])
-    if status:
-        return status
+    if status == 0:
+        show(run, page)
+    return status
+
+
+def show(run: Path, page: Path) -> None:
+    """Each photo's top labels, why, and whether they are right; then where the rows and the page are."""
     files = run_files(str(run))
     table = pq.read_table(files).sort_by("uri")
     print(f"\nTop labels from the `{LABELS}` set ({table.column('model')[0]}).")
@@ -53,7 +56,6 @@ def main() -> int:
         f"Open {page} in a browser to see the photos under their labels.",
         f"With --min_prob {MIN_PROB_EXAMPLE}, these would be labeled `unknown` instead: {', '.join(unsure) or 'none'}.",
     ]))
-    return 0
 
 
 if __name__ == "__main__":

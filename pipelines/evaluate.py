@@ -5,21 +5,23 @@ python -m pipelines.evaluate --input 'devsets/cifar10/*.png' --truth devsets/cif
 """
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import io
 import json
-import sys
 from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
 import numpy as np
 
-import pipelines
-from pipelines import classify_images
-from pipelines.cli import ConfigError, OneLineParser, add_backend_argument, exit_job
+from pipelines import runner
+from pipelines.classify_images import Classify, ClassifyPlan
+from pipelines.cli import ConfigError, exit_job
 from transforms.examples import ExamplesError, read_examples, read_uri_labels
 from transforms.label_sets import LabelSetError, load_label_set
+from transforms.manifest import Manifest
 from transforms.run_folder import read_run
 from transforms.write import spreadsheet_cell
 
@@ -120,62 +122,77 @@ def write_confusion_png(pairs: list[list[str]], labels: Sequence[str], path: Pat
     plt.close(fig)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvaluatePlan(ClassifyPlan):
+    """A classify plan whose run goes to FOLDER/predictions, and what its rows are scored against."""
+
+    folder: str  # --output: metrics.json, per_class.csv, confusion.png and the predictions run
+    label_names: list[str]
+    truth: dict[str, str]  # uri or file name -> label, the examples left out
+    truth_file: str
+    examples_left_out: int = 0
+
+
+class Evaluate(Classify):
+    """classify_images on images whose labels are known, then the scores."""
+
+    module, required = "evaluate", ("input", "truth", "labels", "output")
+    output_help = "(required) folder for metrics.json, per_class.csv, confusion.png and the predictions run"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--truth", help="(required) CSV with columns uri,label (uri: full path or file name)")
+        super().add_options(parser)
+        parser.set_defaults(top_k=None)  # the top 5, or every label of a smaller set
+
+    def plan(self, args: argparse.Namespace, beam_args: Sequence[str]) -> EvaluatePlan:
+        try:
+            labels = load_label_set(args.labels)
+            truth = read_truth(args.truth, labels)
+            examples = {uri for uri, _ in read_examples(args.examples, labels)} if args.examples else set()
+        except (LabelSetError, ExamplesError) as e:
+            raise ConfigError(str(e)) from None
+        if examples:  # left out of the scores, by uri or by file name, as the truth is matched
+            names = examples | {PurePosixPath(uri).name for uri in examples}
+            truth = {uri: label for uri, label in truth.items()
+                     if uri not in names and PurePosixPath(uri).name not in names}
+        predictions = argparse.Namespace(**{**vars(args), "output": f"{args.output.rstrip('/')}/predictions",
+                                            "overwrite": True, "top_k": args.top_k or min(5, len(labels))})
+        classify = super().plan(predictions, beam_args)
+        return EvaluatePlan(**{field.name: getattr(classify, field.name) for field in dataclasses.fields(classify)},
+                            folder=args.output, label_names=labels, truth=truth, truth_file=args.truth,
+                            examples_left_out=len(examples))
+
+    def after(self, plan: EvaluatePlan, run: Manifest) -> None:
+        super().after(plan, run)  # the report of the predictions, with --report
+        rows = read_run(plan.target.output)
+        predictions = {row["uri"]: row["labels"] for row in rows}
+        confidence = {row["uri"]: row["probs"][0] if row["probs"] else 0.0 for row in rows}
+        failed = {row["uri"]: row["stage"] for row in read_run(plan.target.output, "errors")}
+        metrics = score(plan.truth, predictions, failed, plan.label_names, confidence)
+        output = Path(plan.folder)
+        output.mkdir(parents=True, exist_ok=True)
+        write_confusion_png(metrics.pop("confusion"), plan.label_names, output / "confusion.png")
+        metrics.update(labels=plan.labels.source, num_labels=len(plan.label_names), backend=plan.backend.name,
+                       input=plan.input, truth=plan.truth_file, examples=plan.labels.examples_file,
+                       examples_left_out=plan.examples_left_out)
+        (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["label", "support", "predicted", "correct", "precision", "recall"])
+        for label, row in metrics["per_class"].items():
+            writer.writerow([spreadsheet_cell(label), *row.values()])
+        (output / "per_class.csv").write_text(buffer.getvalue())
+        print(f"\n{plan.labels.source} on {plan.backend.name}: n={metrics['n']}  top-1 {metrics['top1']:.1%}  "
+              f"top-5 {metrics['top5']:.1%}  ECE {metrics['ece']:.3f}  failed {metrics['failed']}  "
+              f"not found {metrics['not_found']}"
+              + (f"  ({plan.examples_left_out} examples left out)" if plan.examples_left_out else ""))
+        worst = sorted((row["recall"], label) for label, row in metrics["per_class"].items() if row["support"])[:5]
+        print("lowest recall: " + ", ".join(f"{label} {recall:.0%}" for recall, label in worst))
+        print(f"wrote {output}/metrics.json, per_class.csv, confusion.png")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = OneLineParser(prog=pipelines.prog("evaluate"), description=__doc__.splitlines()[0],
-                                           epilog="Other options go to pipelines.classify_images.",
-                                           allow_abbrev=False)
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--truth", required=True, help="CSV with columns uri,label (uri: full path or file name)")
-    parser.add_argument("--labels", required=True)
-    parser.add_argument("--output", required=True, help="folder for metrics.json, per_class.csv, confusion.png")
-    parser.add_argument("--examples", metavar="FILE",
-                        help="confirmed images that teach the labels (classify_images --examples); they are left "
-                             "out of the scores, which would otherwise count images the labels were taught on")
-    add_backend_argument(parser)
-    args, classify_args = parser.parse_known_args(argv)
-    try:
-        labels = load_label_set(args.labels)
-        truth = read_truth(args.truth, labels)
-        examples = {uri for uri, _ in read_examples(args.examples, labels)} if args.examples else set()
-    except (LabelSetError, ConfigError, ExamplesError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if examples:  # by uri or by file name, as the truth is matched
-        names = examples | {PurePosixPath(uri).name for uri in examples}
-        truth = {uri: label for uri, label in truth.items()
-                 if uri not in names and PurePosixPath(uri).name not in names}
-        classify_args = ["--examples", args.examples, *classify_args]
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    run = str(output / "predictions")
-    status = classify_images.main(["--input", args.input, "--labels", args.labels, "--output", run,
-                                   "--overwrite", "--top_k", str(min(5, len(labels))),
-                                   "--backend", args.backend, *classify_args])
-    if status:
-        return status
-    rows = read_run(run)
-    predictions = {row["uri"]: row["labels"] for row in rows}
-    confidence = {row["uri"]: row["probs"][0] if row["probs"] else 0.0 for row in rows}
-    failed = {row["uri"]: row["stage"] for row in read_run(run, "errors")}
-    metrics = score(truth, predictions, failed, labels, confidence)
-    write_confusion_png(metrics.pop("confusion"), labels, output / "confusion.png")
-    metrics.update(labels=args.labels, num_labels=len(labels), backend=args.backend, input=args.input,
-                   truth=args.truth, examples=args.examples, examples_left_out=len(examples))
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["label", "support", "predicted", "correct", "precision", "recall"])
-    for label, row in metrics["per_class"].items():
-        writer.writerow([spreadsheet_cell(label), *row.values()])
-    (output / "per_class.csv").write_text(buffer.getvalue())
-    print(f"\n{args.labels} on {args.backend}: n={metrics['n']}  top-1 {metrics['top1']:.1%}  "
-          f"top-5 {metrics['top5']:.1%}  ECE {metrics['ece']:.3f}  failed {metrics['failed']}  "
-          f"not found {metrics['not_found']}"
-          + (f"  ({len(examples)} examples left out)" if examples else ""))
-    worst = sorted((row["recall"], label) for label, row in metrics["per_class"].items() if row["support"])[:5]
-    print("lowest recall: " + ", ".join(f"{label} {recall:.0%}" for recall, label in worst))
-    print(f"wrote {output}/metrics.json, per_class.csv, confusion.png")
-    return 0
+    return runner.main(Evaluate(), argv)
 
 
 if __name__ == "__main__":

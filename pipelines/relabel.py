@@ -7,57 +7,77 @@ python -m pipelines.relabel --embeddings out/labels --labels cifar10 --output ou
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
 from typing import Optional, Sequence
 
 import apache_beam as beam
 
-import pipelines
-from pipelines import jobs
-from pipelines.cli import ConfigError, exit_job
-from transforms.examples import TeachLabels
-from transforms.label_sets import load_templates
-from transforms.rank import EmbedLabels, RankVectors
+from pipelines import runner
+from pipelines.classify_images import label_report
+from pipelines.cli import exit_job
+from pipelines.options import (
+    LabelChoice,
+    RunTarget,
+    StoredVectors,
+    add_label_options,
+    add_stored_options,
+    checked_backend,
+)
+from transforms.examples import Examples, label_matrix
+from transforms.manifest import Manifest
+from transforms.rank import RankVectors
 from transforms.records import RESULTS, RESULTS_SCHEMA
-from transforms.stored import ReadEmbeddings, stored_vectors_of
-
-PROG = pipelines.prog("relabel")
+from transforms.stored import DEFAULT_BATCH, ReadEmbeddings
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = jobs.stored_vectors_parser(PROG, __doc__, "ranked", "an HTML report of the run")
-    jobs.add_label_options(parser)
-    return parser
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RelabelPlan(runner.Plan):
+    stored: StoredVectors
+    labels: LabelChoice
+    examples: Optional[Examples] = None  # LabelChoice.embedded_examples: those the stored run kept, as it kept them
+    vectors_per_batch: int = DEFAULT_BATCH
+    report: Optional[str] = None
+
+    @property
+    def settings(self) -> dict:
+        return self.labels.settings(self.backend, examples=self.examples)
+
+
+class Relabel(runner.Job):
+    name, module, required = "relabel", "relabel", ("embeddings", "labels", "output")
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        add_stored_options(parser, "ranked", "an HTML report of the run")
+        add_label_options(parser)
+
+    def plan(self, args: argparse.Namespace, beam_args: Sequence[str]) -> RelabelPlan:
+        labels = LabelChoice.from_args(args)
+        backend = checked_backend(args, beam_args)
+        stored = StoredVectors.of(args.embeddings, backend)
+        # an example the kept run holds needs no image model: its vector is the one the run kept
+        return RelabelPlan(target=RunTarget.from_args(args), backend=backend, stored=stored, labels=labels,
+                           examples=labels.embedded_examples(backend, stored),
+                           vectors_per_batch=args.vectors_per_batch, report=args.report)
+
+    def record(self, plan: RelabelPlan) -> dict:
+        return {"labels": plan.labels.source, "embeddings_run": plan.stored.manifest.run_id,
+                "settings": plan.settings, "details": plan.labels.details(plan.examples)}
+
+    def tables(self, pipeline: beam.Pipeline, plan: RelabelPlan, run: runner.Run) -> runner.Outputs:
+        labels = label_matrix(pipeline, plan.labels.phrases, plan.labels.templates_for(plan.backend), plan.backend,
+                              plan.examples)
+        results = (pipeline
+                   | "ReadEmbeddings" >> ReadEmbeddings(plan.stored.shards)
+                   | "Rank" >> RankVectors(labels, plan.backend, plan.labels.decision, plan.vectors_per_batch))
+        return runner.Outputs({RESULTS: (results, RESULTS_SCHEMA)}, review=results,
+                              review_size=plan.labels.review)
+
+    def after(self, plan: RelabelPlan, run: Manifest) -> None:
+        runner.write_page(plan.report, lambda: label_report(plan.target.output, plan.report, plan.labels))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    try:
-        argv, args, beam_args = jobs.parse(build_parser(), argv, required=("embeddings", "labels", "output"))
-        labels = jobs.LabelChoice.from_args(args)
-        job = jobs.StoredVectorsJob.from_args(args, beam_args)
-        templates = labels.templates or load_templates(job.backend.default_templates)
-        # an example the kept run holds needs no image model: its vector is the one the run kept
-        kept = stored_vectors_of(job.shards, [example.uri for example in labels.examples]) if labels.examples else {}
-        examples = labels.embedded_examples(job.backend, kept)
-        job.run.probe()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    manifest = jobs.new_manifest("relabel", PROG, argv, job.run, job.backend.model_id, labels=labels.source,
-                                 embeddings_run=job.stored.run_id,
-                                 settings=jobs.result_settings(job.backend, labels, templates, examples=examples),
-                                 details=jobs.examples_details(args.examples, examples))
-
-    def build(pipeline: beam.Pipeline) -> None:
-        label_matrix = pipeline | "EmbedLabels" >> EmbedLabels(labels.phrases, templates, job.backend)
-        if examples is not None:
-            label_matrix = label_matrix | "TeachLabels" >> TeachLabels(examples, job.backend)
-        results = (pipeline
-                   | "ReadEmbeddings" >> ReadEmbeddings(job.shards)
-                   | "Rank" >> RankVectors(label_matrix, job.backend, labels.decision, args.vectors_per_batch))
-        job.write(manifest, {RESULTS: (results, RESULTS_SCHEMA)}, review=labels.review)
-
-    return jobs.report_labels(jobs.run_job(job.run.output, beam_args, manifest, build), job.run, args.report, labels)
+    return runner.main(Relabel(), argv)
 
 
 if __name__ == "__main__":

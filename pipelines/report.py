@@ -275,26 +275,23 @@ def write_topics_report(run: str, output: str, title: str = "Topics") -> None:
         f.write(render_topics(topics, images, thumbnails({uri for row in topics for uri in row["examples"]}), title))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=pipelines.prog("report"), description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--run", required=True, help="folder of a finished run of classify_images, relabel, search "
                                                      "or topics (its --output)")
     parser.add_argument("--output", required=True, help="the HTML file to write (any fsspec URL)")
     parser.add_argument("--title", help="the page's title (default: what the run is)")
     parser.add_argument("--per_label", type=int, default=PER_LABEL, help=f"thumbnails per label (default {PER_LABEL})")
-    args, store_args = parser.parse_known_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args, store_args = build_parser().parse_known_args(argv)
     if unknown := unknown_beam_args(store_args):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     use_job_options(PipelineOptions(store_args))  # Beam's store options, e.g. --s3_endpoint_url, reach the run
-    titled = {"title": args.title} if args.title else {}
     try:
-        job = finished_manifest(args.run).job
-        if job == "topics":
-            write_topics_report(args.run, args.output, **titled)
-        elif job == "search":
-            write_search_report(args.run, args.output, **titled)
-        else:
-            write_report(args.run, args.output, per_label=args.per_label, **titled)
+        write_any_report(args.run, args.output, args.title, args.per_label)
     except (ConfigError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -303,6 +300,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     print(f"wrote {args.output}")
     return 0
+
+
+def write_any_report(run: str, output: str, title: Optional[str], per_label: int = PER_LABEL) -> None:
+    """The page of the run in `run`, whichever job made it."""
+    titled = {"title": title} if title else {}
+    job = finished_manifest(run).job
+    if job == "topics":
+        write_topics_report(run, output, **titled)
+    elif job == "search":
+        write_search_report(run, output, **titled)
+    else:
+        write_report(run, output, per_label=per_label, **titled)
 
 
 if __name__ == "__main__":

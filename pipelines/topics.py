@@ -11,40 +11,103 @@ map), and then OUT/suggested_labels.txt: one label per topic, which classify_ima
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
 from typing import Optional, Sequence
 
 import apache_beam as beam
 
-import pipelines
-from pipelines import jobs
+from pipelines import runner
 from pipelines.cli import ConfigError, exit_job
+from pipelines.options import RunTarget, StoredVectors, add_stored_options, checked_backend
 from transforms import files
 from transforms.label_sets import LabelSetError, load_label_phrases, load_templates
+from transforms.manifest import Manifest
 from transforms.rank import EmbedLabels
 from transforms.records import EMBEDDINGS, IMAGE_TOPICS_SCHEMA, TOPICS_SCHEMA
 from transforms.run_folder import read_run
 from transforms.topics import FindTopics
 
-PROG = pipelines.prog("topics")
 SUGGESTED_LABELS = "suggested_labels.txt"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = jobs.stored_vectors_parser(PROG, __doc__, "assigned", "an HTML page: the map and a sheet per topic")
-    parser.add_argument("--topics", type=int, help="(required) how many topics to find (at most; a topic no image "
-                                                   "ends up in is dropped)")
-    parser.add_argument("--vocabulary", default="wordnet",
-                        help="label set the topic names are chosen from: a built-in name or a file/URL, one label "
-                             "per line (default wordnet: the WordNet nouns that have ImageNet photos below them)")
-    parser.add_argument("--iterations", type=int, default=10, help="k-means passes over the vectors (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="chooses the start; the same seed gives the same topics")
-    return parser
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TopicsPlan(runner.Plan):
+    stored: StoredVectors
+    topics: int
+    vocabulary_source: str  # --vocabulary as given
+    vocabulary: dict[str, list[str]]
+    iterations: int
+    seed: int
+    vectors_per_batch: int
+    report: Optional[str] = None
+
+
+class Topics(runner.Job):
+    name, module, required = "topics", "topics", ("embeddings", "topics", "output")
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        add_stored_options(parser, "assigned", "an HTML page: the map and a sheet per topic")
+        parser.add_argument("--topics", type=int, help="(required) how many topics to find (at most; a topic no "
+                                                       "image ends up in is dropped)")
+        parser.add_argument("--vocabulary", default="wordnet",
+                            help="label set the topic names are chosen from: a built-in name or a file/URL, one "
+                                 "label per line (default wordnet: the WordNet nouns that have ImageNet photos below "
+                                 "them)")
+        parser.add_argument("--iterations", type=int, default=10, help="k-means passes over the vectors (default 10)")
+        parser.add_argument("--seed", type=int, default=0,
+                            help="chooses the start; the same seed gives the same topics")
+
+    def plan(self, args: argparse.Namespace, beam_args: Sequence[str]) -> TopicsPlan:
+        try:
+            vocabulary = load_label_phrases(args.vocabulary)
+        except LabelSetError as e:
+            raise ConfigError(f"--vocabulary: {e}") from None
+        if args.iterations < 1:
+            raise ConfigError(f"--iterations must be at least 1, got {args.iterations}")
+        backend = checked_backend(args, beam_args)
+        stored = StoredVectors.of(args.embeddings, backend)
+        images = stored.manifest.rows(EMBEDDINGS)
+        if not 1 <= args.topics <= images:
+            raise ConfigError(f"--topics must be between 1 and the {images} images of the run, got {args.topics}")
+        if args.topics > len(vocabulary):
+            raise ConfigError(f"--vocabulary {args.vocabulary!r} has {len(vocabulary)} labels, fewer than the "
+                              f"{args.topics} --topics to name")
+        return TopicsPlan(target=RunTarget.from_args(args), backend=backend, stored=stored, topics=args.topics,
+                          vocabulary_source=args.vocabulary, vocabulary=vocabulary, iterations=args.iterations,
+                          seed=args.seed, vectors_per_batch=args.vectors_per_batch, report=args.report)
+
+    def record(self, plan: TopicsPlan) -> dict:
+        return {"embeddings_run": plan.stored.manifest.run_id,
+                "details": {"topics": plan.topics, "iterations": plan.iterations, "seed": plan.seed,
+                            "vocabulary": plan.vocabulary_source}}
+
+    def tables(self, pipeline: beam.Pipeline, plan: TopicsPlan, run: runner.Run) -> runner.Outputs:
+        words = pipeline | "EmbedVocabulary" >> EmbedLabels(plan.vocabulary, load_templates(
+            plan.backend.default_templates), plan.backend)
+        found = pipeline | "Topics" >> FindTopics(list(plan.stored.shards), plan.topics, words, plan.iterations,
+                                                  plan.seed, plan.vectors_per_batch)
+        return runner.Outputs({"topics": (found["topics"], TOPICS_SCHEMA),
+                               "images": (found["images"], IMAGE_TOPICS_SCHEMA)})
+
+    def after(self, plan: TopicsPlan, run: Manifest) -> None:
+        """suggested_labels.txt, from the committed rows (its first line names the run they come from), and the
+        report."""
+        suggested = f"{plan.target.output.rstrip('/')}/{SUGGESTED_LABELS}"
+        files.write(suggested, suggested_labels(read_run(plan.target.output, "topics"), plan.vocabulary,
+                                                run.run_id).encode("utf-8"))
+        print(f"suggested labels: {suggested}")
+        runner.write_page(plan.report, lambda: topics_report(plan.target.output, plan.report))
+
+
+def topics_report(output: str, page: str) -> None:
+    from pipelines.report import write_topics_report  # only runs that ask for a report import its renderer
+
+    write_topics_report(output, page)
 
 
 def suggested_labels(rows: Sequence[dict], vocabulary: dict[str, list[str]], run_id: str) -> str:
     """A label file with one label per topic, largest first, as the vocabulary spells it (with its phrases)."""
-    lines = [f"# Suggested by {PROG}, run {run_id}: one label per topic, largest topic first. Edit freely.",
+    lines = [f"# Suggested by {Topics().prog}, run {run_id}: one label per topic, largest topic first. Edit freely.",
              "# Each comment line below is the topic's size and its other nearest words."]
     for row in sorted(rows, key=lambda row: row["topic"]):
         phrases = vocabulary[row["name"]]
@@ -54,51 +117,7 @@ def suggested_labels(rows: Sequence[dict], vocabulary: dict[str, list[str]], run
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    try:
-        argv, args, beam_args = jobs.parse(build_parser(), argv, required=("embeddings", "topics", "output"))
-        try:
-            vocabulary = load_label_phrases(args.vocabulary)
-        except LabelSetError as e:
-            raise ConfigError(f"--vocabulary: {e}") from None
-        if args.iterations < 1:
-            raise ConfigError(f"--iterations must be at least 1, got {args.iterations}")
-        job = jobs.StoredVectorsJob.from_args(args, beam_args)
-        images = job.stored.rows(EMBEDDINGS)
-        if not 1 <= args.topics <= images:
-            raise ConfigError(f"--topics must be between 1 and the {images} images of the run, got {args.topics}")
-        if args.topics > len(vocabulary):
-            raise ConfigError(f"--vocabulary {args.vocabulary!r} has {len(vocabulary)} labels, fewer than the "
-                              f"{args.topics} --topics to name")
-        templates = load_templates(job.backend.default_templates)
-        job.run.probe()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    manifest = jobs.new_manifest("topics", PROG, argv, job.run, job.backend.model_id, embeddings_run=job.stored.run_id,
-                                 details={"topics": args.topics, "iterations": args.iterations, "seed": args.seed,
-                                          "vocabulary": args.vocabulary})
-
-    def build(pipeline: beam.Pipeline) -> None:
-        words = pipeline | "EmbedVocabulary" >> EmbedLabels(vocabulary, templates, job.backend)
-        found = pipeline | "Topics" >> FindTopics(job.shards, args.topics, words, args.iterations, args.seed,
-                                                  args.vectors_per_batch)
-        job.write(manifest, {"topics": (found["topics"], TOPICS_SCHEMA),
-                             "images": (found["images"], IMAGE_TOPICS_SCHEMA)})
-
-    status = jobs.run_job(job.run.output, beam_args, manifest, build)
-    if status != 0:
-        return status
-    # Written after the commit, from the committed rows; its first line names the run it comes from.
-    suggested = f"{job.run.output.rstrip('/')}/{SUGGESTED_LABELS}"
-    files.write(suggested, suggested_labels(read_run(job.run.output, "topics"), vocabulary,
-                                                 manifest.run_id).encode("utf-8"))
-    print(f"suggested labels: {suggested}")
-    if args.report:
-        from pipelines.report import write_topics_report
-
-        write_topics_report(job.run.output, args.report)
-        print(f"report: {args.report}")
-    return 0
+    return runner.main(Topics(), argv)
 
 
 if __name__ == "__main__":

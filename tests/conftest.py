@@ -116,7 +116,7 @@ def nomic_api(monkeypatch, tmp_path):
     """A fresh loopback Nomic API; the nomic client in this process and its children is pointed at it."""
     import nomic.embed
 
-    from benchmarks.nomic_server import FakeNomicAPI
+    from testbed.nomic_api import FakeNomicAPI
     from transforms.backends import base
 
     api = FakeNomicAPI().start()

@@ -14,8 +14,8 @@ import fsspec
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from benchmarks.buckets import RequestLog, free_port, s3_server
 from pipelines import relabel, report, search
+from testbed.s3 import RequestLog, free_port, s3_server
 from tests.conftest import REPO, commit_gate
 from tests.test_run_folder import readme_readers
 from transforms.run_folder import SUCCESS, read_manifest, read_run

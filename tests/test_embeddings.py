@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import classify_images, relabel, search
+from tests import jobs
 from transforms.backends import base, local
 from transforms.backends.local import ConSEEmbedder, LocalBackend
 from transforms.label_sets import load_label_phrases
@@ -23,10 +24,9 @@ def kept(tmp_path_factory, photos):
     classification of the same photos with `everyday`, which relabeling must reproduce."""
     folder = tmp_path_factory.mktemp("kept")
     for dtype in ("float32", "float16"):
-        assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "general", "--output",
-                                     str(folder / dtype), "--keep_embeddings", "--embeddings_dtype", dtype]) == 0
-    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday", "--top_k", "3",
-                                 "--output", str(folder / "fresh")]) == 0
+        assert jobs.classify(f"{photos}/*.jpg", folder / dtype, "general", keep_embeddings=True,
+                             embeddings_dtype=dtype) == 0
+    assert jobs.classify(f"{photos}/*.jpg", folder / "fresh", "everyday", Decision(top_k=3)) == 0
     return folder
 
 
@@ -54,8 +54,7 @@ def test_the_embeddings_table_has_one_fixed_size_vector_per_image(kept):
 
 
 def test_relabel_gives_the_rows_of_a_fresh_classify_without_the_image_model(kept, tmp_path, no_image_model):
-    assert relabel.main(["--embeddings", str(kept / "float32"), "--labels", "everyday", "--top_k", "3",
-                         "--output", str(tmp_path / "relabeled")]) == 0
+    assert jobs.relabel(kept / "float32", tmp_path / "relabeled", "everyday", Decision(top_k=3)) == 0
     fresh = _by_uri(read_run(str(kept / "fresh")))
     everyday = load_label_phrases("everyday")
     runs = {"job": _by_uri(read_run(str(tmp_path / "relabeled"))),

@@ -3,12 +3,11 @@ import json
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import devsets
 from pipelines import evaluate
+from testbed import devsets
 from transforms.label_sets import load_label_set
 
 
@@ -77,24 +76,6 @@ def test_expected_calibration_error_compares_confidence_with_accuracy():
     confidence = [0.25] * 4 + [0.75] * 4
     correct = [True, False, False, False, True, True, False, False]
     assert evaluate.expected_calibration_error(confidence, correct) == pytest.approx(0.125)
-
-
-def test_calibration_report_removes_the_true_label_to_make_images_with_no_right_answer():
-    from benchmarks.calibrate import Scored, outcomes, without_truth
-    from benchmarks.devdata import DevSet
-
-    scores = np.array([[0.8, 0.1, 0.3], [0.2, 0.6, 0.1]])
-    truth = np.array([0, 1])
-    np.testing.assert_allclose(without_truth(scores, truth), [[0.1, 0.3], [0.2, 0.1]])
-    # Three labels over four ImageNet classes: label 0 covers class 0, label 1 class 1, label 2 nothing; class 3
-    # is the background. Each image looks most like its own label's class.
-    coverage = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
-    class_cosines = np.array([[0.9, 0.1, 0.2, 0.3], [0.1, 0.8, 0.2, 0.3]])
-    dev = DevSet("toy", "toy", "coarse", {"a": ["a"], "b": ["b"], "c": ["c"]}, truth, ["x", "y"], np.zeros((2, 4)))
-    result = outcomes(Scored(dev, scores, class_cosines, {None: coverage}), ("fixed", 10.0), None, 0.1)
-    assert result["correct"].all() and (result["p_true"] == result["top_p"]).all()
-    # With its label gone, an image's own class joins the background and "none of these" takes over.
-    assert (result["p_none"] > 0.5).all() and (result["absent_top_p"] < 0.3).all()
 
 
 def test_openclipart_pictures_take_the_label_of_their_folder(tmp_path):

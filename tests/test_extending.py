@@ -1,8 +1,13 @@
 """A new backend is one file and one registry line: this one lives in this file, is registered for the test, and
-runs through the command line end to end with no change anywhere else."""
+runs through the command line end to end with no change anywhere else. A new job is one module: the one
+docs/ARCHITECTURE.md shows runs here as it is written there."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import re
+from collections import Counter
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -10,10 +15,10 @@ import pytest
 from PIL import Image
 
 from pipelines import classify_images
-from tests.conftest import colour_photo
+from tests.conftest import REPO, colour_photo
 from transforms import backends
 from transforms.backends.base import Backend, Embedder, l2_normalize, option
-from transforms.run_folder import read_run
+from transforms.run_folder import read_manifest, read_run
 
 COLOURS = {"red": (220, 20, 30), "green": (30, 200, 40), "blue": (20, 40, 210), "yellow": (230, 220, 30)}
 
@@ -85,3 +90,42 @@ def test_its_settings_are_on_the_command_line(registered, capsys):
     with pytest.raises(SystemExit):
         classify_images.main(["--help"])
     assert "--histogram_levels" in capsys.readouterr().out
+
+
+def _job_from_the_architecture_doc(tmp_path: Path, monkeypatch):
+    """The module docs/ARCHITECTURE.md shows under "How to add a job", as a module a job can live in."""
+    doc = (REPO / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## How to add a job"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    assert len(code.splitlines()) < 60
+    (tmp_path / "count_labels.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return importlib.import_module("count_labels")
+
+
+def test_the_documented_new_job_runs_through_the_runner(finished_run, tmp_path, monkeypatch, capsys):
+    count_labels = _job_from_the_architecture_doc(tmp_path, monkeypatch)
+    out = tmp_path / "counts"
+    assert count_labels.main(["--run", str(finished_run), "--output", str(out)]) == 0
+    top = Counter(row["labels"][0] for row in read_run(str(finished_run)))
+    assert {row["label"]: row["images"] for row in read_run(str(out), "counts")} == top
+    manifest = read_manifest(str(out))
+    assert manifest.job == "count" and manifest.details["counted"]
+    assert count_labels.main(["--run", str(finished_run), "--output", str(out)]) == 2  # a finished run is there
+    assert count_labels.main(["--run", str(tmp_path / "nothing"), "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: --run '{tmp_path / 'nothing'}' holds no " \
+                                                                "finished run"
+
+
+def test_the_readmes_library_examples_run_as_written(photos, tmp_path, monkeypatch):
+    """README, "Use it in your own pipeline": the pipeline of your own, and a job run from a plan."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Use it in your own pipeline"):readme.index("## Run on Dataflow")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").symlink_to(photos)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    assert {Path(row["uri"]).name for row in read_run("out/labels")} == {p.name for p in photos.glob("*.jpg")}
+    assert list(Path("out/pipeline").glob("results-*.parquet"))

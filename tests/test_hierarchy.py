@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from benchmarks.devsets import imagenet_coarse_label
 from labels.build_hierarchy import build_hierarchy, parse_wordnet_nouns
+from testbed.devsets import imagenet_coarse_label
 from transforms.backends.imagenet_hierarchy import ImageNetHierarchy, imagenet_hierarchy
 from transforms.label_sets import load_label_set
 

@@ -159,3 +159,60 @@ def test_no_transform_hints_an_input_beam_cannot_check():
                 hint = given.annotation  # a string: the modules use `from __future__ import annotations`
                 checkable = re.match(r"(beam\.)?(pvalue\.)?(PCollection|PBegin)\b", str(hint))
                 assert hint is inspect.Parameter.empty or checkable, f"{cls.__name__}.expand({given}): Beam warns on it"
+
+
+def test_a_job_called_in_process_leaves_the_programs_logging_and_threads_as_they_were(photos, tmp_path, capsys):
+    """A notebook runs a job: its own root configuration, the project's logger and PyTorch's threads are what they
+    were after it."""
+    import logging
+
+    import torch
+
+    from pipelines import classify_images
+
+    logger, root = logging.getLogger("zero_shot"), logging.getLogger()
+    before = (logger.level, logger.propagate, list(logger.handlers), list(root.handlers), root.level,
+              torch.get_num_threads())
+    assert classify_images.main(["--input", f"{photos}/chelsea.jpg", "--labels", "everyday", "--output",
+                                 str(tmp_path / "out"), "--local_runtime", "torch", "--local_threads", "1"]) == 0
+    assert (logger.level, logger.propagate, list(logger.handlers), list(root.handlers), root.level,
+            torch.get_num_threads()) == before
+    assert "labeled 1 image" in capsys.readouterr().out
+
+
+def test_quiet_tool_hides_a_tools_chatter_and_puts_logging_and_stdout_back(capsys):
+    import logging
+
+    stdout, disabled = sys.stdout, logging.root.manager.disable
+    with internals.quiet_tool():
+        print("a note on each fusion")
+        logging.getLogger("onnxruntime").warning("pre-process the graph first")
+        assert logging.root.manager.disable == logging.WARNING
+    assert sys.stdout is stdout and logging.root.manager.disable == disabled
+    captured = capsys.readouterr()
+    assert "fusion" not in captured.out + captured.err and "pre-process" not in captured.out + captured.err
+
+
+def test_onnxruntime_and_transformers_get_their_default_chatter_back():
+    """ONNX Runtime has no getter for its default logger's severity: its default is what quiet_onnxruntime puts
+    back, and transformers' progress bars come back on."""
+    import onnxruntime
+    from transformers.utils import logging as transformers_logging
+
+    assert "set_default_logger_severity" in dir(onnxruntime) and "get_default_logger_severity" not in dir(onnxruntime)
+    with internals.quiet_onnxruntime():
+        pass
+    assert transformers_logging.is_progress_bar_enabled()
+    with internals.no_progress_bars():
+        assert not transformers_logging.is_progress_bar_enabled()
+    assert transformers_logging.is_progress_bar_enabled()
+
+
+def test_no_module_but_internals_changes_the_process():
+    """The process-wide switches are called in transforms/internals.py only."""
+    tricks = re.compile(r"logging\.disable\(|redirect_stdout|set_default_logger_severity|disable_progress_bar\(|"
+                        r"set_num_threads\(|basicConfig\(")
+    found = [str(path.relative_to(REPO)) for folder in ("transforms", "pipelines")
+             for path in (REPO / folder).rglob("*.py")
+             if path.name != "internals.py" and tricks.search(path.read_text(encoding="utf-8"))]
+    assert found == []

@@ -119,7 +119,7 @@ def test_a_worker_that_cannot_get_the_key_says_so_in_the_last_line(nomic_api, co
                            "'memory://secrets/nomic-key' (FileNotFoundError)"), last
 
 
-def _classify(backend, inputs, labels=COLOURS, batch_size=8):
+def _label(backend, inputs, labels=COLOURS, batch_size=8):
     p = TestPipeline()
     outputs = p | beam.Create(inputs) | ZeroShotClassify(labels, backend, decision=Decision(top_k=1),
                                                          batch_size=batch_size)
@@ -138,7 +138,7 @@ def _pairs(folder):
 
 def test_labels_are_embedded_once_whatever_the_number_of_images(nomic_api, tmp_path):
     inputs = [(f"img{i}.jpg", colour_photo(RGB[COLOURS[i % 4]])) for i in range(40)]
-    p, outputs = _classify(NomicBackend(), inputs, batch_size=10)
+    p, outputs = _label(NomicBackend(), inputs, batch_size=10)
     assert_that(outputs["results"] | beam.combiners.Count.Globally(), equal_to([40]))
     p.run().wait_until_finish()
     text_requests_for_one_call = len(COLOURS)  # the client sends small label sets one text per request
@@ -149,7 +149,7 @@ def test_labels_are_embedded_once_whatever_the_number_of_images(nomic_api, tmp_p
 @pytest.mark.parametrize("status", [429, 500, 503])
 def test_bursts_of_retriable_errors_are_absorbed(nomic_api, colour_photos, status):
     nomic_api.fail_next(2, status=status)
-    p, outputs = _classify(NomicBackend(), _pairs(colour_photos))
+    p, outputs = _label(NomicBackend(), _pairs(colour_photos))
     assert_that(_outcomes(outputs), equal_to([(f"{c}.jpg", c) for c in COLOURS]))
     p.run().wait_until_finish()
     assert sum(nomic_api.requests.values()) > len(COLOURS) + 2  # the failed requests were sent again
@@ -161,21 +161,21 @@ def _fails_with(p, pattern):
 
 
 def test_malformed_responses_that_persist_fail_the_job(nomic_api, colour_photos):
-    p, outputs = _classify(NomicBackend(retries=0), _pairs(colour_photos))
+    p, outputs = _label(NomicBackend(retries=0), _pairs(colour_photos))
     nomic_api.fail_next(len(COLOURS))  # label requests succeed
     nomic_api.fail_next(100, malformed=True)
     _fails_with(p, r"NomicAPIError: .*no image was at fault")
 
 
 def test_a_wrong_number_of_embeddings_is_never_aligned_by_guess(nomic_api, colour_photos):
-    p, outputs = _classify(NomicBackend(retries=0), _pairs(colour_photos))
+    p, outputs = _label(NomicBackend(retries=0), _pairs(colour_photos))
     nomic_api.fail_next(len(COLOURS))
     nomic_api.fail_next(1, drop_one=True)  # one of the requests the client sends for the batch
     _fails_with(p, r"EmbeddingCountError: the Nomic API returned 3 embeddings for 4 inputs")
 
 
 def test_a_call_that_hangs_fails_the_job_at_the_timeout(nomic_api, colour_photos):
-    p, outputs = _classify(NomicBackend(retries=0, call_timeout_s=1), _pairs(colour_photos))
+    p, outputs = _label(NomicBackend(retries=0, call_timeout_s=1), _pairs(colour_photos))
     nomic_api.fail_next(len(COLOURS))
     nomic_api.fail_next(1, delay_s=4)
     _fails_with(p, r"TimeoutError.*no image was at fault")
@@ -213,7 +213,7 @@ def test_an_api_that_is_down_fails_the_job_in_minutes_and_keeps_the_previous_run
 def test_a_key_refused_mid_job_fails_the_job_fast(nomic_api, colour_photos):
     nomic_api.fail_next(len(COLOURS))  # the labels are embedded, then the key is revoked
     nomic_api.fail_next(1000, status=401)
-    p, _ = _classify(NomicBackend(), _pairs(colour_photos))
+    p, _ = _label(NomicBackend(), _pairs(colour_photos))
     with pytest.raises(Exception, match="refused the API key"):
         p.run().wait_until_finish()
     assert sum(nomic_api.requests.values()) < 20  # no minutes of retries

@@ -35,12 +35,12 @@ def test_the_readme_shows_the_output_rows_as_they_are_defined():
 
 
 def test_the_wheel_holds_the_product_not_its_dev_tools(tmp_path):
-    """Dev-set builders, benchmarks and tests are not installed: what ships is what a job runs."""
+    """Dev-set builders, the testbed, benchmarks and tests are not installed: what ships is what a job runs."""
     source = tmp_path / "src"
     source.mkdir()
     for name in ("setup.py", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for package in (*PACKAGES, "benchmarks", "tests"):
+    for package in (*PACKAGES, "benchmarks", "testbed", "tests"):
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(source)], check=True, capture_output=True)

@@ -17,6 +17,7 @@ from transforms.label_sets import load_label_set, load_templates
 from transforms.metrics import NAMESPACE
 from transforms.rank import Decision, build_label_matrix
 from transforms.read import MatchFiles
+from transforms.records import EMBEDDINGS, ERRORS, RESULTS
 
 EVERYDAY = load_label_set("everyday")
 
@@ -121,3 +122,21 @@ def test_scores_are_the_cosine_of_the_embedded_vectors(photos):
             got = dict(zip(row["labels"], row["scores"]))
             np.testing.assert_allclose([got[label] for label in EVERYDAY], expected, atol=1e-5)
         assert_that(outputs["results"], check)
+
+
+def test_optional_behaviour_is_chained_and_plain_labeling_needs_none(photos):
+    """ZeroShotClassify alone labels; `.with_embeddings()` adds the vectors, `.with_error_budget()` stops a job whose
+    inputs fail beyond the budget."""
+    uris = [str(photos / "chelsea.jpg"), str(photos / "coffee.jpg")]
+    with TestPipeline() as p:
+        plain = p | "Plain" >> beam.Create(uris) | "Label" >> ZeroShotClassify(["cat", "cup"], LocalBackend())
+        kept = (p | "Kept" >> beam.Create(uris)
+                | "LabelAndKeep" >> ZeroShotClassify(["cat", "cup"], LocalBackend()).with_embeddings())
+        assert sorted(plain) == [ERRORS, RESULTS] and sorted(kept) == [EMBEDDINGS, ERRORS, RESULTS]
+        assert_that(kept[EMBEDDINGS] | beam.Map(lambda row: len(row["embedding"])),
+                    equal_to([LocalBackend.embedding_dim] * 2))
+    with pytest.raises(Exception, match="TooManyErrorsError|2 of the job's 3 inputs failed"):
+        with TestPipeline() as p:
+            inputs = p | beam.Create([*uris[:1], "/nowhere/a.jpg", "/nowhere/b.jpg"])
+            _ = inputs | ZeroShotClassify(["cat"], LocalBackend()).with_error_budget(
+                0.5, inputs | beam.combiners.Count.Globally())

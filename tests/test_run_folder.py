@@ -14,19 +14,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.run import make_images
-from pipelines import classify_images, jobs
+from pipelines import classify_images
+from pipelines.redact import redacted
+from testbed.images import make_images
+from tests import jobs
 from tests.conftest import commit_gate
 from transforms.manifest import LAYOUT
+from transforms.rank import Decision
 from transforms.run_folder import SUCCESS, NoFinishedRun, commit, read_manifest, read_run, remove_runs_before
 from transforms.write import Shard
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _classify(photos: Path, output: Path, *flags: str) -> int:
-    return classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday", "--output", str(output),
-                                 *flags])
+def _classify(photos: Path, output: Path, **settings) -> int:
+    return jobs.classify(f"{photos}/*.jpg", output, **settings)
 
 
 def _run_folders(output: Path) -> list[str]:
@@ -45,7 +47,8 @@ def readme_readers(run: Path) -> dict[str, int]:
 
 def test_a_finished_run_is_its_folder_and_a_manifest_written_last(tmp_path, photos):
     out = tmp_path / "out"
-    assert _classify(photos, out, "--top_k", "2") == 0
+    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday", "--output", str(out),
+                                 "--top_k", "2"]) == 0
     manifest = read_manifest(str(out))
     claim = "_COMMIT-00000001"  # the first commit's claim of generation 1
     assert {p.name for p in out.iterdir()} == {SUCCESS, claim, manifest.run_id} and manifest.generation == 1
@@ -62,14 +65,14 @@ def test_a_finished_run_is_its_folder_and_a_manifest_written_last(tmp_path, phot
 
 def test_a_second_run_is_refused_unless_overwrite_and_then_leaves_only_the_new_run(tmp_path, photos, capsys):
     out = tmp_path / "out"
-    assert _classify(photos, out, "--num_shards", "3") == 0
+    assert _classify(photos, out, num_shards=3) == 0
     first = read_manifest(str(out)).run_id
     capsys.readouterr()
-    assert _classify(photos, out, "--num_shards", "2") == 2
+    assert _classify(photos, out, num_shards=2) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --output '{out}' holds a finished run ({first}, finished ") and "\n" not in err
     assert "pass --overwrite" in err
-    assert _classify(photos, out, "--num_shards", "2", "--overwrite") == 0
+    assert _classify(photos, out, num_shards=2, overwrite=True) == 0
     manifest = read_manifest(str(out))
     assert manifest.run_id != first and _run_folders(out) == [manifest.run_id]
     assert len(manifest.shards["results"]) == 2 and len(list((out / manifest.run_id).glob("results-*"))) == 2
@@ -80,7 +83,7 @@ def test_a_second_run_is_refused_unless_overwrite_and_then_leaves_only_the_new_r
 def test_the_manifest_keeps_no_secret_from_the_command_line():
     argv = ["--input", "x", "--s3_secret_access_key", "AKIA-SECRET", "--s3_session_token=tok-SECRET",
             "--nomic_api_key_file", "gs://keys/nomic"]
-    assert jobs.redacted(argv) == ["--input", "x", "--s3_secret_access_key", "<redacted>",
+    assert redacted(argv) == ["--input", "x", "--s3_secret_access_key", "<redacted>",
                                               "--s3_session_token=<redacted>", "--nomic_api_key_file",
                                               "gs://keys/nomic"]
 
@@ -91,13 +94,14 @@ def test_skip_existing_labels_only_new_or_changed_files_and_keeps_the_rest(tmp_p
     for path in photos.iterdir():
         (inputs / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "out"
-    assert _classify(inputs, out, "--top_k", "3") == 0
+    assert _classify(inputs, out, decision=Decision(top_k=3)) == 0
     before = {row["uri"]: row for row in read_run(str(out))}
     (inputs / "chelsea_copy.jpg").write_bytes((inputs / "chelsea.jpg").read_bytes())  # new
     (inputs / "coffee.jpg").write_bytes((inputs / "rocket.jpg").read_bytes())  # changed: same uri, new bytes
     (inputs / "flower.jpg").unlink()  # gone
     capsys.readouterr()
-    assert _classify(inputs, out, "--top_k", "3", "--overwrite", "--skip_existing", str(out)) == 0
+    assert _classify(inputs, out, decision=Decision(top_k=3), overwrite=True, previous=read_manifest(str(out)),
+                     skip_existing=str(out)) == 0
     printed = capsys.readouterr().out
     assert "labeled 2 images" in printed and "kept 5 rows of the previous run" in printed
     after = {row["uri"]: row for row in read_run(str(out))}
@@ -123,7 +127,7 @@ def test_skip_existing_labels_only_new_or_changed_files_and_keeps_the_rest(tmp_p
 ])
 def test_skip_existing_refuses_rows_made_another_way(tmp_path, photos, capsys, flags, message):
     previous = tmp_path / "previous"
-    assert _classify(photos, previous, "--top_k", "3") == 0
+    assert _classify(photos, previous, decision=Decision(top_k=3)) == 0
     capsys.readouterr()
     argv = ["--input", f"{photos}/*.jpg", "--labels", "everyday", "--top_k", "3", "--output", str(tmp_path / "new"),
             "--skip_existing", str(previous)]
@@ -137,7 +141,8 @@ def test_skip_existing_refuses_rows_made_another_way(tmp_path, photos, capsys, f
 
 
 def test_skip_existing_needs_a_finished_run(tmp_path, photos, capsys):
-    assert _classify(photos, tmp_path / "out", "--skip_existing", str(tmp_path / "nothing")) == 2
+    assert classify_images.main(["--input", f"{photos}/*.jpg", "--labels", "everyday",
+                                 "--output", str(tmp_path / "out"), "--skip_existing", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.strip() == f"error: --skip_existing '{tmp_path / 'nothing'}' holds no finished " \
                                               f"run (no {SUCCESS})"
 

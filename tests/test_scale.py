@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import make_images
+from testbed.images import make_images
 from transforms.run_folder import read_manifest, read_run
 
 REPO = Path(__file__).resolve().parents[1]

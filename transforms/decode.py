@@ -1,6 +1,7 @@
 """Decoder: image bytes -> an RGB Pillow image of bounded size, upright, first frame; bad files go to `errors`."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 
@@ -10,6 +11,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from transforms.internals import output_types
 from transforms.metrics import StageMetrics
+from transforms.read import DEFAULT_MAX_BYTES
 from transforms.records import ERROR_OUTPUT, ERRORS, ImageInfo, exception_row
 
 # Longer side of the decoded image. Models look at the central ~224 px square, so 512 keeps full detail for
@@ -58,6 +60,16 @@ def bound_size(image: Image.Image, max_side: int = DEFAULT_MAX_SIDE) -> Image.Im
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
     return image
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadLimits:
+    """The reader's and the decoder's bounds on one file: its bytes, its pixels, and the longer side it is
+    scaled down to."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = Image.MAX_IMAGE_PIXELS
+    max_side: int = DEFAULT_MAX_SIDE
 
 
 def decode_image(data: bytes, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE,

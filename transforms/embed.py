@@ -2,7 +2,7 @@
 through Beam's RunInference and a backend's handler."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
@@ -68,6 +68,18 @@ class _Preprocess:
     def __call__(self, element: tuple[ImageInfo, Image.Image]) -> tuple[ImageInfo, ModelInputs]:
         info, image = element
         return info, self.preprocessor(image)
+
+
+def embed_in_hand(backend: Backend, images: Sequence[Image.Image]) -> list[Union[Embedded, EmbedFailure]]:
+    """The embed stage's own code on images in hand, outside a pipeline (the examples that teach a job's labels,
+    before it starts): the backend's preprocessor, then its RunInference handler, a batch at a time. Each image's
+    vector, or the handler's refusal of it."""
+    handler = backend.model_handler(backend.default_batch_size)
+    model = handler.load_model()
+    preprocessor = backend.image_preprocessor()
+    inputs = [preprocessor(image) for image in images] if preprocessor else list(images)
+    return [result.inference for start in range(0, len(inputs), backend.default_batch_size)
+            for result in handler.run_inference(inputs[start:start + backend.default_batch_size], model)]
 
 
 class EmbedImages(beam.PTransform):

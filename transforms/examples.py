@@ -6,18 +6,19 @@ import dataclasses
 import hashlib
 import io
 import logging
-from typing import NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import fsspec
 import numpy as np
-from PIL import Image
 
 from transforms.backends import Backend, l2_normalize
-from transforms.decode import DEFAULT_MAX_SIDE, decode_image
-from transforms.faults import StoreError, with_retries
-from transforms.rank import LabelMatrix, label_probabilities, logit, none_scores
-from transforms.read import DEFAULT_MAX_BYTES, read_bytes
+from transforms.decode import ReadLimits, decode_image
+from transforms.embed import embed_in_hand
+from transforms.faults import StoreError, one_line
+from transforms.rank import EmbedLabels, LabelMatrix, label_probabilities, logit, none_scores
+from transforms.read import read_file
+from transforms.records import EmbedFailure
 from transforms.write import from_spreadsheet_cell
 
 _LOG = logging.getLogger("zero_shot")
@@ -46,7 +47,7 @@ def read_uri_labels(path: str, flag: str) -> list[tuple[str, str]]:
         with fsspec.open(path, "rb") as f:
             text = f.read().decode("utf-8-sig")  # a spreadsheet's CSV may start with a byte order mark
     except (OSError, UnicodeDecodeError, ValueError, ImportError) as e:  # ImportError: the URL's driver is missing
-        raise ExamplesError(f"cannot read {flag} {path!r} ({type(e).__name__}: {e})") from None
+        raise ExamplesError(f"cannot read {flag} {path!r} ({one_line(e)})") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if not {"uri", "label"} <= set(reader.fieldnames or ()):
         raise ExamplesError(f"{flag} {path!r} needs a header with columns uri,label")
@@ -92,12 +93,11 @@ class Examples:
 
 
 def embed_examples(examples: Sequence[Example], backend: Backend, known: Optional[dict[str, tuple]] = None,
-                   weight: float = DEFAULT_WEIGHT, max_bytes: int = DEFAULT_MAX_BYTES,
-                   max_pixels: int = Image.MAX_IMAGE_PIXELS, max_side: int = DEFAULT_MAX_SIDE) -> Examples:
+                   weight: float = DEFAULT_WEIGHT, limits: ReadLimits = ReadLimits()) -> Examples:
     """The examples' image vectors: those in `known` (uri -> (sha256, vector), a kept run's) as they are, the others
-    read, decoded and embedded here, as the job's stages would (same decoder, same bounds, the backend's model).
-    Before the job starts, so that an example that cannot be read or decoded stops it with one line
-    (ExamplesError); a store that fails stops it too (StoreError)."""
+    read, decoded and embedded here by the job's own stages' code (read_file, decode_image, embed_in_hand), with
+    the same bounds and model. Before the job starts, so that an example that cannot be read, decoded or embedded
+    stops it with one line (ExamplesError); a store that fails stops it too (StoreError)."""
     known = known or {}
     sha256_of, vectors, images, missing = {}, {}, [], []
     for uri, _ in examples:
@@ -105,21 +105,21 @@ def embed_examples(examples: Sequence[Example], backend: Backend, known: Optiona
             sha256_of[uri], vectors[uri] = known[uri]
             continue
         try:
-            data = with_retries(uri, lambda: read_bytes(uri, max_bytes))
+            data = read_file(uri, limits.max_bytes)
             if not data:
                 raise ValueError("file is empty")
-            image = decode_image(data, max_pixels, max_side, backend.image_side)[0]
+            image = decode_image(data, limits.max_pixels, limits.max_side, backend.image_side)[0]
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever the file's fault, the examples cannot teach as given
-            raise ExamplesError(f"--examples: cannot use {uri} ({type(e).__name__}: {e})") from None
+            raise ExamplesError(f"--examples: cannot use {uri} ({one_line(e)})") from None
         sha256_of[uri] = hashlib.sha256(data).hexdigest()
         images.append(image)
         missing.append(uri)
-    embedder = backend.load()
-    for start in range(0, len(images), backend.default_batch_size):
-        batch = images[start:start + backend.default_batch_size]
-        vectors.update(zip(missing[start:start + len(batch)], embedder.embed_images(batch)))
+    for uri, embedded in zip(missing, embed_in_hand(backend, images)):
+        if isinstance(embedded, EmbedFailure):
+            raise ExamplesError(f"--examples: cannot use {uri} ({embedded.error}: {embedded.message})")
+        vectors[uri] = embedded.vector
     return Examples(tuple(label for _, label in examples), np.stack([vectors[uri] for uri, _ in examples]),
                     weight, examples_digest(examples, sha256_of))
 
@@ -172,6 +172,14 @@ class TeachLabels(beam.PTransform):
     def expand(self, label_matrix):
         return label_matrix | "Teach" >> beam.Map(teach, self.examples, self.backend.logit_scale,
                                                   self.backend.none_margin)
+
+
+def label_matrix(pipeline: beam.Pipeline, phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
+                 backend: Backend, examples: Optional[Examples] = None) -> beam.PCollection:
+    """The label set embedded once (EmbedLabels) and, given examples, taught by them (TeachLabels): the one-element
+    side input every ranking of a job reads."""
+    labels = pipeline | "EmbedLabels" >> EmbedLabels(phrases, templates, backend)
+    return labels if examples is None else labels | "TeachLabels" >> TeachLabels(examples, backend)
 
 
 def left_out_scores(text: np.ndarray, vectors: np.ndarray, truth: np.ndarray, sums: np.ndarray,

@@ -11,10 +11,11 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 import apache_beam as beam
 import fsspec
+from apache_beam.utils import shared
 
 from transforms.stores import is_local, store_retry_s
 
@@ -96,6 +97,14 @@ def _is_changed(error: BaseException) -> bool:
 _failing_since: dict[str, float] = {}  # store -> since when its requests have gone unanswered, in this process
 _answered_at: dict[str, float] = {}  # store -> when it last answered a request, in this process
 _lock = threading.Lock()
+
+
+def reset_store_clocks() -> None:
+    """Forgets this process's store failures: a job run in-process after one that ended in an outage starts its
+    budget afresh instead of inheriting the old one's clock."""
+    with _lock:
+        _failing_since.clear()
+        _answered_at.clear()
 
 
 class _StoreClock:
@@ -185,15 +194,24 @@ class TooManyErrorsError(RuntimeError):
 # the rest do. Only a certain bound will do: the inputs do not come in random order (the DirectRunner hands them on
 # in the listing's order), so the first few hundred of them say nothing sure of the rest: a folder of sidecar files
 # that sorts first would look like a broken bucket.
-_tallies: dict[str, "ErrorTally"] = {}
-
-
 def commonest(causes: Counter, n: int = 3) -> str:
     return ", ".join(f"{cause} ({count})" for cause, count in causes.most_common(n))
 
 
+def over_error_budget(errors: int, inputs: int, limit: float, causes: Counter) -> Optional[TooManyErrorsError]:
+    """The one check and the one message of --max_error_fraction, while the job runs (the errors one process has
+    seen so far) and at its commit (all of them): the error to raise, or None while `errors` are within `limit` of
+    `inputs`."""
+    if errors <= limit * inputs:
+        return None
+    return TooManyErrorsError(
+        f"{errors} of the job's {inputs} inputs failed, more than --max_error_fraction {limit:g} of them; "
+        f"commonest: {commonest(causes)}. Nothing is committed and the images already embedded are kept: fix the "
+        "cause, or raise --max_error_fraction, and run the same command again to continue")
+
+
 class ErrorTally:
-    """The error rows this process has seen for one job's classify step, and the check on them."""
+    """The error rows the workers of one process have seen for one job's classify step, and the check on them."""
 
     def __init__(self, limit: float):
         self.limit, self.errors, self.causes = limit, 0, Counter()
@@ -205,30 +223,21 @@ class ErrorTally:
         with self._lock:
             self.errors += 1
             self.causes[f"{row['stage']} {row['error']}"] += 1
-            errors = self.errors
-        if errors > self.limit * inputs:
-            raise TooManyErrorsError(
-                f"{errors} of the job's {inputs} inputs have failed already, more than --max_error_fraction "
-                f"{self.limit:g} of them whatever the rest do; commonest: {commonest(self.causes)}. The job stops "
-                "before labeling the rest and commits nothing; the images already embedded are kept: fix the cause, "
-                "or raise --max_error_fraction, and run the same command again to continue")
-
-
-def error_tally(key: str, limit: float) -> ErrorTally:
-    """This process's tally for the watch `key` (one per classify step of a job)."""
-    with _lock:
-        return _tallies.setdefault(key, ErrorTally(limit))
+            error = over_error_budget(self.errors, inputs, self.limit, self.causes)
+        if error:
+            raise error
 
 
 class WatchErrors(beam.DoFn):
-    """Error rows -> the same, passed on, each counted in this process's tally for `key` against the job's number of
-    inputs (a side input), which stops the job once it is sure to end over the limit (TooManyErrorsError)."""
+    """Error rows -> the same, passed on, each counted in one tally per process (Beam's `Shared`: the DoFn
+    instances of one step share it, and it goes when they do) against the job's number of inputs (a side input),
+    which stops the job once it is sure to end over the limit (TooManyErrorsError)."""
 
-    def __init__(self, key: str, limit: float):
-        self.key, self.limit = key, limit
+    def __init__(self, tally: shared.Shared, limit: float):
+        self.shared_tally, self.limit = tally, limit
 
     def setup(self):
-        self.tally = error_tally(self.key, self.limit)
+        self.tally = self.shared_tally.acquire(lambda: ErrorTally(self.limit))
 
     def process(self, row: dict[str, str], inputs: int):
         self.tally.add_error(row, inputs)

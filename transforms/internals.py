@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
+import io
 import os
 import sys
+import threading
 import types
-from typing import Any, Callable, NoReturn, Optional, TextIO
+from typing import Any, Callable, Iterator, NoReturn, Optional, TextIO
 
 MODEL_MANAGER = "apache_beam.ml.inference.model_manager"
 
@@ -176,3 +179,113 @@ def bound_s3fs_retries() -> None:
     except ImportError:  # no [aws] extra: no S3 store to bound
         return
     S3FileSystem.retries = S3FS_TRIES
+
+
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+@contextlib.contextmanager
+def job_logging(own_process: bool) -> Iterator[None]:
+    """A job's log: WARNING and up from every library, INFO from the project's own `zero_shot` logger, as `LEVEL
+    name: message` on stderr. In a process the job owns, that is the root configuration (basicConfig(force): the
+    handlers libraries added at import would print lines twice). A program that calls a job in-process keeps its own
+    configuration: only `zero_shot` changes while the job runs (INFO, to stderr, not passed on to the program's
+    handlers, which would show its lines twice), and is put back as it was when the job ends; so is PyTorch's
+    thread count (set_torch_threads)."""
+    import logging
+
+    if own_process:
+        logging.basicConfig(level=logging.WARNING, format=_LOG_FORMAT, force=True)
+        logging.getLogger("zero_shot").setLevel(logging.INFO)
+        yield
+        return
+    logger = logging.getLogger("zero_shot")
+    level, propagate = logger.level, logger.propagate
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        restore_torch_threads()
+
+
+_quiet_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_tool() -> Iterator[None]:
+    """Hides what ONNX Runtime's transformer optimizer and quantizer say while they run: a root-logger note for each
+    fusion they did not find, printed too, and advice to pre-process the graph at every export. logging.disable and
+    sys.stdout are process-wide: a lock keeps two threads of a worker from interleaving them, and both come back as
+    they were (a line another thread prints meanwhile is lost: these run while a model loads, once per process)."""
+    import logging
+
+    with _quiet_lock:
+        disabled = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        finally:
+            logging.disable(disabled)
+
+
+ONNXRUNTIME_DEFAULT_SEVERITY = 2  # WARNING: ONNX Runtime has no getter, so this is what it starts with
+
+
+@contextlib.contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """ONNX Runtime's default logger at ERROR while a graph is quantized (its calibration sessions warn about every
+    constant the exporter folded), then back to its default. Sessions the project runs are quieted by their own
+    options (`log_severity_level`), which touch nothing else."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        onnxruntime.set_default_logger_severity(ONNXRUNTIME_DEFAULT_SEVERITY)
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off while a model loads (a bar per worker for loading local weights is noise),
+    then as they were."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
+_torch_threads_before: Optional[int] = None
+
+
+def set_torch_threads(threads: int) -> None:
+    """PyTorch's intra-op threads (`--local_threads` with `--local_runtime torch`): a process-wide setting, which a
+    job run in-process gives back when it ends (job_logging calls restore_torch_threads)."""
+    global _torch_threads_before
+    import torch
+
+    if _torch_threads_before is None:
+        _torch_threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+
+def restore_torch_threads() -> None:
+    global _torch_threads_before
+    if _torch_threads_before is not None:
+        import torch
+
+        torch.set_num_threads(_torch_threads_before)
+        _torch_threads_before = None

@@ -12,12 +12,12 @@ import json
 import typing
 from typing import Any, Mapping, Optional, Sequence
 
+from transforms.faults import one_line
 from transforms.write import Shard
 
 LAYOUT = 4
 # 1: 0.1.0; 2: a generation per commit, and the error fraction; 3: `embeddings_run` names the run whose vectors a
 # job read (relabel stored it as `embeddings`, the name of a table); 4: typed: `job`, and one `shards` map.
-JOBS = ("classify", "relabel", "search", "topics")
 # How layouts 1-3 named the job: only by the module in the first word of the command.
 _JOB_OF_MODULE = {"pipelines.classify_images": "classify", "pipelines.relabel": "relabel",
                   "pipelines.search": "search", "pipelines.topics": "topics"}
@@ -31,7 +31,8 @@ VECTOR_SETTINGS = ("backend", "model")
 def differing_setting(before: Mapping[str, Any], now: Mapping[str, Any],
                       names: Optional[Sequence[str]] = None) -> Optional[str]:
     """The first of `names` (default: every setting in `now`) whose value in a run's settings `before` is not the
-    one in `now`, or None: the one comparison of settings behind resume and --skip_existing."""
+    one in `now`, or None: the one comparison of settings behind resume, --skip_existing and the model check of
+    relabel, search and topics."""
     return next((name for name in (names or now) if before.get(name) != now.get(name)), None)
 
 
@@ -101,8 +102,8 @@ class Manifest:
                 raise TypeError(f"{wrong} is {type(fields[wrong]).__name__}, not {_FIELD_TYPES[wrong]}")
             manifest = cls(**dict(fields, command=tuple(fields["command"])))
         except (KeyError, TypeError, AttributeError) as e:
-            raise ManifestError(f"not a manifest: {type(e).__name__}: {e}") from None
-        if manifest.job not in JOBS or not all(isinstance(shard.rows, int) for listed in shards.values()
+            raise ManifestError(f"not a manifest: {one_line(e)}") from None
+        if not manifest.job.strip() or not all(isinstance(shard.rows, int) for listed in shards.values()
                                                 for shard in listed):
             raise ManifestError(f"not a manifest: job {manifest.job!r}, or a shard's row count is not a number")
         return manifest

@@ -24,7 +24,6 @@ import uuid
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 from transforms import files
 from transforms.faults import StoreError, one_line
 from transforms.manifest import VECTOR_SETTINGS, Manifest, differing_setting
-from transforms.records import Embedded, ImageInfo
+from transforms.records import SAVED_VECTORS_SCHEMA, Embedded, ImageInfo, SavedVector, as_dict
 from transforms.stores import use_worker_options
 
 STARTED = "_STARTED"
@@ -41,11 +40,6 @@ SAVE_EVERY = 256  # images per progress file: a killed job loses at most this ma
 SAVE_EVERY_S = 20.0
 
 _LOG = logging.getLogger("zero_shot")
-_SCHEMA = pa.schema([
-    ("uri", pa.string()), ("sha256", pa.string()), ("md5", pa.string()), ("width", pa.int32()),
-    ("height", pa.int32()), ("vector", pa.list_(pa.float32())),
-    ("evidence", pa.list_(pa.struct([("class", pa.string()), ("prob", pa.float64())]))),
-])
 
 
 def write_started(output: str, manifest: Manifest) -> None:
@@ -88,11 +82,8 @@ class SaveProgress(beam.DoFn):
         self.last = time.monotonic()
         if not self.pending:
             return
-        table = pa.Table.from_pylist([{
-            "uri": info.uri, "sha256": info.sha256, "md5": info.md5, "width": info.width, "height": info.height,
-            "vector": np.asarray(embedded.vector, dtype=np.float32),
-            "evidence": [{"class": name, "prob": prob} for name, prob in embedded.evidence]}
-            for info, embedded in self.pending], schema=_SCHEMA)
+        table = pa.Table.from_pylist([as_dict(SavedVector.of(image)) for image in self.pending],
+                                     schema=SAVED_VECTORS_SCHEMA)
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         files.write(files.join(self.run_folder, f"{PROGRESS_PREFIX}{uuid.uuid4().hex[:16]}.parquet"), buffer.getvalue())
@@ -113,7 +104,7 @@ def read_progress(path: str, dim: int) -> Iterator[tuple[str, tuple[ImageInfo, E
     whose vectors are not of the model's `dim`, is skipped with a warning (its images are embedded again)."""
     use_worker_options()
     try:
-        table = pq.read_table(io.BytesIO(files.read(path)), schema=_SCHEMA)
+        table = pq.read_table(io.BytesIO(files.read(path)), schema=SAVED_VECTORS_SCHEMA)
         lengths = pc.unique(pc.list_value_length(table["vector"])).to_pylist()
         if lengths not in ([], [dim]):
             raise ValueError(f"it holds vectors of length {', '.join(map(str, lengths))}, the model's are {dim}")
@@ -123,9 +114,7 @@ def read_progress(path: str, dim: int) -> Iterator[tuple[str, tuple[ImageInfo, E
         _LOG.warning("progress file %s cannot be used (%s): its images are embedded again", path, one_line(e))
         return
     for row in table.to_pylist():
-        saved = (ImageInfo(row["uri"], row["sha256"], row["width"], row["height"], row["md5"]),
-                 Embedded(np.asarray(row["vector"], dtype=np.float32),
-                          [(item["class"], item["prob"]) for item in row["evidence"]]))
+        saved = SavedVector.image(row)
         for key in content_keys(row):
             yield key, saved
 

@@ -178,6 +178,12 @@ def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
 
 
 @output_types(tuple[str, bytes], ERROR_OUTPUT)
+def read_file(uri: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of one input file as the read stage reads them: at most `max_bytes`, a fault of its store retried
+    for --store_retry_s (then StoreError); any other exception is the file's own fault."""
+    return with_retries(uri, lambda: read_bytes(uri, max_bytes))
+
+
 class ReadFiles(beam.DoFn):
     """URI -> (URI, bytes) read through fsspec; (URI, bytes) pairs pass through; failures go to `errors`, and so
     does a ListingFailure. Only regular files are read: a FIFO would block the worker forever, a device never end."""
@@ -205,7 +211,7 @@ class ReadFiles(beam.DoFn):
         retried, then ends the job (StoreError): it is no file's row."""
         try:
             with self.metrics.timed():
-                data = with_retries(uri, lambda: read_bytes(uri, self.max_bytes))
+                data = read_file(uri, self.max_bytes)
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001 - any other failure is the file's own: its dead-letter row

@@ -154,6 +154,35 @@ class ImageTopic:
     y: float = column(pa.float32(), "the map: on the second principal axis")
 
 
+@dataclasses.dataclass(frozen=True)
+class SavedVector:
+    """One embedded image as a classify job saves it while it runs (transforms.progress): what a rerun needs to rank
+    it without reading, decoding or embedding it again. Not an output table: the commit deletes these files."""
+
+    uri: str = column(pa.string(), "the input file")
+    sha256: str = column(pa.string(), "of the file's bytes")
+    md5: str = column(pa.string(), "as the store lists it (hex), by which a rerun finds the image; empty if unknown")
+    width: int = column(pa.int32(), "upright width of the original image")
+    height: int = column(pa.int32(), "upright height of the original image")
+    vector: Any = column(pa.list_(pa.float32()), "the image's unit vector")
+    evidence: list = column(pa.list_(pa.struct([("class", pa.string()), ("prob", pa.float64())])),
+                            "what built the vector (--explain), as the handler returned it")
+
+    @classmethod
+    def of(cls, image: tuple[ImageInfo, Embedded]) -> "SavedVector":
+        info, embedded = image
+        return cls(info.uri, info.sha256, info.md5, info.width, info.height,
+                   np.asarray(embedded.vector, dtype=np.float32),
+                   [{"class": name, "prob": prob} for name, prob in embedded.evidence])
+
+    @staticmethod
+    def image(row: dict[str, Any]) -> tuple[ImageInfo, Embedded]:
+        """A saved row as the (ImageInfo, Embedded) pair the ranking takes."""
+        return (ImageInfo(row["uri"], row["sha256"], row["width"], row["height"], row["md5"]),
+                Embedded(np.asarray(row["vector"], dtype=np.float32),
+                         [(item["class"], item["prob"]) for item in row["evidence"]]))
+
+
 def arrow_schema(row_type: type) -> pa.Schema:
     return pa.schema([(field.name, field.metadata["arrow"]) for field in dataclasses.fields(row_type)])
 
@@ -179,6 +208,7 @@ REVIEW_SCHEMA = arrow_schema(ReviewRow)
 SEARCH_SCHEMA = arrow_schema(SearchHit)
 TOPICS_SCHEMA = arrow_schema(TopicRow)
 IMAGE_TOPICS_SCHEMA = arrow_schema(ImageTopic)
+SAVED_VECTORS_SCHEMA = arrow_schema(SavedVector)
 
 
 def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:

@@ -30,7 +30,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from transforms import files
-from transforms.faults import StoreError, TooManyErrorsError, commonest, with_retries
+from transforms.faults import StoreError, one_line, over_error_budget, with_retries
 from transforms.manifest import Manifest, ManifestError, NewerLayoutError
 from transforms.records import ERRORS, RESULTS
 from transforms.stores import is_local, use_worker_options
@@ -132,7 +132,7 @@ def check_shard(output: str, path: str, rows: int) -> None:
     except FileNotFoundError:
         raise _damaged(output, f"its shard {path!r} is missing") from None
     except Exception as e:  # noqa: BLE001 - cut short, overwritten: not a shard this run wrote
-        raise _damaged(output, f"its shard {path!r} cannot be read ({type(e).__name__}: {e})") from None
+        raise _damaged(output, f"its shard {path!r} cannot be read ({one_line(e)})") from None
     if found != rows:
         raise _damaged(output, f"its shard {path!r} holds {found} rows, the manifest says {rows}")
 
@@ -168,7 +168,7 @@ def read_run(output: str, table: str = "results") -> list[dict[str, Any]]:
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001 - cut short, overwritten: not the shard this run wrote
-            raise _damaged(output, f"its shard {path!r} cannot be read ({type(e).__name__}: {e})") from None
+            raise _damaged(output, f"its shard {path!r} cannot be read ({one_line(e)})") from None
         if len(rows) - before != shard.rows:
             raise _damaged(output, f"its shard {path!r} holds {len(rows) - before} rows, the manifest says "
                                    f"{shard.rows}")
@@ -264,15 +264,11 @@ def check_error_fraction(output: str, manifest: Manifest) -> None:
     naming the commonest causes."""
     limit = manifest.max_error_fraction
     errors, inputs = manifest.rows(ERRORS), manifest.rows(ERRORS) + manifest.rows(RESULTS)
-    if limit is None or not inputs or errors / inputs <= limit:
+    if limit is None or over_error_budget(errors, inputs, limit, Counter()) is None:
         return
     error_rows = (row for path in manifest_files(output, manifest, ERRORS) for row in read_rows(path))
     causes = Counter(f"{row['stage']} {row['error']}" for row in itertools.islice(error_rows, _CAUSES_SAMPLE))
-    raise TooManyErrorsError(f"{errors} of {inputs} inputs failed ({errors / inputs:.1%}), more than "
-                             f"--max_error_fraction {limit:g}; commonest: {commonest(causes)}. The run stays "
-                             f"uncommitted in {manifest.run_id}/ (its errors table says why); to commit it, run "
-                             "the same command again with a higher --max_error_fraction: the images already "
-                             "embedded are not embedded again")
+    raise over_error_budget(errors, inputs, limit, causes)
 
 
 def commit(output: str, manifest: Manifest, replaces: Optional[str], shards: dict[str, list[Shard]]) -> Manifest:

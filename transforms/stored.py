@@ -17,7 +17,7 @@ from transforms.backends import Backend, get_backend, l2_normalize
 from transforms.examples import Examples, teach
 from transforms.faults import with_retries
 from transforms.label_sets import check_label_names, load_templates
-from transforms.manifest import Manifest
+from transforms.manifest import Manifest, differing_setting
 from transforms.rank import Decision, LabelMatrix, embed_label_set, rank_rows
 from transforms.records import EMBEDDINGS, Embedded, ImageInfo, SearchHit, as_dict
 from transforms.run_folder import check_shard, finished_manifest, manifest_files
@@ -37,7 +37,7 @@ def embeddings_of(run: str, backend: Backend) -> tuple[Manifest, list[str]]:
     if not manifest.shards.get(EMBEDDINGS):
         raise EmbeddingsMismatch(f"run {manifest.run_id} in {run!r} kept no embeddings "
                                  "(classify_images --keep_embeddings keeps them)")
-    if manifest.model != backend.model_id:
+    if differing_setting({"model": manifest.model}, {"model": backend.model_id}):  # the one comparison of settings
         raise EmbeddingsMismatch(f"the embeddings in {run!r} were made by model {manifest.model!r}; "
                                  f"backend {backend.name!r} as configured is {backend.model_id!r}")
     shards = manifest_files(run, manifest, EMBEDDINGS)

@@ -89,8 +89,8 @@ def cpu_session(graph: Union[str, bytes], threads: int = 0, all_optimizations: b
     optimizations only where the graph was optimized before it was cached."""
     import onnxruntime
 
-    onnxruntime.set_default_logger_severity(3)  # graph-cleanup notices of the exporter's constants are noise
     options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # graph-cleanup notices of the exporter's constants are noise
     options.graph_optimization_level = (onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL if all_optimizations else
                                         onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     options.intra_op_num_threads = threads

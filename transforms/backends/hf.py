@@ -6,38 +6,32 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib.util
 import json
 import math
-import os
-import shutil
-import struct
-import tempfile
-import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import fsspec
 import numpy as np
 from PIL import Image
 
+from transforms import internals
 from transforms.backends.base import Backend, Embedder, ModelInputs, l2_normalize, option, stack_inputs
+from transforms.backends.hf_folder import (
+    ModelFolderError,
+    check_safetensors,
+    model_config,
+    model_folder,
+    weights_digest,
+)
 from transforms.backends.hf_runtime import RUNTIMES, image_features, onnx_image_tower, pooled
-from transforms.backends.weights import hash_file
 from transforms.faults import one_line
-from transforms.stores import is_local, use_worker_options
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # Nomic's guidance for text-to-image retrieval: the text tower reads queries with this prefix.
 NOMIC_TEXT_PREFIX = "search_query: "
-
-
-class ModelFolderError(ValueError):
-    """The model cannot be found or read: not a folder holding a model, not in the hub cache and no hub reachable."""
 
 
 def install_command(extra: str, package: str = "beam-zero-shot-labels") -> str:
@@ -55,81 +49,6 @@ def install_command(extra: str, package: str = "beam-zero-shot-labels") -> str:
     path = url.removeprefix("file://")
     editable = "-e " if origin.get("dir_info", {}).get("editable") else ""
     return f"pip install {editable}'{path if url.startswith('file://') else url}[{extra}]'"
-
-
-@functools.cache
-def model_folder(name: str, revision: Optional[str] = None) -> str:
-    """A local folder holding the model `name`: the folder itself, a copy of a gs:// or s3:// folder (made once per
-    process, and shared by the processes of a worker through the temp folder), or a hub snapshot."""
-    if not is_local(name):
-        use_worker_options()
-        fs, path = fsspec.core.url_to_fs(name)
-        if not fs.isdir(path):
-            raise ModelFolderError(f"{name!r} is not a folder")
-        # The copy is named by the folder and what its listing says of every file (ETag or MD5, size), so a model
-        # replaced in the bucket is copied again, never read stale from an earlier copy.
-        listing = sorted((file, str(info.get("ETag") or info.get("md5Hash") or ""), info.get("size"))
-                         for file, info in fs.find(path, detail=True).items())
-        key = hashlib.sha256(json.dumps([name, listing], default=str).encode()).hexdigest()[:16]
-        target = Path(tempfile.gettempdir()) / "zero-shot-models" / key
-        if not target.is_dir():
-            staging = target.with_name(f"{target.name}.{uuid.uuid4().hex}")
-            fs.get(path.rstrip("/") + "/", str(staging), recursive=True)
-            try:
-                staging.rename(target)  # whole or not at all; another process may have won
-            except OSError:
-                shutil.rmtree(staging, ignore_errors=True)
-        return str(target)
-    local = name.removeprefix("file://")
-    if os.path.isdir(local):
-        return local
-    if os.path.exists(local) or local.startswith((".", "/")):
-        raise ModelFolderError(f"{name!r} is not a folder")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(name, revision=revision)
-    except Exception as e:  # noqa: BLE001 - no network, unknown repo, gated model: one line, before the job
-        raise ModelFolderError(f"cannot get {name!r} from the Hugging Face hub or its local cache "
-                               f"({type(e).__name__}); give a local folder or a gs:// or s3:// copy of it") from None
-
-
-@functools.cache
-def weights_digest(folder: str) -> str:
-    """sha256 over the model's weight files (names and bytes): `model` in rows names these weights exactly."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    if not files:
-        raise ModelFolderError(f"{folder!r} holds no weights ({', '.join(WEIGHT_SUFFIXES)} files)")
-    for path in files:
-        digest.update(str(path.relative_to(folder)).encode())
-        hash_file(digest, path)
-    return digest.hexdigest()
-
-
-def check_safetensors(folder: str) -> None:
-    """ModelFolderError naming the first .safetensors file of `folder` whose header does not read or whose data is
-    not as long as its header says (cut short, overwritten): checked from the header alone, before the job."""
-    for path in sorted(Path(folder).rglob("*.safetensors")):
-        try:
-            with open(path, "rb") as f:
-                (length,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(length))
-            end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
-                      default=0)
-            if path.stat().st_size != 8 + length + end:
-                raise ValueError(f"{path.stat().st_size} bytes, its header describes {8 + length + end}")
-        except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as e:
-            raise ModelFolderError(f"the weights file {str(path)!r} is damaged ({type(e).__name__}: {e}); "
-                                   "download or save the model again") from None
-
-
-def _config(folder: str) -> dict[str, Any]:
-    try:
-        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelFolderError(f"{folder!r} is not a transformers model (no readable config.json: "
-                               f"{type(e).__name__})") from None
 
 
 @functools.lru_cache(maxsize=8)
@@ -186,8 +105,6 @@ class HFEmbedder(Embedder):
         import transformers
         from transformers import AutoModel
 
-        transformers.utils.logging.disable_progress_bar()  # a bar per worker for loading local weights is noise
-
         self.torch = torch
         self.model_id = settings.model_id
         self.dim = settings.embedding_dim
@@ -197,7 +114,7 @@ class HFEmbedder(Embedder):
         trust = settings.trust_remote_code
         # The class the folder names (CLIPVisionModelWithProjection keeps its projection; AutoModel would drop it),
         # else whatever AutoModel maps its config to (remote code included, when trusted).
-        named = (_config(folder).get("architectures") or [None])[0]
+        named = (model_config(folder).get("architectures") or [None])[0]
         model_class = getattr(transformers, named, None) if named else None
         self.model = (model_class or AutoModel).from_pretrained(folder, trust_remote_code=trust, dtype=self.dtype)
         self.model.to(self.device)
@@ -211,7 +128,7 @@ class HFEmbedder(Embedder):
             self.onnx = onnx_image_tower(self.model, weights_digest(folder), pixels, settings.resolved_runtime)
             if self.onnx is None and settings.runtime != "auto":  # asked for, and its vectors would be another's
                 raise RuntimeError(f"--hf_runtime {settings.runtime} cannot run this model (see the warning above)")
-        self.siglip = _config(folder).get("model_type", "").startswith("siglip")
+        self.siglip = model_config(folder).get("model_type", "").startswith("siglip")
         self.text_prefix = settings.text_prefix
         if settings.text_model:
             from sentence_transformers import SentenceTransformer
@@ -301,7 +218,7 @@ class HFBackend(Backend):
 
     @property
     def embedding_dim(self) -> int:
-        config = _config(self.folder)
+        config = model_config(self.folder)
         vision = config.get("vision_config", config)
         return int(config.get("projection_dim") or vision.get("projection_dim") or vision.get("hidden_size")
                    or config.get("n_embd"))
@@ -364,7 +281,7 @@ class HFBackend(Backend):
         if missing := [module for module in needed if importlib.util.find_spec(module) is None]:
             raise ModuleNotFoundError(f"it needs {' and '.join(missing)}, which the plain install leaves out: "
                                       f"{install_command('hf')}")
-        config = _config(self.folder)
+        config = model_config(self.folder)
         weights_digest(self.folder)
         check_safetensors(self.folder)
         if "text_config" not in config and not self.text_model:
@@ -390,4 +307,5 @@ class HFBackend(Backend):
                 raise ValueError("--hf_device cuda, but torch sees no CUDA device here")
 
     def _load(self) -> Embedder:
-        return HFEmbedder(self)
+        with internals.no_progress_bars():
+            return HFEmbedder(self)

@@ -3,7 +3,6 @@ ONNX Runtime, exported once per machine from the loaded model and cached by the 
 only when its vectors match eager PyTorch's; dynamic int8 on request."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
@@ -14,6 +13,7 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
+from transforms import internals
 from transforms.backends.base import l2_normalize
 from transforms.backends.graph_cache import cached_graph, cpu_session, graph_bytes
 from transforms.faults import one_line
@@ -72,33 +72,24 @@ def fused(graph: bytes) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "exported.onnx", Path(folder) / "fused.onnx"
         source.write_bytes(graph)
-        logging.disable(logging.WARNING)  # its notes on each fusion it did not find, logged and printed
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                optimize_model(str(source), model_type="clip", opt_level=0).save_model_to_file(str(target))
-        finally:
-            logging.disable(logging.NOTSET)
+        with internals.quiet_tool():
+            optimize_model(str(source), model_type="clip", opt_level=0).save_model_to_file(str(target))
         return target.read_bytes()
 
 
 def quantize_dynamic_int8(graph: bytes) -> bytes:
     """Dynamic int8 quantization: int8 weights of the matrix products, activation ranges measured per batch (no
     calibration set)."""
-    import onnxruntime
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    onnxruntime.set_default_logger_severity(3)
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(graph)
-        logging.disable(logging.WARNING)  # its root-logger advice to pre-process the graph first, at every export
-        try:
+        with internals.quiet_onnxruntime(), internals.quiet_tool():
             # The fused operators are ONNX Runtime's own, whose output types shape inference does not know: float.
             quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
                              extra_options={"DefaultTensorType": TensorProto.FLOAT})
-        finally:
-            logging.disable(logging.NOTSET)
         return target.read_bytes()
 
 

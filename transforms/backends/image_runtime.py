@@ -15,6 +15,7 @@ from typing import Iterable, Protocol, Union
 import numpy as np
 from PIL import Image
 
+from transforms import internals
 from transforms.backends.efficientnet_graph import INPUT, INPUT_SIZE, IR_VERSION, OPSET, OUTPUT
 
 RESIZE_SIZE = 256
@@ -47,11 +48,9 @@ class TorchClassifier:
     """The eager PyTorch model: the reference every other runtime is checked against."""
 
     def __init__(self, model, threads: int = 0):
-        import torch
-
         self.model = model
         if threads:
-            torch.set_num_threads(threads)
+            internals.set_torch_threads(threads)
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         import torch
@@ -82,10 +81,7 @@ def graph_key(weights_sha256: str) -> str:
 def quantize_int8(graph: bytes, calibration: Iterable[np.ndarray]) -> bytes:
     """Static int8 quantization (QDQ, per-channel weights) with activation ranges measured on `calibration`
     batches of preprocessed pixels."""
-    import onnxruntime
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    onnxruntime.set_default_logger_severity(3)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -98,8 +94,9 @@ def quantize_int8(graph: bytes, calibration: Iterable[np.ndarray]) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(graph)
-        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        with internals.quiet_onnxruntime():
+            quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         return target.read_bytes()
 
 

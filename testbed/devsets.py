@@ -303,7 +303,7 @@ def read_index(devsets: Path) -> list[dict[str, str]]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argparse.ArgumentParser(prog="python -m benchmarks.devsets", description=__doc__.splitlines()[0],
+    argparse.ArgumentParser(prog="python -m testbed.devsets", description=__doc__.splitlines()[0],
                             epilog=f"Writes {OUTPUT}/NAME/ for each set, and {OUTPUT}/index.csv.").parse_args(argv)
     build_foolbox_sets(OUTPUT)
     build_everyday_set(OUTPUT)

@@ -1,0 +1,1 @@
+"""The benchmarks' own checks: what their measuring code computes (make test runs them after tests/)."""
