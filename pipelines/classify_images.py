@@ -158,7 +158,7 @@ class Classify(runner.Job):
         return runner.Outputs({RESULTS: (rows[RESULTS], RESULTS_SCHEMA), ERRORS: (rows[ERRORS], ERRORS_SCHEMA)},
                               rows.get(EMBEDDINGS), plan.embeddings_dtype, reviewed, plan.labels.review)
 
-    def after(self, plan: ClassifyPlan, run: Manifest) -> None:
+    def after(self, plan: ClassifyPlan, manifest: Manifest) -> None:
         runner.write_page(plan.report, lambda: label_report(plan.target.output, plan.report, plan.labels))
 
 

@@ -162,8 +162,8 @@ class Evaluate(Classify):
                             folder=args.output, label_names=labels, truth=truth, truth_file=args.truth,
                             examples_left_out=len(examples))
 
-    def after(self, plan: EvaluatePlan, run: Manifest) -> None:
-        super().after(plan, run)  # the report of the predictions, with --report
+    def after(self, plan: EvaluatePlan, manifest: Manifest) -> None:
+        super().after(plan, manifest)  # the report of the predictions, with --report
         rows = read_run(plan.target.output)
         predictions = {row["uri"]: row["labels"] for row in rows}
         confidence = {row["uri"]: row["probs"][0] if row["probs"] else 0.0 for row in rows}

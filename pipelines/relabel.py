@@ -72,7 +72,7 @@ class Relabel(runner.Job):
         return runner.Outputs({RESULTS: (results, RESULTS_SCHEMA)}, review=results,
                               review_size=plan.labels.review)
 
-    def after(self, plan: RelabelPlan, run: Manifest) -> None:
+    def after(self, plan: RelabelPlan, manifest: Manifest) -> None:
         runner.write_page(plan.report, lambda: label_report(plan.target.output, plan.report, plan.labels))
 
 

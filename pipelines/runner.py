@@ -121,8 +121,8 @@ class Job(abc.ABC):
     def tables(self, pipeline: beam.Pipeline, plan: Plan, run: Run) -> Outputs:
         """The pipeline's tables; the runner writes and commits them."""
 
-    def after(self, plan: Plan, run: Manifest) -> None:
-        """What the job writes once its run is committed (a report, a label file)."""
+    def after(self, plan: Plan, manifest: Manifest) -> None:
+        """What the job writes once its run (`manifest`) is committed: a report, a label file."""
 
     @property
     def prog(self) -> str:
@@ -153,6 +153,7 @@ def execute(job: Job, plan: Plan, beam_args: Sequence[str] = ()) -> int:
     """Runs a plan built in code to a committed run, as `main` runs the one it builds from flags: the exit status,
     and the same log."""
     with internals.job_logging(pipelines.STARTED_AS_JOB):
+        use_job_options(PipelineOptions(list(beam_args)))  # the run folder's checks reach the store the job will
         return _run(job, plan, beam_args, ())
 
 

@@ -62,7 +62,7 @@ class Search(runner.Job):
                                            plan.vectors_per_batch))
         return runner.Outputs({RESULTS: (hits, SEARCH_SCHEMA)})
 
-    def after(self, plan: SearchPlan, run: Manifest) -> None:
+    def after(self, plan: SearchPlan, manifest: Manifest) -> None:
         runner.write_page(plan.report, lambda: search_report(plan.target.output, plan.report))
 
 

@@ -89,12 +89,12 @@ class Topics(runner.Job):
         return runner.Outputs({"topics": (found["topics"], TOPICS_SCHEMA),
                                "images": (found["images"], IMAGE_TOPICS_SCHEMA)})
 
-    def after(self, plan: TopicsPlan, run: Manifest) -> None:
+    def after(self, plan: TopicsPlan, manifest: Manifest) -> None:
         """suggested_labels.txt, from the committed rows (its first line names the run they come from), and the
         report."""
         suggested = f"{plan.target.output.rstrip('/')}/{SUGGESTED_LABELS}"
         files.write(suggested, suggested_labels(read_run(plan.target.output, "topics"), plan.vocabulary,
-                                                run.run_id).encode("utf-8"))
+                                                manifest.run_id).encode("utf-8"))
         print(f"suggested labels: {suggested}")
         runner.write_page(plan.report, lambda: topics_report(plan.target.output, plan.report))
 

@@ -27,10 +27,6 @@ from transforms.write import Shard
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _classify(photos: Path, output: Path, **settings) -> int:
-    return jobs.classify(f"{photos}/*.jpg", output, **settings)
-
-
 def _run_folders(output: Path) -> list[str]:
     return sorted(p.name for p in output.iterdir() if p.is_dir())
 
@@ -65,14 +61,14 @@ def test_a_finished_run_is_its_folder_and_a_manifest_written_last(tmp_path, phot
 
 def test_a_second_run_is_refused_unless_overwrite_and_then_leaves_only_the_new_run(tmp_path, photos, capsys):
     out = tmp_path / "out"
-    assert _classify(photos, out, num_shards=3) == 0
+    assert jobs.classify(f"{photos}/*.jpg", out, num_shards=3) == 0
     first = read_manifest(str(out)).run_id
     capsys.readouterr()
-    assert _classify(photos, out, num_shards=2) == 2
+    assert jobs.classify(f"{photos}/*.jpg", out, num_shards=2) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --output '{out}' holds a finished run ({first}, finished ") and "\n" not in err
     assert "pass --overwrite" in err
-    assert _classify(photos, out, num_shards=2, overwrite=True) == 0
+    assert jobs.classify(f"{photos}/*.jpg", out, num_shards=2, overwrite=True) == 0
     manifest = read_manifest(str(out))
     assert manifest.run_id != first and _run_folders(out) == [manifest.run_id]
     assert len(manifest.shards["results"]) == 2 and len(list((out / manifest.run_id).glob("results-*"))) == 2
@@ -94,14 +90,14 @@ def test_skip_existing_labels_only_new_or_changed_files_and_keeps_the_rest(tmp_p
     for path in photos.iterdir():
         (inputs / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "out"
-    assert _classify(inputs, out, decision=Decision(top_k=3)) == 0
+    assert jobs.classify(f"{inputs}/*.jpg", out, decision=Decision(top_k=3)) == 0
     before = {row["uri"]: row for row in read_run(str(out))}
     (inputs / "chelsea_copy.jpg").write_bytes((inputs / "chelsea.jpg").read_bytes())  # new
     (inputs / "coffee.jpg").write_bytes((inputs / "rocket.jpg").read_bytes())  # changed: same uri, new bytes
     (inputs / "flower.jpg").unlink()  # gone
     capsys.readouterr()
-    assert _classify(inputs, out, decision=Decision(top_k=3), overwrite=True, previous=read_manifest(str(out)),
-                     skip_existing=str(out)) == 0
+    assert jobs.classify(f"{inputs}/*.jpg", out, decision=Decision(top_k=3), overwrite=True,
+                         previous=read_manifest(str(out)), skip_existing=str(out)) == 0
     printed = capsys.readouterr().out
     assert "labeled 2 images" in printed and "kept 5 rows of the previous run" in printed
     after = {row["uri"]: row for row in read_run(str(out))}
@@ -127,7 +123,7 @@ def test_skip_existing_labels_only_new_or_changed_files_and_keeps_the_rest(tmp_p
 ])
 def test_skip_existing_refuses_rows_made_another_way(tmp_path, photos, capsys, flags, message):
     previous = tmp_path / "previous"
-    assert _classify(photos, previous, decision=Decision(top_k=3)) == 0
+    assert jobs.classify(f"{photos}/*.jpg", previous, decision=Decision(top_k=3)) == 0
     capsys.readouterr()
     argv = ["--input", f"{photos}/*.jpg", "--labels", "everyday", "--top_k", "3", "--output", str(tmp_path / "new"),
             "--skip_existing", str(previous)]
@@ -244,7 +240,7 @@ def test_a_partial_shard_is_invisible_to_the_readers_and_the_commit_deletes_it(t
     """A bundle that fails and is retried leaves the shard it had begun in the run folder, under a name that no
     manifest lists: readers never see it, and the commit deletes it."""
     out = tmp_path / "out"
-    assert _classify(photos, out) == 0
+    assert jobs.classify(f"{photos}/*.jpg", out) == 0
     run_id = read_manifest(str(out)).run_id
     (listed,) = (out / run_id).glob("results-*")
     partial = out / run_id / "results-0123456789abcdef.parquet"
