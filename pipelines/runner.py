@@ -139,6 +139,7 @@ class Job(abc.ABC):
 
 def main(job: Job, argv: Optional[Sequence[str]] = None) -> int:
     """A job's command line: its exit status (0: committed; 1: the job failed; 2: refused before it started)."""
+    faults.reset_store_clocks()  # before the checks, which read the stores too
     with internals.job_logging(pipelines.STARTED_AS_JOB):
         try:
             argv, args, beam_args = parse(job.parser(), argv, job.required)
@@ -152,6 +153,7 @@ def main(job: Job, argv: Optional[Sequence[str]] = None) -> int:
 def execute(job: Job, plan: Plan, beam_args: Sequence[str] = ()) -> int:
     """Runs a plan built in code to a committed run, as `main` runs the one it builds from flags: the exit status,
     and the same log."""
+    faults.reset_store_clocks()
     with internals.job_logging(pipelines.STARTED_AS_JOB):
         use_job_options(PipelineOptions(list(beam_args)))  # the run folder's checks reach the store the job will
         return _run(job, plan, beam_args, ())
@@ -159,7 +161,6 @@ def execute(job: Job, plan: Plan, beam_args: Sequence[str] = ()) -> int:
 
 def _run(job: Job, plan: Plan, beam_args: Sequence[str], command: Sequence[str]) -> int:
     manifest = new_manifest(job.name, command, plan, **job.record(plan))
-    faults.reset_store_clocks()
     try:
         run = start(job, plan, manifest)
     except ConfigError as e:
