@@ -66,6 +66,8 @@ accuracy: devsets
 	$(PY) -m benchmarks.class_mass
 	$(PY) -m benchmarks.topics
 	$(PY) -m benchmarks.examples
+	$(PY) -m benchmarks.weak_evidence
+	$(PY) -m benchmarks.held_out
 
 clean:
 	rm -rf $(VENV) $(VENV)-newest $(VENV)-lowest demo-output bench-output devsets eval-output *.egg-info build dist

@@ -1,11 +1,13 @@
 """`make accuracy`: top-1, top-5 and ECE of the embedded backend on every dev set of `make devsets`, through the
-full `pipelines.evaluate` job, for the previous defaults (before) and today's (after), by set and by source.
+full `pipelines.evaluate` job, for the first defaults (before), those before the evidence strength (previous) and
+today's (after), by set and by source.
 
 Extra arguments go to every evaluation of both runs (e.g. --templates photos), so variants are compared in one run.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -19,12 +21,15 @@ import numpy as np
 
 from pipelines import evaluate
 from testbed.devsets import image_glob, read_index
+from transforms.run_folder import read_run
 
 # The defaults before the leave-one-source-out search: bare class names, no WordNet mixing, scale 15, no "none".
 BEFORE = ["--templates", "photo", "--local_class_prompt", "{}", "--local_top_t", "20", "--local_chain_length", "0",
           "--local_hierarchy_weight", "0", "--local_centre", "true", "--local_logit_scale", "15",
-          "--local_none_margin", "none"]
-RUNS = {"before": BEFORE, "after": []}
+          "--local_none_margin", "none", "--local_full_evidence", "0"]
+# The defaults before the evidence strength (benchmarks/weak_evidence.py): scale 10, margin 0.15, every image full.
+PREVIOUS = ["--local_logit_scale", "10", "--local_none_margin", "0.15", "--local_full_evidence", "0"]
+RUNS = {"before": BEFORE, "previous": PREVIOUS, "after": []}
 
 
 def evaluate_set(devsets: Path, name: str, output: Path, extra: list[str]) -> dict:
@@ -49,15 +54,17 @@ def main(argv=None) -> int:
     print(f"\n{datetime.date.today()} · {platform.node()} · {os.cpu_count()} cores · "
           f"extra options: {' '.join(extra) or '(none)'}\n")
     metrics = ("top1", "top5", "ece")
-    print("| dev set | source | labels | images | " + " | ".join(f"{m} before | {m} after" for m in metrics) + " |")
-    print("| --- | --- | ---: | ---: | " + " | ".join("---: | ---:" for _ in metrics) + " |")
+    header = " | ".join(f"{m} {run}" for m in metrics for run in RUNS) + " |"
+    columns = " | ".join("---:" for _ in metrics for _ in RUNS) + " |"
+    print("| dev set | source | labels | images | " + header)
+    print("| --- | --- | ---: | ---: | " + columns)
     for row in index:
-        before, after = results["before"][row["name"]], results["after"][row["name"]]
-        cells = [_cell(m, before[m]) + " | " + _cell(m, after[m]) for m in metrics]
+        after = results["after"][row["name"]]
+        cells = [_cell(m, results[run][row["name"]][m]) for m in metrics for run in RUNS]
         print(f"| {row['name']} | {row['source']} | {after['num_labels']} | {after['n']} | " + " | ".join(cells) + " |")
     print("\nBy source (mean over the source's dev sets), and the mean over sources:\n")
-    print("| source | images | " + " | ".join(f"{m} before | {m} after" for m in metrics) + " |")
-    print("| --- | ---: | " + " | ".join("---: | ---:" for _ in metrics) + " |")
+    print("| source | images | " + header)
+    print("| --- | ---: | " + columns)
     sources = list(dict.fromkeys(row["source"] for row in index))
     means = {run: {m: [] for m in metrics} for run in RUNS}
     for source in sources:
@@ -71,7 +78,35 @@ def main(argv=None) -> int:
         print(f"| {source} | {max(results['after'][n]['n'] for n in names)} | " + " | ".join(cells) + " |")
     print("| **mean** | | " + " | ".join(_cell(m, float(np.mean(means[run][m]))) for m in metrics for run in RUNS)
           + " |")
+    print_min_prob(devsets, output, index, sources)
     return 0
+
+
+MIN_PROBS = (0.0, 0.1, 0.2, 0.3, 0.5)
+
+
+def print_min_prob(devsets: Path, output: Path, index: list[dict], sources: list[str]) -> None:
+    """What `--min_prob` would keep of each run's predictions, by source (its dev sets' images pooled): the share of
+    images whose top-1 probability reaches it, and the share of those whose top label is right."""
+    print("\nWhat `--min_prob` keeps, by source: the share of images that keep a label (the rest would be "
+          "`unknown`), and how many of those are right\n")
+    print("| run | --min_prob | " + " | ".join(sources) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in sources) + " |")
+    for run in ("previous", "after"):
+        outcomes = {source: [] for source in sources}
+        for row in index:
+            with (devsets / row["name"] / "truth.csv").open() as f:
+                truth = {line["uri"]: line["label"] for line in csv.DictReader(f)}
+            for result in read_run(str(output / run / row["name"] / "predictions")):
+                outcomes[row["source"]].append((result["probs"][0] if result["probs"] else 0.0,
+                                                result["labels"][0] == evaluate.truth_of(result["uri"], truth)))
+        for min_prob in MIN_PROBS:
+            cells = []
+            for source in sources:
+                kept = [right for prob, right in outcomes[source] if prob >= min_prob]
+                cells.append(f"{len(kept) / len(outcomes[source]):.0%} kept, "
+                             f"{np.mean(kept) if kept else float('nan'):.0%} right")
+            print(f"| {run} | {min_prob:g} | " + " | ".join(cells) + " |")
 
 
 def _cell(metric: str, value: float) -> str:

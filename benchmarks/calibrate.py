@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.devdata import DevSet, load_devsets
-from pipelines.evaluate import expected_calibration_error
-from transforms.backends.local import ConSEEmbedder, LocalBackend
+from transforms.backends.local import ConSEEmbedder, LocalBackend, evidence_strengths
 from transforms.label_sets import load_templates
 from transforms.rank import embed_label_set, label_probabilities
+from transforms.reliability import expected_calibration_error
 
 SCALE_RULES = [("fixed", s) for s in (5, 10, 15, 20, 30, 40)] + [("per ln L", k) for k in (2, 4, 6, 8, 10)]
 OVERLAPS = (None, 0.4, 0.5, 0.6, 0.7)  # None: WordNet alone decides what a label covers
@@ -75,9 +75,10 @@ def best_uncovered(class_cosines: np.ndarray, uncovered: np.ndarray) -> np.ndarr
     return np.where(uncovered, class_cosines, -np.inf).max(axis=1)
 
 
-def outcomes(s: Scored, rule, overlap, margin) -> dict[str, np.ndarray]:
+def outcomes(s: Scored, rule, overlap, margin, full_evidence: float = 0.0) -> dict[str, np.ndarray]:
     """Per image: p(true label), top-1 probability and correctness; and, with the true label removed from the set
-    (its classes rejoin the background), p(none of these) and the top-1 probability left on a wrong label."""
+    (its classes rejoin the background), p(none of these) and the top-1 probability left on a wrong label. Each
+    image's logits scaled by its evidence strength at `full_evidence` (0: all at full strength)."""
     truth, n = s.dev.truth, len(s.dev.truth)
     none_in = none_absent = None
     if margin is not None:
@@ -85,8 +86,10 @@ def outcomes(s: Scored, rule, overlap, margin) -> dict[str, np.ndarray]:
         counts = coverage.sum(axis=0)
         none_in = best_uncovered(s.class_cosines, np.broadcast_to(counts == 0, s.class_cosines.shape)) - margin
         none_absent = best_uncovered(s.class_cosines, (counts - coverage[truth]) == 0) - margin
-    probs = label_probabilities(s.scores, scale_for(rule, s.scores.shape[1]), none_in)
-    absent = label_probabilities(without_truth(s.scores, truth), scale_for(rule, s.scores.shape[1] - 1), none_absent)
+    strengths = evidence_strengths(s.dev.class_probs, dataclasses.replace(LocalBackend(), full_evidence=full_evidence))
+    probs = label_probabilities(s.scores, scale_for(rule, s.scores.shape[1]), none_in, strengths=strengths)
+    absent = label_probabilities(without_truth(s.scores, truth), scale_for(rule, s.scores.shape[1] - 1), none_absent,
+                                 strengths=strengths)
     return {"p_true": probs[np.arange(n), truth], "top_p": probs.max(axis=1), "correct": probs.argmax(axis=1) == truth,
             "p_none": 1.0 - absent.sum(axis=1), "absent_top_p": absent.max(axis=1)}
 
@@ -104,8 +107,9 @@ def loss(scored: list[Scored], source: str, rule, overlap, margin, with_absent: 
     return float(np.mean(values))
 
 
-def pooled(scored: list[Scored], source: str, rule, overlap, margin) -> dict[str, np.ndarray]:
-    parts = [outcomes(s, rule, overlap, margin) for s in scored if s.dev.source == source]
+def pooled(scored: list[Scored], source: str, rule, overlap, margin, full_evidence: float = 0.0
+           ) -> dict[str, np.ndarray]:
+    parts = [outcomes(s, rule, overlap, margin, full_evidence) for s in scored if s.dev.source == source]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 

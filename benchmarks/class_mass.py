@@ -34,11 +34,11 @@ from sklearn.linear_model import LogisticRegression
 
 from benchmarks.calibrate import best_uncovered, nll
 from benchmarks.devdata import load_devsets
-from pipelines.evaluate import expected_calibration_error
 from transforms.backends.base import softmax
-from transforms.backends.local import ConSEEmbedder, LocalBackend
+from transforms.backends.local import ConSEEmbedder, LocalBackend, evidence_strengths
 from transforms.label_sets import load_templates
 from transforms.rank import embed_label_set, label_probabilities
+from transforms.reliability import expected_calibration_error
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # 0: today's ConSE probabilities
 POWERS = (0.0, 1.0, 2.0)
@@ -106,7 +106,8 @@ def probabilities(s: DevScores, removed: int, rows: np.ndarray, blend: Blend,
     keep = np.arange(s.scores.shape[1]) != removed
     coverage, scores, cosines = s.coverage[keep], s.scores[rows][:, keep], s.class_cosines[rows]
     none = best_uncovered(cosines, np.broadcast_to(~coverage.any(axis=0), cosines.shape)) - backend.none_margin
-    conse = label_probabilities(scores, backend.logit_scale, none)
+    conse = label_probabilities(scores, backend.logit_scale, none,
+                                strengths=evidence_strengths(s.class_probs[rows], backend))
     conse_none = 1.0 - conse.sum(axis=1)
     claimed = s.class_probs[rows] @ s.claims[removed]
     unclaimed = np.clip(1.0 - claimed.sum(axis=1), 0.0, 1.0)

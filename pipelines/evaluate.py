@@ -14,14 +14,13 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
-import numpy as np
-
 from pipelines import runner
-from pipelines.classify_images import Classify, ClassifyPlan
+from pipelines.classify_images import Classify, ClassifyPlan, label_report
 from pipelines.cli import ConfigError, exit_job
 from transforms.examples import ExamplesError, read_examples, read_uri_labels
 from transforms.label_sets import LabelSetError, load_label_set
 from transforms.manifest import Manifest
+from transforms.reliability import calibration_error, reliability
 from transforms.run_folder import read_run
 from transforms.write import spreadsheet_cell
 
@@ -57,8 +56,8 @@ def score(truth: dict[str, str], predictions: dict[str, list[str]], failed: dict
     each prediction's top-1 probability, the expected calibration error (failed images: probability 0)."""
     pairs = [(truth_of(uri, truth), ranked, (confidence or {}).get(uri, 0.0)) for uri, ranked in predictions.items()]
     pairs += [(truth_of(uri, truth), [FAILED], 0.0) for uri in failed]
-    ece = expected_calibration_error([p for true, _, p in pairs if true is not None],
-                                     [ranked[0] == true for true, ranked, _ in pairs if true is not None])
+    bins = reliability([p for true, _, p in pairs if true is not None],
+                       [ranked[0] == true for true, ranked, _ in pairs if true is not None])
     pairs = [(true, ranked) for true, ranked, _ in pairs if true is not None]
     n = len(pairs)
     top1 = sum(ranked[0] == true for true, ranked in pairs)
@@ -73,19 +72,39 @@ def score(truth: dict[str, str], predictions: dict[str, list[str]], failed: dict
         for label in sorted(set(support) | (set(predicted) - {FAILED}), key=list(labels).index)
     }
     return {"n": n, "top1": top1 / n if n else None, "top5": top5 / n if n else None,
-            "ece": ece if confidence is not None and n else None,
+            "ece": calibration_error(bins) if confidence is not None and n else None,
+            "reliability": bins if confidence is not None else None,
             "failed": sum(1 for _, ranked in pairs if ranked == [FAILED]),
             "not_found": sum(1 for uri in truth if not _seen(uri, predictions, failed)),
             "confusion": [[true, ranked[0]] for true, ranked in pairs], "per_class": per_class}
 
 
-def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
-    """ECE: over equal-width bins of top-1 probability, the image-weighted mean |accuracy - mean confidence|."""
-    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    gaps = [abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).sum()
-            for b in range(bins) if (which == b).any()]
-    return float(sum(gaps) / len(confidence)) if len(confidence) else float("nan")
+def write_reliability_png(diagrams: dict[str, Sequence[dict]], path: Path, title: str = "") -> None:
+    """The reliability diagram of one or more runs (name -> reliability bins), side by side: each bin's accuracy
+    against its mean top-1 probability, the diagonal where they are equal, and how many images each bin holds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(diagrams), figsize=(4.2 * len(diagrams), 4.4), squeeze=False)
+    for ax, (name, bins) in zip(axes[0], diagrams.items()):
+        ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="as often right as it says")
+        ax.bar([(b["from"] + b["to"]) / 2 for b in bins], [b["accuracy"] for b in bins],
+               width=[0.95 * (b["to"] - b["from"]) for b in bins], color="#4a90d9", alpha=0.8, label="accuracy")
+        ax.plot([b["mean_prob"] for b in bins], [b["accuracy"] for b in bins], "o", color="#c0392b", markersize=4,
+                label="mean probability")
+        for b in bins:
+            ax.text((b["from"] + b["to"]) / 2, min(b["accuracy"] + 0.02, 0.95), str(b["images"]), ha="center",
+                    fontsize=7)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-1 probability", ylabel="share right",
+               title=f"{name}\nECE {calibration_error(bins):.3f}, {sum(b['images'] for b in bins)} images")
+        ax.legend(loc="upper left", fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _seen(truth_uri: str, predictions: dict, failed: dict) -> bool:
@@ -126,7 +145,7 @@ def write_confusion_png(pairs: list[list[str]], labels: Sequence[str], path: Pat
 class EvaluatePlan(ClassifyPlan):
     """A classify plan whose run goes to FOLDER/predictions, and what its rows are scored against."""
 
-    folder: str  # --output: metrics.json, per_class.csv, confusion.png and the predictions run
+    folder: str  # --output: metrics.json, per_class.csv, confusion.png, reliability.png and the predictions run
     label_names: list[str]
     truth: dict[str, str]  # uri or file name -> label, the examples left out
     truth_file: str
@@ -137,7 +156,8 @@ class Evaluate(Classify):
     """classify_images on images whose labels are known, then the scores."""
 
     module, required = "evaluate", ("input", "truth", "labels", "output")
-    output_help = "(required) folder for metrics.json, per_class.csv, confusion.png and the predictions run"
+    output_help = ("(required) folder for metrics.json, per_class.csv, confusion.png, reliability.png and the "
+                   "predictions run")
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--truth", help="(required) CSV with columns uri,label (uri: full path or file name)")
@@ -163,7 +183,6 @@ class Evaluate(Classify):
                             examples_left_out=len(examples))
 
     def after(self, plan: EvaluatePlan, manifest: Manifest) -> None:
-        super().after(plan, manifest)  # the report of the predictions, with --report
         rows = read_run(plan.target.output)
         predictions = {row["uri"]: row["labels"] for row in rows}
         confidence = {row["uri"]: row["probs"][0] if row["probs"] else 0.0 for row in rows}
@@ -172,6 +191,7 @@ class Evaluate(Classify):
         output = Path(plan.folder)
         output.mkdir(parents=True, exist_ok=True)
         write_confusion_png(metrics.pop("confusion"), plan.label_names, output / "confusion.png")
+        write_reliability_png({plan.labels.source: metrics["reliability"]}, output / "reliability.png")
         metrics.update(labels=plan.labels.source, num_labels=len(plan.label_names), backend=plan.backend.name,
                        input=plan.input, truth=plan.truth_file, examples=plan.labels.examples_file,
                        examples_left_out=plan.examples_left_out)
@@ -188,7 +208,10 @@ class Evaluate(Classify):
               + (f"  ({plan.examples_left_out} examples left out)" if plan.examples_left_out else ""))
         worst = sorted((row["recall"], label) for label, row in metrics["per_class"].items() if row["support"])[:5]
         print("lowest recall: " + ", ".join(f"{label} {recall:.0%}" for recall, label in worst))
-        print(f"wrote {output}/metrics.json, per_class.csv, confusion.png")
+        print(f"wrote {output}/metrics.json, per_class.csv, confusion.png, reliability.png")
+        # The report of the predictions (--report), with the reliability diagram only the truth can draw.
+        runner.write_page(plan.report, lambda: label_report(plan.target.output, plan.report, plan.labels,
+                                                            metrics["reliability"]))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -13,6 +13,7 @@ import base64
 import datetime
 import html
 import io
+import json
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from transforms.decode import decode_image
 from transforms.faults import StoreError, with_retries
 from transforms.read import read_bytes
 from transforms.records import EMBEDDINGS, REVIEW
+from transforms.reliability import calibration_error
 from transforms.review import top_prob
 from transforms.run_folder import RunFolderError, finished_manifest, read_run, run_files
 from transforms.stores import use_job_options
@@ -54,6 +56,7 @@ figure .missing { display: flex; align-items: center; justify-content: center; c
 figcaption { overflow-wrap: anywhere; } .more { color: #666; font-style: italic; }
 table.errors { border-collapse: collapse; font-size: 0.8rem; }
 svg.map { border: 1px solid #ddd; background: #fcfcfc; } svg.map circle { fill-opacity: 0.8; }
+svg.reliability { background: #fcfcfc; }
 ul.legend { list-style: none; padding: 0; columns: 3; font-size: 0.8rem; max-width: 720px; }
 ul.legend span { display: inline-block; width: 0.8rem; height: 0.8rem; margin-right: 0.3rem; vertical-align: middle; }
 table.errors td, table.errors th { border: 1px solid #ddd; padding: 0.2rem 0.4rem; text-align: left; }
@@ -115,6 +118,47 @@ def _bar_chart(counts: Counter) -> str:
             f'aria-label="label counts">{"".join(rows)}</svg>')
 
 
+def reliability_svg(bins: Sequence[dict], side: int = 320, margin: int = 40) -> str:
+    """The reliability diagram (transforms.reliability) as an inline SVG: per bin of top-1 probability a bar
+    as high as the share of its images that are right, a dot at their mean probability, the diagonal where the two
+    are equal, and how many images each bin holds."""
+    def x(value: float) -> float:
+        return margin + value * side
+
+    def y(value: float) -> float:
+        return margin + (1 - value) * side
+
+    marks = [f'<rect x="{x(0)}" y="{y(1)}" width="{side}" height="{side}" fill="none" stroke="#bbb"></rect>',
+             f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" stroke="#999" stroke-dasharray="4 3"></line>']
+    for tick in (0, 0.5, 1):
+        marks.append(f'<text x="{x(tick)}" y="{y(0) + 16}" text-anchor="middle">{tick:g}</text>'
+                     f'<text x="{x(0) - 6}" y="{y(tick) + 4}" text-anchor="end">{tick:g}</text>')
+    for b in bins:
+        left, right, top = x(b["from"]) + 1, x(b["to"]) - 1, y(b["accuracy"])
+        marks.append(f'<rect class="bin" x="{left:.1f}" y="{top:.1f}" width="{right - left:.1f}" '
+                     f'height="{y(0) - top:.1f}" fill="#4a90d9" fill-opacity="0.8">'
+                     f'<title>{b["from"]:.1f}-{b["to"]:.1f}: {b["images"]} images, mean probability '
+                     f'{b["mean_prob"]:.2f}, right {b["accuracy"]:.0%}'
+                     f'</title></rect><circle cx="{x(b["mean_prob"]):.1f}" cy="{top:.1f}" r="3" fill="#c0392b">'
+                     f'</circle><text x="{(left + right) / 2:.1f}" y="{top - 4:.1f}" text-anchor="middle" '
+                     f'font-size="9">{b["images"]}</text>')
+    marks.append(f'<text x="{x(0.5)}" y="{y(0) + 32}" text-anchor="middle">top-1 probability</text>'
+                 f'<text transform="translate({margin - 28},{y(0.5)}) rotate(-90)" text-anchor="middle">'
+                 "share right</text>")
+    size = side + 2 * margin
+    return (f'<svg class="reliability" width="{size}" height="{size}" font-size="11" role="img" '
+            f'aria-label="reliability diagram">{"".join(marks)}</svg>')
+
+
+def _reliability_section(bins: Sequence[dict]) -> str:
+    images = sum(b["images"] for b in bins)
+    return ('<section class="calibration"><h2>Is the top-1 probability right as often as it says?</h2>'
+            f"<p>The {images} images with a known label, grouped by their top-1 probability: each bar is the share "
+            "of a group whose top label is right, the red dot the group's mean probability, the number how many "
+            "images it holds. Where the probabilities mean what they say, the bars reach the dashed diagonal. "
+            f"Expected calibration error: {calibration_error(bins):.3f}.</p>{reliability_svg(bins)}</section>")
+
+
 def map_svg(points: Sequence[tuple[float, float]], groups: Sequence[str], names: Sequence[str],
             legend: Sequence[str]) -> str:
     """The map: one circle per image at its point, coloured by its group, with its file name and group as a
@@ -164,8 +208,9 @@ def _label_map(run: str, results: Sequence[dict]) -> str:
 
 def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Optional[str]], title: str,
            per_label: int = PER_LABEL, least_sure: int = LEAST_SURE, label_map: str = "",
-           review_file: Optional[str] = None) -> str:
-    """The whole page as a string; `review_file`, the run's review.csv, is offered under the least sure images."""
+           review_file: Optional[str] = None, reliability: Optional[Sequence[dict]] = None) -> str:
+    """The whole page as a string; `review_file`, the run's review.csv, is offered under the least sure images;
+    an evaluated run's `reliability` bins (transforms.reliability) are drawn after the label counts."""
     by_label = _by_label(results)
     counts = Counter({label: len(rows) for label, rows in by_label.items()})
     stages = Counter(row["stage"] for row in errors)
@@ -181,7 +226,8 @@ def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Op
                                                  for k, v in summary_rows) + "</table>",
              "<p>The number after each label is its probability (for the embedded model, a softmax over the labels "
              "and \"none of these\").</p>",
-             "<h2>Top labels</h2>", _bar_chart(counts), label_map]
+             "<h2>Top labels</h2>", _bar_chart(counts), _reliability_section(reliability) if reliability else "",
+             label_map]
     for label, _ in counts.most_common():
         rows = by_label[label]
         more = len(rows) - per_label
@@ -202,8 +248,10 @@ def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Op
     return "\n".join(parts)
 
 
-def write_report(run: str, output: str, title: str = "Zero-shot labels", per_label: int = PER_LABEL) -> None:
-    """Reads the finished run in folder `run`, fetches the thumbnails it shows, writes the page to `output`."""
+def write_report(run: str, output: str, title: str = "Zero-shot labels", per_label: int = PER_LABEL,
+                 reliability: Optional[Sequence[dict]] = None) -> None:
+    """Reads the finished run in folder `run`, fetches the thumbnails it shows, writes the page to `output`; an
+    evaluate run's predictions get the reliability diagram of its metrics.json (or the `reliability` given)."""
     try:
         results, errors = read_run(run, "results"), read_run(run, "errors")
         review = run_files(run, REVIEW)
@@ -213,7 +261,21 @@ def write_report(run: str, output: str, title: str = "Zero-shot labels", per_lab
     shown |= {row["uri"] for row in _least_sure(results, LEAST_SURE)}
     with fsspec.open(output, "w", encoding="utf-8") as f:
         f.write(render(results, errors, thumbnails(shown), title, per_label, label_map=_label_map(run, results),
-                       review_file=review[0] if review else None))
+                       review_file=review[0] if review else None,
+                       reliability=reliability if reliability is not None else evaluated(run)))
+
+
+def evaluated(run: str) -> Optional[list[dict]]:
+    """The reliability bins of the evaluate run whose predictions are the run in `run` (OUTPUT/predictions, beside
+    OUTPUT/metrics.json), or None for any other run."""
+    parent, name = run.rstrip("/").rsplit("/", 1) if "/" in run.rstrip("/") else (".", run.rstrip("/"))
+    if name != "predictions":
+        return None
+    try:
+        with fsspec.open(f"{parent}/metrics.json", "r", encoding="utf-8") as f:
+            return json.load(f).get("reliability")
+    except FileNotFoundError:
+        return None
 
 
 def render_search(hits: Sequence[dict], thumbs: dict[str, Optional[str]], title: str) -> str:

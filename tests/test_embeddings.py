@@ -49,8 +49,29 @@ def test_the_embeddings_table_has_one_fixed_size_vector_per_image(kept):
     for dtype, arrow_type in (("float32", pa.float32()), ("float16", pa.float16())):
         table = pq.read_table(run_files(str(kept / dtype), "embeddings"))
         assert table.schema.field("embedding").type == pa.list_(arrow_type, LocalBackend.embedding_dim)
-        assert table.num_rows == 7 and table.column_names == ["uri", "sha256", "model", "embedding", "width", "height"]
+        assert table.num_rows == 7 and table.column_names == ["uri", "sha256", "model", "embedding", "width", "height",
+                                                                "strength"]
     assert read_manifest(str(kept / "float16")).embeddings_dtype == "float16"
+
+
+def test_vectors_kept_before_they_carried_their_strength_are_ranked_at_full_strength_and_said_so(kept, tmp_path,
+                                                                                                  caplog):
+    old = tmp_path / "old"
+    shutil.copytree(kept / "float32", old)
+    (shard,) = run_files(str(old), "embeddings")
+    pq.write_table(pq.read_table(shard).drop_columns(["strength"]), shard)  # as an earlier version kept them
+    with caplog.at_level("WARNING", logger="zero_shot"):
+        rows = relabel_rows(str(old), load_label_phrases("everyday"), decision=Decision(top_k=1))
+    assert "before vectors carried their evidence strength: they are ranked at full strength" in caplog.text
+    assert len(rows) == 7
+    strong = relabel_rows(str(kept / "float32"), load_label_phrases("everyday"), decision=Decision(top_k=1))
+    assert [row["labels"] for row in rows] == [row["labels"] for row in strong]  # the ranking is the same
+    # the weakest image of the kept run is surer at full strength than at its own
+    stored = pq.read_table(run_files(str(kept / "float32"), "embeddings")[0]).to_pylist()
+    weakest = min(stored, key=lambda row: row["strength"])
+    assert weakest["strength"] < 0.9
+    by_uri = {row["uri"]: row["probs"][0] for row in rows}
+    assert by_uri[weakest["uri"]] > {row["uri"]: row["probs"][0] for row in strong}[weakest["uri"]]
 
 
 def test_relabel_gives_the_rows_of_a_fresh_classify_without_the_image_model(kept, tmp_path, no_image_model):
@@ -92,13 +113,13 @@ def test_identical_files_are_embedded_once_and_every_uri_gets_its_rows(photos, t
     shutil.copytree(photos, inputs)
     for copy in ("cat_a.jpg", "cat_b.jpg"):
         shutil.copy(inputs / "chelsea.jpg", inputs / copy)
-    embedded, original = [], ConSEEmbedder.embed_images
+    embedded, original = [], ConSEEmbedder.class_probabilities
 
     def counting(self, images):
         embedded.extend(images)
         return original(self, images)
 
-    monkeypatch.setattr(ConSEEmbedder, "embed_images", counting)
+    monkeypatch.setattr(ConSEEmbedder, "class_probabilities", counting)
     assert classify_images.main(["--input", f"{inputs}/*.jpg", "--labels", "general", "--output",
                                  str(tmp_path / "out"), "--keep_embeddings"]) == 0
     assert len(embedded) == 7  # the model saw 7 images for 9 files

@@ -6,9 +6,10 @@ import subprocess
 import pytest
 from PIL import Image
 
-from pipelines import evaluate
+from pipelines import evaluate, report
 from testbed import devsets
 from transforms.label_sets import load_label_set
+from transforms.reliability import calibration_error, expected_calibration_error, reliability
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +28,11 @@ def test_dev_sets_have_truth_for_every_image(dev):
         "imagenet_00_243.jpg"] == "Bullmastiff"
 
 
-def test_evaluation_job_writes_metrics_table_and_confusion(dev, tmp_path, capsys):
+def test_evaluation_job_writes_metrics_table_confusion_and_reliability(dev, tmp_path, capsys):
     (dev / "imagenet" / "imagenet_05_853.jpg").write_bytes(b"not an image any more")
     out = tmp_path / "eval"
     status = evaluate.main(["--input", f"{dev}/imagenet/*.jpg", "--truth", str(dev / "imagenet" / "truth.csv"),
-                            "--labels", "imagenet", "--output", str(out)])
+                            "--labels", "imagenet", "--output", str(out), "--report", str(tmp_path / "report.html")])
     assert status == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 20 and metrics["failed"] == 1  # the broken file stays in the denominator
@@ -39,6 +40,16 @@ def test_evaluation_job_writes_metrics_table_and_confusion(dev, tmp_path, capsys
     assert metrics["backend"] == "local" and metrics["labels"] == "imagenet"
     assert metrics["per_class"]["Bullmastiff"]["support"] == 1
     assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    # The reliability diagram: 20 images in bins of top-1 probability, whose gaps make the ECE; drawn as a PNG and
+    # in the report, which `report` draws again from the predictions run alone.
+    bins = metrics["reliability"]
+    assert sum(b["images"] for b in bins) == 20 and metrics["ece"] == pytest.approx(calibration_error(bins))
+    assert all(b["from"] <= b["mean_prob"] <= b["to"] for b in bins)
+    assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('<rect class="bin"') == len(bins) and f"{metrics['ece']:.3f}" in page
+    assert report.main(["--run", str(out / "predictions"), "--output", str(tmp_path / "again.html")]) == 0
+    assert (tmp_path / "again.html").read_text().count('<rect class="bin"') == len(bins)
     assert (out / "per_class.csv").read_text().startswith("label,support,predicted,correct,precision,recall")
     assert "imagenet on local: n=20" in capsys.readouterr().out
 
@@ -69,13 +80,23 @@ def test_bad_truth_files(tmp_path, capsys, content, message):
     assert status == 2 and err.startswith("error: ") and message in err and "\n" not in err
 
 
+def test_only_an_evaluated_run_gets_a_reliability_diagram(tmp_path):
+    bins = reliability([0.95] * 10 + [0.25] * 4, [True] * 9 + [False] + [True] + [False] * 3)
+    assert [(b["from"], b["images"], b["accuracy"]) for b in bins] == [(0.2, 4, 0.25), (0.9, 10, 0.9)]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"reliability": bins}))
+    assert report.evaluated(str(tmp_path / "eval" / "predictions")) == bins
+    assert report.evaluated(str(tmp_path / "labels")) is None  # a classify run: no truth, no diagram
+    assert report.evaluated(str(tmp_path / "predictions")) is None  # no metrics.json beside it
+
+
 def test_expected_calibration_error_compares_confidence_with_accuracy():
     # 10 images at 0.95 confidence, 9 right: |0.9 - 0.95| for all of them.
-    assert evaluate.expected_calibration_error([0.95] * 10, [True] * 9 + [False]) == pytest.approx(0.05)
+    assert expected_calibration_error([0.95] * 10, [True] * 9 + [False]) == pytest.approx(0.05)
     # Two bins: 0.25 confidence with 1 of 4 right (gap 0), 0.75 with 2 of 4 right (gap 0.25), half the images each.
     confidence = [0.25] * 4 + [0.75] * 4
     correct = [True, False, False, False, True, True, False, False]
-    assert evaluate.expected_calibration_error(confidence, correct) == pytest.approx(0.125)
+    assert expected_calibration_error(confidence, correct) == pytest.approx(0.125)
 
 
 def test_openclipart_pictures_take_the_label_of_their_folder(tmp_path):

@@ -26,15 +26,43 @@ from transforms.run_folder import read_manifest, read_run
 E = np.eye(4, dtype=np.float32)  # e1..e4: a geometry whose cosines can be worked out by hand
 
 
-def test_examples_move_their_label_toward_them_and_leave_the_others():
-    labels = LabelMatrix(["cat", "car", "cup"], E[:3].copy())
-    examples = np.stack([np.array([0.6, 0, 0, 0.8], np.float32), np.array([0.6, 0, 0.0, 0.8], np.float32)])
+def test_examples_move_their_label_toward_them_and_every_other_competitor_toward_what_they_share():
+    labels = LabelMatrix(["cat", "car", "cup"], E[:3].copy(), background=E[3:].copy())
+    examples = np.stack([np.array([0.6, 0, 0, 0.8], np.float32), np.array([0.6, 0.8, 0, 0], np.float32)])
     taught = teach(labels, Examples(("cat", "cat"), examples, weight=0.5), 10.0, None, prior_sd=None)
-    assert taught.vectors[0] @ examples[0] > labels.vectors[0] @ examples[0] + 0.2  # 0.6 -> 0.85
+    mean = examples.mean(axis=0)
+    np.testing.assert_allclose(taught.vectors[0], (E[0] + 0.5 * mean) / np.linalg.norm(E[0] + 0.5 * mean), rtol=1e-6)
+    # A label without examples, and "none of these", move by the examples' mean too: two examples of one label
+    # say what the user's images share, not that every image is a cat.
+    np.testing.assert_allclose(taught.vectors[2], (E[2] + 0.5 * mean) / np.linalg.norm(E[2] + 0.5 * mean), rtol=1e-6)
+    np.testing.assert_allclose(taught.background[0], (E[3] + 0.5 * mean) / np.linalg.norm(E[3] + 0.5 * mean),
+                               rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(taught.vectors, axis=1), 1.0, rtol=1e-6)
-    np.testing.assert_array_equal(taught.vectors[1:], labels.vectors[1:])  # no examples: the text vector
     unmoved = teach(labels, Examples(("cat", "cat"), examples, weight=0.0), 10.0, None, prior_sd=None)
     np.testing.assert_array_equal(unmoved.vectors, labels.vectors)
+
+
+def test_one_or_two_examples_of_one_label_lift_no_probability(caplog):
+    rng = np.random.default_rng(0)
+    labels = LabelMatrix(["a", "b", "c"], E[:3].copy(), background=E[3:].copy())
+    images = np.abs(rng.normal(size=(400, 4))).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+
+    def ranked(matrix):
+        return [row["probs"] for row in rank_rows([(ImageInfo(f"{i}.jpg", "", 1, 1), Embedded(v))
+                                                    for i, v in enumerate(images)], matrix, 10.0, "m",
+                                                   Decision(top_k=3), none_margin=0.15)]
+
+    before = ranked(labels)
+    for count in (1, 2):
+        with caplog.at_level("INFO", logger="zero_shot"):
+            taught = teach(labels, Examples(("a",) * count, images[:count]), 10.0, 0.15)
+        assert taught.calibration is None and "too few to fit the probabilities to" in caplog.text
+        assert "top-1" not in caplog.text  # nothing fitted on the examples is reported as a score
+        after = ranked(taught)
+        assert max(sum(p) for p in after) <= 1.0 + 1e-6
+        assert np.mean([p[0] for p in after]) < np.mean([p[0] for p in before]) + 0.05
+        assert sum(p[0] >= 0.5 for p in after) <= 2 * max(1, sum(p[0] >= 0.5 for p in before))
 
 
 def test_each_example_is_scored_by_its_label_taught_without_it():
@@ -53,34 +81,37 @@ def test_each_example_is_scored_by_its_label_taught_without_it():
 
 
 def test_the_fitted_map_is_the_known_answer():
-    # Four examples, two labels. Every example gives label 0 log-odds 1 and label 1 probability 0.5 (log-odds 0);
-    # three are label 0's. Of the four claims at log-odds 1, three are right; of the four at 0.5, one is. The map
-    # that makes both mean what they say: sigmoid(intercept) = 1/4 and sigmoid(slope + intercept) = 3/4, so
-    # intercept = -ln 3 and slope = 2 ln 3.
-    probs = np.array([[1 / (1 + math.exp(-1)), 0.5]] * 4)
-    truth = np.array([0, 0, 0, 1])
-    slope, intercept = fit_calibration(probs, truth, prior_sd=math.inf)
-    assert slope == pytest.approx(2 * math.log(3), abs=2e-3) and intercept == pytest.approx(-math.log(3), abs=2e-3)
+    # Four examples, two labels, no "none of these": every example scores label 0 one logit above label 1, and three
+    # of the four are label 0's. The temperature that makes "label 0 at sigmoid(t)" mean what it says: sigmoid(t)
+    # = 3/4, t = ln 3.
+    scores = np.array([[1.0, 0.0]] * 4)
+    fitted = fit_calibration(scores, None, 1.0, None, np.array([0, 0, 0, 1]), prior_sd=math.inf)
+    assert fitted.temperature == pytest.approx(math.log(3), abs=2e-3) and fitted.bias == 0.0
 
-    # Five examples whose label was always right at 0.6 and the other wrong at 0.4: the likelihood alone maps 0.6
-    # to certainty; the prior keeps it short of that.
-    def mapped(prior_sd):
-        slope, intercept = fit_calibration(np.array([[0.6, 0.4]] * 5), np.zeros(5, dtype=int), prior_sd)
-        return 1 / (1 + math.exp(-(slope * math.log(0.6 / 0.4) + intercept)))
+    # Five examples always right by a small margin: the likelihood alone makes them certain; the prior keeps the
+    # probability short of that.
+    def top_probability(prior_sd):
+        fitted = fit_calibration(np.array([[0.4, 0.0]] * 5), None, 1.0, None, np.zeros(5, dtype=int), prior_sd)
+        return 1 / (1 + math.exp(-0.4 * fitted.temperature))
 
-    assert mapped(math.inf) > 0.9999 and 0.8 < mapped(CALIBRATION_PRIOR_SD) < 0.99
+    assert top_probability(math.inf) > 0.9999 and 0.6 < top_probability(CALIBRATION_PRIOR_SD) < 0.99
 
 
-def test_teaching_maps_the_probabilities_and_keeps_the_ranking():
+def test_teaching_fits_the_probabilities_to_the_examples_and_keeps_the_ranking(caplog):
+    rng = np.random.default_rng(1)
     labels = LabelMatrix(["a", "b"], E[:2].copy())
-    right, wrong = 0.6 * E[0] + 0.8 * E[2], 0.6 * E[1] + 0.8 * E[3]
-    taught = teach(labels, Examples(("a",) * 4, np.stack([right] * 3 + [wrong]), 0.0), 10.0, None)
-    assert taught.calibration != pytest.approx((1.0, 0.0), abs=1e-3)  # a map that changes the probabilities
-    rows = rank_rows([(ImageInfo(f"{i}.jpg", "", 1, 1), Embedded(v)) for i, v in enumerate((right, wrong))],
-                     taught, 10.0, "m", Decision(top_k=2))
-    assert [row["labels"] for row in rows] == [["a", "b"], ["b", "a"]]
-    untaught = rank_rows([(ImageInfo("0.jpg", "", 1, 1), Embedded(right))], labels, 10.0, "m", Decision(top_k=2))
-    assert rows[0]["probs"][0] != pytest.approx(untaught[0]["probs"][0], abs=1e-3)
+    # Twelve examples, six of each label, each near its label but not on it: the model's own probabilities (scale
+    # 30) are too sure; the map fitted to them is a temperature below 1.
+    examples = np.abs(np.stack([E[i % 2] + rng.normal(scale=0.9, size=4) for i in range(12)])).astype(np.float32)
+    examples /= np.linalg.norm(examples, axis=1, keepdims=True)
+    with caplog.at_level("INFO", logger="zero_shot"):
+        taught = teach(labels, Examples(tuple("ab"[i % 2] for i in range(12)), examples, 0.0), 30.0, None)
+    assert taught.calibration.temperature < 0.9 and "probabilities fitted to the 12 examples" in caplog.text
+    images = [(ImageInfo(f"{i}.jpg", "", 1, 1), Embedded(v)) for i, v in enumerate(examples)]
+    rows, untaught = (rank_rows(images, matrix, 30.0, "m", Decision(top_k=2)) for matrix in (taught, labels))
+    assert [row["labels"] for row in rows] == [row["labels"] for row in untaught]
+    assert all(row["probs"][0] < before["probs"][0] for row, before in zip(rows, untaught))
+    assert all(sum(row["probs"]) == pytest.approx(1.0, abs=1e-5) for row in rows)
 
 
 @pytest.mark.parametrize("content, message", [

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.samples import sample_photo
+from testbed.devsets import OOV_LABELS
 from transforms.backends import get_backend, image_runtime, l2_normalize
 from transforms.backends.local import LocalBackend
 from transforms.backends.weights import WeightsError, packaged_file
@@ -71,10 +73,30 @@ def test_a_broad_label_takes_in_the_imagenet_classes_it_names():
 
 def test_evidence_is_the_classes_behind_the_vector(embedder, photos):
     image = _photo(photos, "chelsea")
-    vectors, evidence = embedder.embed_images_explained([image], 3)
-    np.testing.assert_allclose(vectors, embedder.embed_images([image]), atol=1e-6)
-    assert len(evidence[0]) == 3 and evidence[0][0][0] in ("tabby cat", "tiger cat", "Egyptian Mau")
-    assert [p for _, p in evidence[0]] == sorted((p for _, p in evidence[0]), reverse=True)
+    [embedded] = embedder.embed_images_explained([image], 3)
+    np.testing.assert_allclose(embedded.vector, embedder.embed_images([image])[0], atol=1e-6)
+    assert len(embedded.evidence) == 3 and embedded.evidence[0][0] in ("tabby cat", "tiger cat", "Egyptian Mau")
+    assert [p for _, p in embedded.evidence] == sorted((p for _, p in embedded.evidence), reverse=True)
+
+
+def test_an_image_the_classifier_sees_little_in_gets_no_high_probability(embedder, photos):
+    # scikit-image's grass texture: the classifier gives it soccer ball 0.05, baseball 0.04 and crumbs of a hundred
+    # other classes, and the mixture of those points at `ball` as squarely as a photo of a ball would.
+    grass, cat = embedder.embed_images_explained([sample_photo("grass").convert("RGB"), _photo(photos, "chelsea")])
+    assert grass.strength < 0.4 and cat.strength > 0.9
+    labels = embed_label_set({name: [name] for name in OOV_LABELS}, ["a photo of a {}."], embedder)
+    vectors = np.stack([grass.vector, cat.vector])
+    settings = LocalBackend()
+
+    def probabilities(strengths):
+        return label_probabilities(vectors @ labels.vectors.T, settings.logit_scale,
+                                   none_scores(vectors, labels, settings.none_margin), strengths=strengths)
+
+    full, weighed = probabilities(None), probabilities(np.array([grass.strength, cat.strength]))
+    ball, cat_label = OOV_LABELS.index("ball"), OOV_LABELS.index("cat")
+    assert full[0].argmax() == weighed[0].argmax() == ball and full[0, ball] > 0.9  # sure of almost nothing
+    assert weighed[0, ball] < 0.5  # says so
+    assert weighed[1].argmax() == cat_label and weighed[1, cat_label] > 0.8  # a cat is still a cat
 
 
 def test_backend_settings_are_command_line_options():

@@ -203,6 +203,21 @@ def test_a_progress_file_with_vectors_of_another_length_is_skipped_with_a_warnin
     assert "holds vectors of length 383, the model's are 384): its images are embedded again" in captured.err
 
 
+def test_a_progress_file_saved_before_vectors_carried_their_strength_is_embedded_again(tmp_path, photos, capsys):
+    out = tmp_path / "out"
+    run = _unfinished_run(out, photos)
+    (saved,) = (out / run).glob(f"{progress.PROGRESS_PREFIX}*.parquet")
+    pq.write_table(pq.read_table(saved).drop_columns(["strength"]), saved)  # as an earlier version wrote it
+    capsys.readouterr()
+    assert jobs.classify(f"{photos}/*.jpg", out) == 0
+    captured = capsys.readouterr()
+    assert "resumed" not in captured.out and "labeled 7 images" in captured.out
+    assert "before vectors carried their strength): its images are embedded again" in captured.err
+    clean = tmp_path / "clean"
+    assert jobs.classify(f"{photos}/*.jpg", clean) == 0
+    _same_rows(read_run(str(out)), read_run(str(clean)))
+
+
 def test_a_progress_file_cut_short_is_skipped_and_its_images_embedded_again(tmp_path, photos, capsys):
     out = tmp_path / "out"
     run = _unfinished_run(out, photos)

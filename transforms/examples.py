@@ -16,7 +16,7 @@ from transforms.backends import Backend, l2_normalize
 from transforms.decode import ReadLimits, decode_image
 from transforms.embed import embed_in_hand
 from transforms.faults import StoreError, one_line
-from transforms.rank import EmbedLabels, LabelMatrix, label_probabilities, logit, none_scores
+from transforms.rank import Calibration, EmbedLabels, LabelMatrix, label_probabilities, none_scores
 from transforms.read import read_file
 from transforms.records import EmbedFailure
 from transforms.write import from_spreadsheet_cell
@@ -27,6 +27,10 @@ _LOG = logging.getLogger("zero_shot")
 # "Teaching by example").
 DEFAULT_WEIGHT = 0.5
 CALIBRATION_PRIOR_SD = 2.0
+# Fewer examples than this (of labels with two or more), or of fewer labels, fit no map: a handful of points says
+# more about the draw than about the images (one example lifted a mean top probability from 0.14 to 0.50).
+MIN_CALIBRATION_EXAMPLES = 10
+MIN_CALIBRATION_LABELS = 2
 
 
 class ExamplesError(ValueError):
@@ -77,32 +81,35 @@ def read_examples(path: str, labels: Sequence[str]) -> list[Example]:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Examples:
-    """Confirmed images: each one's label and unit image vector (row i of `vectors`), and `weight`, how far their
-    mean pulls their label's text vector."""
+    """Confirmed images: each one's label, unit image vector (row i of `vectors`) and evidence strength
+    (Embedded.strength; all 1 where not given), and `weight`, how far their mean pulls their label's text vector."""
 
     labels: tuple[str, ...]
     vectors: np.ndarray
     weight: float = DEFAULT_WEIGHT
     digest: str = ""  # what identifies them among a run's settings (examples_digest)
+    strengths: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if len(self.labels) != len(self.vectors):
             raise ValueError(f"{len(self.labels)} example labels for {len(self.vectors)} vectors")
+        if self.strengths is None:
+            object.__setattr__(self, "strengths", np.ones(len(self.labels)))
         if not self.weight >= 0:
             raise ValueError(f"examples_weight must be at least 0, got {self.weight}")
 
 
 def embed_examples(examples: Sequence[Example], backend: Backend, known: Optional[dict[str, tuple]] = None,
                    weight: float = DEFAULT_WEIGHT, limits: ReadLimits = ReadLimits()) -> Examples:
-    """The examples' image vectors: those in `known` (uri -> (sha256, vector), a kept run's) as they are, the others
-    read, decoded and embedded here by the job's own stages' code (read_file, decode_image, embed_in_hand), with
-    the same bounds and model. Before the job starts, so that an example that cannot be read, decoded or embedded
-    stops it with one line (ExamplesError); a store that fails stops it too (StoreError)."""
+    """The examples' image vectors: those in `known` (uri -> (sha256, vector, strength), a kept run's) as they are,
+    the others read, decoded and embedded here by the job's own stages' code (read_file, decode_image,
+    embed_in_hand), with the same bounds and model. Before the job starts, so that an example that cannot be read,
+    decoded or embedded stops it with one line (ExamplesError); a store that fails stops it too (StoreError)."""
     known = known or {}
-    sha256_of, vectors, images, missing = {}, {}, [], []
+    sha256_of, vectors, strengths, images, missing = {}, {}, {}, [], []
     for uri, _ in examples:
         if uri in known:
-            sha256_of[uri], vectors[uri] = known[uri]
+            sha256_of[uri], vectors[uri], strengths[uri] = known[uri]
             continue
         try:
             data = read_file(uri, limits.max_bytes)
@@ -119,9 +126,9 @@ def embed_examples(examples: Sequence[Example], backend: Backend, known: Optiona
     for uri, embedded in zip(missing, embed_in_hand(backend, images)):
         if isinstance(embedded, EmbedFailure):
             raise ExamplesError(f"--examples: cannot use {uri} ({embedded.error}: {embedded.message})")
-        vectors[uri] = embedded.vector
+        vectors[uri], strengths[uri] = embedded.vector, embedded.strength
     return Examples(tuple(label for _, label in examples), np.stack([vectors[uri] for uri, _ in examples]),
-                    weight, examples_digest(examples, sha256_of))
+                    weight, examples_digest(examples, sha256_of), np.array([strengths[uri] for uri, _ in examples]))
 
 
 def examples_digest(examples: Sequence[Example], sha256_of: dict[str, str]) -> str:
@@ -134,9 +141,13 @@ def examples_digest(examples: Sequence[Example], sha256_of: dict[str, str]) -> s
 def teach(labels: LabelMatrix, examples: Examples, logit_scale: float, none_margin: Optional[float],
           prior_sd: Optional[float] = CALIBRATION_PRIOR_SD) -> LabelMatrix:
     """The label matrix taught by examples: each label with examples gets its text vector + weight x the mean of
-    its examples' vectors, normalized; labels without keep their text vector. Then a map of the probabilities
-    (fit_calibration) is fitted to the examples, each scored by the labels as they would be without it
-    (leave-one-out), so that on the user's kind of image a label's probability means what it says.
+    its examples' vectors, normalized. Every other concept the labels compete with (a label without examples, the
+    "none of these" background) gets weight x the mean of all the examples: what the user's images share moves every
+    competitor alike, so that one or two examples of one label lift no probability (they lifted that label's over
+    every image, and every label's over "none of these"). Then a map of the logits (a temperature, and a bias of
+    "none of these": fit_calibration) is fitted to the examples, each scored by the labels as they would be without
+    it (leave-one-out), so that on the user's kind of image the probabilities mean what they say; too few examples
+    (MIN_CALIBRATION_EXAMPLES, MIN_CALIBRATION_LABELS) fit no map.
 
     `logit_scale` and `none_margin` are the backend's, as the ranking uses them (rank_rows). `prior_sd`: how far the
     map may stray from no change; None fits none (for the benchmark that chose CALIBRATION_PRIOR_SD)."""
@@ -146,19 +157,31 @@ def teach(labels: LabelMatrix, examples: Examples, logit_scale: float, none_marg
     counts = np.bincount(truth, minlength=len(labels.names)).astype(np.float32)
     sums = np.zeros_like(labels.vectors)
     np.add.at(sums, truth, vectors)
-    means = sums / np.maximum(counts, 1)[:, None]
-    taught = labels._replace(vectors=l2_normalize(labels.vectors + examples.weight * means))
+    shared = vectors.mean(axis=0)
+    pulls = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], shared)
+    background = labels.background
+    taught = labels._replace(
+        vectors=l2_normalize(labels.vectors + examples.weight * pulls),
+        background=None if background is None else l2_normalize(background + examples.weight * shared))
+    summary = f"taught {int((counts > 0).sum())} labels by {len(truth)} examples (weight {examples.weight:g})"
+    if prior_sd is None:
+        return taught
+    # Left out, an example is scored as new images will be only where its label keeps another example to teach it:
+    # the only example of a label leaves it its bare text, and the map would learn how text alone scores.
+    fitted = counts[truth] >= 2
+    if fitted.sum() < MIN_CALIBRATION_EXAMPLES or len(set(truth[fitted])) < MIN_CALIBRATION_LABELS:
+        _LOG.info("%s; too few to fit the probabilities to (that needs %d examples of labels with two or more, of at "
+                  "least %d labels): the probabilities are the model's own", summary, MIN_CALIBRATION_EXAMPLES,
+                  MIN_CALIBRATION_LABELS)
+        return taught
+    truth, vectors = truth[fitted], vectors[fitted]
     scores = vectors @ taught.vectors.T
     scores[np.arange(len(truth)), truth] = left_out_scores(labels.vectors, vectors, truth, sums, counts,
                                                            examples.weight)
-    probs = label_probabilities(scores, labels.logit_scale or logit_scale, none_scores(vectors, labels, none_margin),
-                                labels.logit_bias)
-    right = probs.argmax(axis=1) == truth
-    calibration = None if prior_sd is None else fit_calibration(probs, truth, prior_sd)
-    _LOG.info("taught %d labels by %d examples (weight %g); each example ranked without itself: top-1 %.0f%%, "
-              "mean top probability %.2f; probabilities mapped by log-odds x %.3g %+.3g", int((counts > 0).sum()),
-              len(truth), examples.weight, 100 * right.mean(), probs.max(axis=1).mean(),
-              *(calibration or (1.0, 0.0)))
+    calibration = fit_calibration(scores, none_scores(vectors, taught, none_margin), labels.logit_scale or logit_scale,
+                                  labels.logit_bias, truth, prior_sd, examples.strengths[fitted])
+    _LOG.info("%s; the probabilities fitted to the %d examples of labels with two or more, each scored without "
+              "itself: logits x %.2f, \"none of these\" %+.2f", summary, len(truth), *calibration)
     return taught._replace(calibration=calibration)
 
 
@@ -192,32 +215,37 @@ def left_out_scores(text: np.ndarray, vectors: np.ndarray, truth: np.ndarray, su
     return np.einsum("nd,nd->n", vectors, own)
 
 
-def fit_calibration(probs: np.ndarray, truth: np.ndarray,
-                    prior_sd: float = CALIBRATION_PRIOR_SD) -> tuple[float, float]:
-    """(slope, intercept) of the map of a probability's log-odds, p -> sigmoid(slope x logit(p) + intercept), that
-    best fits the examples' probabilities (`probs`, one row per example, a column per label) as what a probability
-    claims: that its label is the right one (`truth`: each example's label). Platt scaling over every (example,
-    label) pair, so that each label's probability, not only the best one's, means what it says; under normal priors
-    of sd `prior_sd` on the log of the slope and on the intercept, so that a few examples that are all right cannot
-    push every probability to 1. One map for every backend: a softmax's, a "none of these" competitor's and SigLIP's
-    sigmoids alike. On a grid, then two finer ones; the pairs counted by their log-odds to 0.01, so that a thousand
-    labels cost no more than ten."""
-    right = np.zeros(probs.shape, dtype=bool)
-    right[np.arange(len(truth)), truth] = True
-    odds, where = np.unique(np.round(logit(probs).ravel(), 2), return_inverse=True)
-    yes = np.bincount(where, weights=right.ravel(), minlength=len(odds))
-    no = np.bincount(where, minlength=len(odds)) - yes
+def fit_calibration(scores: np.ndarray, none: Optional[np.ndarray], logit_scale: float,
+                    logit_bias: Optional[float], truth: np.ndarray, prior_sd: float = CALIBRATION_PRIOR_SD,
+                    strengths: Optional[np.ndarray] = None) -> Calibration:
+    """The map of the logits (rank.Calibration: a temperature, and a bias of "none of these") under which the
+    examples' cosines (`scores`, one row per example, a column per label; `none`: each one's "none of these" cosine,
+    or None; `strengths`: each one's evidence strength) best predict their labels (`truth`), ranked as
+    label_probabilities ranks. Multiclass log-loss for a
+    softmax, so that the probability a row ranks first, the one users sort and filter by, means what it says and a
+    row still sums to at most 1; for sigmoids (a `logit_bias`, SigLIP), the log-loss of every (example, label) pair.
+    Under normal priors of sd `prior_sd` on the log of the temperature and on the bias, so that a few examples that
+    are all right cannot push every probability to 1 (the examples never hold an image of none of the labels, so the
+    likelihood alone would bias "none of these" down without end). On a grid, then two finer ones."""
+    scores = np.asarray(scores, dtype=np.float64)
+    rows = np.arange(len(truth))
 
-    def loss(log_slope: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-        z = np.exp(log_slope)[..., None] * odds + intercept[..., None]
-        fit = (np.logaddexp(0, -z) * yes + np.logaddexp(0, z) * no).sum(axis=-1)  # -log likelihood
-        return fit + 0.5 * (log_slope ** 2 + intercept ** 2) / prior_sd ** 2
+    def loss(log_temperature: float, bias: float) -> float:
+        probs = label_probabilities(scores, logit_scale, none, logit_bias,
+                                    Calibration(float(np.exp(log_temperature)), bias), strengths).astype(np.float64)
+        if logit_bias is None:
+            fit = -np.log(np.maximum(probs[rows, truth], 1e-12)).sum()
+        else:
+            right = np.zeros(probs.shape, dtype=bool)
+            right[rows, truth] = True
+            fit = -np.log(np.maximum(np.where(right, probs, 1 - probs), 1e-12)).sum()
+        return fit + 0.5 * (log_temperature ** 2 + bias ** 2) / prior_sd ** 2
 
-    center, width = np.zeros(2), np.array([3.0, 6.0])  # log slope in [-3, 3], intercept in [-6, 6]
+    # log temperature in [-3, 3], bias in [-6, 6]; a softmax with no "none of these" has no logit to bias
+    center, width = np.zeros(2), np.array([3.0, 6.0 if none is not None or logit_bias is not None else 0.0])
     for _ in range(3):
-        grid = np.stack(np.meshgrid(*(np.linspace(c - w, c + w, 41) for c, w in zip(center, width)),
-                                    indexing="ij"))
-        values = loss(grid[0], grid[1])
-        center = grid[(slice(None), *np.unravel_index(np.argmin(values), values.shape))]
+        grid = [(t, b) for t in np.linspace(center[0] - width[0], center[0] + width[0], 21)
+                for b in np.linspace(center[1] - width[1], center[1] + width[1], 21)]
+        center = np.array(min(grid, key=lambda point: loss(*point)))
         width = width / 10
-    return float(np.exp(center[0])), float(center[1])
+    return Calibration(float(np.exp(center[0])), float(center[1]))

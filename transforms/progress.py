@@ -113,10 +113,14 @@ def read_progress(path: str, dim: int) -> Iterator[tuple[str, tuple[ImageInfo, E
     except Exception as e:  # noqa: BLE001 - a damaged file costs its images, never the run
         _LOG.warning("progress file %s cannot be used (%s): its images are embedded again", path, one_line(e))
         return
-    for row in table.to_pylist():
-        saved = SavedVector.image(row)
+    try:
+        saved = [(row, SavedVector.image(row)) for row in table.to_pylist()]
+    except ValueError as e:
+        _LOG.warning("progress file %s cannot be used (%s): its images are embedded again", path, e)
+        return
+    for row, image in saved:
         for key in content_keys(row):
-            yield key, saved
+            yield key, image
 
 
 class ReadProgress(beam.PTransform):

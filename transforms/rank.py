@@ -38,9 +38,17 @@ class LabelMatrix(NamedTuple):
     # The label each of the backend's concepts belongs to (an ImageNet class -> the label whose WordNet concept
     # covers it), for the evidence column; empty where the backend has no such concepts.
     class_labels: Mapping[str, str] = {}
-    # Where examples taught the labels (transforms/examples.py): the map of each probability's log-odds fitted to
-    # them, (slope, intercept): p -> sigmoid(slope x logit(p) + intercept).
-    calibration: Optional[tuple[float, float]] = None
+    # Where examples taught the labels (transforms/examples.py): the map of the logits fitted to them.
+    calibration: Optional["Calibration"] = None
+
+
+class Calibration(NamedTuple):
+    """A map of the logits, fitted to confirmed images (transforms.examples.fit_calibration): every logit x
+    `temperature`, and `bias` added to the logit of "none of these" (a softmax with that competitor) or of every
+    label (SigLIP's sigmoids). No bias and a temperature of 1 change nothing; the ranking never changes."""
+
+    temperature: float = 1.0
+    bias: float = 0.0
 
 
 def build_label_matrix(label_phrases: Mapping[str, Sequence[str]], templates: Sequence[str],
@@ -124,33 +132,24 @@ def none_scores(image_vectors: np.ndarray, labels: LabelMatrix, margin: Optional
 
 
 def label_probabilities(scores: np.ndarray, logit_scale: float, none: Optional[np.ndarray] = None,
-                        logit_bias: Optional[float] = None) -> np.ndarray:
+                        logit_bias: Optional[float] = None, calibration: Optional[Calibration] = None,
+                        strengths: Optional[np.ndarray] = None) -> np.ndarray:
     """Softmax of logit_scale x cosine over the labels and, given each image's `none` cosine, a "none of these"
     competitor: an image that no label fits then gets low probabilities for all of them. The ranking never
     changes; with the competitor, an image's probabilities add up to less than 1. With a `logit_bias` (SigLIP), each
-    label's own sigmoid(logit_scale x cosine + bias) instead, as the model was trained: no label competes."""
-    logits = logit_scale * np.asarray(scores, dtype=np.float64)
+    label's own sigmoid(logit_scale x cosine + bias) instead, as the model was trained: no label competes. Each
+    image's logits are scaled by its evidence strength (`strengths`, Embedded.strength; 1 where not given): an image
+    the model saw little in gets flat probabilities. A `calibration` fitted to examples multiplies every logit by
+    its temperature and adds its bias to the competitor's (to every label's, for sigmoids)."""
+    temperature, bias = calibration or Calibration()
+    scale = temperature * logit_scale * (1.0 if strengths is None else np.asarray(strengths, np.float64)[:, None])
+    logits = scale * np.asarray(scores, dtype=np.float64)
     if logit_bias is not None:
-        return (1.0 / (1.0 + np.exp(-(logits + logit_bias)))).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-(logits + temperature * logit_bias + bias)))).astype(np.float32)
     if none is not None:
-        logits = np.concatenate([logits, logit_scale * np.asarray(none, dtype=np.float64)[:, None]], axis=1)
+        logits = np.concatenate([logits, scale * np.asarray(none, dtype=np.float64)[:, None] + bias], axis=1)
     probs = softmax(logits)
     return (probs[:, :-1] if none is not None else probs).astype(np.float32)
-
-
-def logit(probs: np.ndarray) -> np.ndarray:
-    """log(p / (1 - p)), finite for every probability a float32 can hold."""
-    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(probs) - np.log1p(-probs)
-
-
-def calibrated(probs: np.ndarray, calibration: Optional[tuple[float, float]]) -> np.ndarray:
-    """The probabilities through a map fitted to examples, sigmoid(slope x logit(p) + intercept), or as they are:
-    monotone, so the ranking never changes."""
-    if calibration is None:
-        return probs
-    slope, intercept = calibration
-    return (1.0 / (1.0 + np.exp(-(slope * logit(probs) + intercept)))).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,9 +225,8 @@ def rank_rows(batch: Sequence[tuple[ImageInfo, Embedded]], labels: LabelMatrix, 
     of every job (classify, relabel) and of the library's `relabel`."""
     vectors = np.stack([embedded.vector for _, embedded in batch])
     scores = vectors @ labels.vectors.T
-    probs = calibrated(label_probabilities(scores, labels.logit_scale or logit_scale,
-                                           none_scores(vectors, labels, none_margin), labels.logit_bias),
-                       labels.calibration)
+    probs = label_probabilities(scores, labels.logit_scale or logit_scale, none_scores(vectors, labels, none_margin),
+                                labels.logit_bias, labels.calibration, [embedded.strength for _, embedded in batch])
     ranked = np.argsort(-scores, axis=1, kind="stable")
     rows = []
     for (info, embedded), image_scores, image_probs, image_ranked in zip(batch, scores, probs, ranked):

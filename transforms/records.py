@@ -28,11 +28,13 @@ class ImageInfo(NamedTuple):
 
 
 class Embedded(NamedTuple):
-    """What a model handler returns for one image: its unit vector and, when asked for, what built it
-    (e.g. the ImageNet classes behind a `local` vector, as (name, probability) pairs)."""
+    """What a model handler returns for one image: its unit vector, when asked for what built it (e.g. the
+    ImageNet classes behind a `local` vector, as (name, probability) pairs), and how strongly the model's evidence
+    backs the vector (EmbeddingRow.strength)."""
 
     vector: np.ndarray
     evidence: Sequence[tuple[str, float]] = ()
+    strength: float = 1.0
 
 
 class EmbedFailure(NamedTuple):
@@ -66,11 +68,12 @@ class ResultRow:
                                                  "above --threshold with --multi_label, or [\"unknown\"]")
     scores: list = column(pa.list_(pa.float32()), "cosine similarity of each reported label")
     probs: list = column(pa.list_(pa.float32()), "probability of each reported label: softmax of the backend's "
-                                                 "logit scale x cosine over all labels of the set (and, for "
-                                                 "`local`, a \"none of these\" competitor); for a model that "
-                                                 "learned a bias (SigLIP), each label's own sigmoid of scale x "
-                                                 "cosine + bias, which need not sum to 1; with --examples, mapped "
-                                                 "by the calibration fitted to them")
+                                                 "logit scale x cosine over all labels of the set (for `local`, "
+                                                 "scaled by the image's evidence strength, and with a \"none of "
+                                                 "these\" competitor), so a row sums to at most 1; for a model "
+                                                 "that learned a bias (SigLIP), each label's own sigmoid of scale x "
+                                                 "cosine + bias, which need not sum to 1; with --examples, with the "
+                                                 "temperature and \"none of these\" bias fitted to them")
     model: str = column(pa.string(), "backend model id")
     width: int = column(pa.int32(), "upright width of the original image (after EXIF orientation)")
     height: int = column(pa.int32(), "upright height of the original image")
@@ -118,6 +121,10 @@ class EmbeddingRow:
                             shown_type="fixed_size_list<float or halffloat>[dimension]")
     width: int = column(pa.int32(), "upright width of the original image")
     height: int = column(pa.int32(), "upright height of the original image")
+    strength: float = column(pa.float32(), "how strongly the model's evidence backs the vector, at most 1: the "
+                                           "image's logits are scaled by it (`local`: the classifier's probability "
+                                           "in the classes the vector mixes, over --local_full_evidence; 1 for the "
+                                           "other backends)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,20 +174,24 @@ class SavedVector:
     vector: Any = column(pa.list_(pa.float32()), "the image's unit vector")
     evidence: list = column(pa.list_(pa.struct([("class", pa.string()), ("prob", pa.float64())])),
                             "what built the vector (--explain), as the handler returned it")
+    strength: float = column(pa.float64(), "how strongly the evidence backs the vector (EmbeddingRow.strength)")
 
     @classmethod
     def of(cls, image: tuple[ImageInfo, Embedded]) -> "SavedVector":
         info, embedded = image
         return cls(info.uri, info.sha256, info.md5, info.width, info.height,
                    np.asarray(embedded.vector, dtype=np.float32),
-                   [{"class": name, "prob": prob} for name, prob in embedded.evidence])
+                   [{"class": name, "prob": prob} for name, prob in embedded.evidence], embedded.strength)
 
     @staticmethod
     def image(row: dict[str, Any]) -> tuple[ImageInfo, Embedded]:
-        """A saved row as the (ImageInfo, Embedded) pair the ranking takes."""
+        """A saved row as the (ImageInfo, Embedded) pair the ranking takes; ValueError for a row saved before
+        vectors carried their strength (its image is embedded again)."""
+        if row["strength"] is None:
+            raise ValueError("it was saved by an earlier version, before vectors carried their strength")
         return (ImageInfo(row["uri"], row["sha256"], row["width"], row["height"], row["md5"]),
                 Embedded(np.asarray(row["vector"], dtype=np.float32),
-                         [(item["class"], item["prob"]) for item in row["evidence"]]))
+                         [(item["class"], item["prob"]) for item in row["evidence"]], row["strength"]))
 
 
 def arrow_schema(row_type: type) -> pa.Schema:
@@ -222,7 +233,8 @@ def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
 def embedding_row(image: tuple[ImageInfo, Embedded], model_id: str) -> dict[str, Any]:
     """The embeddings-table row of one embedded image (its vector stays a float32 array until it is written)."""
     info, embedded = image
-    return as_dict(EmbeddingRow(info.uri, info.sha256, model_id, embedded.vector, info.width, info.height))
+    return as_dict(EmbeddingRow(info.uri, info.sha256, model_id, embedded.vector, info.width, info.height,
+                                embedded.strength))
 
 
 def error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ same code as classify (rank.rank_rows, and one top-k per query)."""
 from __future__ import annotations
 
 import heapq
+import logging
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
@@ -24,6 +25,7 @@ from transforms.run_folder import check_shard, finished_manifest, manifest_files
 from transforms.stores import use_worker_options
 from transforms.write import read_rows
 
+_LOG = logging.getLogger("zero_shot")
 DEFAULT_BATCH = 1024  # stored vectors per matrix product
 
 
@@ -43,18 +45,40 @@ def embeddings_of(run: str, backend: Backend) -> tuple[Manifest, list[str]]:
     shards = manifest_files(run, manifest, EMBEDDINGS)
     for path, listed in zip(shards, manifest.shards[EMBEDDINGS]):
         check_shard(run, path, listed.rows)
+    if shards and "strength" not in _column_names(shards[0]):
+        _LOG.warning("the embeddings in %r were kept by an earlier version, before vectors carried their evidence "
+                     "strength: they are ranked at full strength, as they were then (an image the model saw little "
+                     "in may get a high probability); classify with --keep_embeddings again to rank them as new "
+                     "runs do", run)
     return manifest, shards
+
+
+def _column_names(shard: str) -> list[str]:
+    """The columns of a Parquet shard (its footer only), or of the first row of a CSV or JSON Lines one."""
+    if not shard.endswith(".parquet"):
+        return list(next(iter(read_rows(shard)), {}))
+
+    def read() -> list[str]:
+        with fsspec.open(shard, "rb") as f:
+            return pq.read_schema(f).names
+    return with_retries(shard, read)
 
 
 def stored_vector(row: Mapping[str, Any]) -> tuple[ImageInfo, Embedded]:
     """An embeddings row as the (ImageInfo, Embedded) pair the ranking takes; float16 vectors come back float32."""
     vector = np.asarray(row["embedding"], dtype=np.float32)
-    return ImageInfo(row["uri"], row["sha256"], row["width"], row["height"]), Embedded(vector)
+    return ImageInfo(row["uri"], row["sha256"], row["width"], row["height"]), Embedded(vector, (), _strength(row))
 
 
-def stored_vectors_of(shards: Sequence[str], uris: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
-    """uri -> (sha256, float32 vector) of the stored images among `uris`: only the row groups that hold one of
-    them are read past their uri column, so a few examples cost little in a run of millions."""
+def _strength(row: Mapping[str, Any]) -> float:
+    """A stored vector's evidence strength; 1 for a row kept before vectors carried one (ranked as it was then)."""
+    strength = row.get("strength")
+    return 1.0 if strength is None else float(strength)
+
+
+def stored_vectors_of(shards: Sequence[str], uris: Sequence[str]) -> dict[str, tuple[str, np.ndarray, float]]:
+    """uri -> (sha256, float32 vector, strength) of the stored images among `uris`: only the row groups that hold
+    one of them are read past their uri column, so a few examples cost little in a run of millions."""
     use_worker_options()
     wanted, found = pa.array(list(uris), type=pa.string()), {}
     for path in shards:
@@ -64,9 +88,12 @@ def stored_vectors_of(shards: Sequence[str], uris: Sequence[str]) -> dict[str, t
                 for group in range(shard.num_row_groups):
                     hits = pc.is_in(shard.read_row_group(group, columns=["uri"]).column("uri"), value_set=wanted)
                     if pc.any(hits).as_py():
-                        rows = shard.read_row_group(group, columns=["uri", "sha256", "embedding"]).filter(hits)
+                        columns = [name for name in ("uri", "sha256", "embedding", "strength")
+                                   if name in shard.schema_arrow.names]  # no strength: kept by an earlier version
+                        rows = shard.read_row_group(group, columns=columns).filter(hits)
                         for row in rows.to_pylist():
-                            found[row["uri"]] = (row["sha256"], np.asarray(row["embedding"], dtype=np.float32))
+                            found[row["uri"]] = (row["sha256"], np.asarray(row["embedding"], dtype=np.float32),
+                                                 _strength(row))
         with_retries(path, read)
     return found
 

@@ -15,7 +15,7 @@ from benchmarks.class_mass import (
     mapped_eces,
     probabilities,
 )
-from transforms.backends.local import LocalBackend
+from transforms.backends.local import LocalBackend, evidence_strengths
 from transforms.rank import label_probabilities
 
 BACKEND = LocalBackend()
@@ -40,7 +40,8 @@ def test_alpha_0_is_todays_conse_probabilities():
     s = two_labels_four_classes()
     probs, none = probabilities(s, -1, np.arange(2), TODAY, BACKEND)
     background_cosine = s.class_cosines[:, 3] - BACKEND.none_margin
-    expected = label_probabilities(s.scores, BACKEND.logit_scale, background_cosine)
+    expected = label_probabilities(s.scores, BACKEND.logit_scale, background_cosine,
+                                   strengths=evidence_strengths(s.class_probs, BACKEND))
     assert probs == pytest.approx(expected, abs=1e-6)
     assert none == pytest.approx(1 - expected.sum(axis=1), abs=1e-6)
 

@@ -108,11 +108,11 @@ class Embedder(abc.ABC):
         """Loads whatever embed_images needs beyond the text side, so that a model that cannot load fails the job
         when a worker starts, not as one error row per image. Relabeling and search never call it."""
 
-    def embed_images_explained(self, images: Sequence[Image.Image],
-                               evidence_size: int) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
-        """embed_images, plus per image up to `evidence_size` (name, weight) pairs that built its vector;
-        a backend with nothing to show returns empty lists."""
-        return self.embed_images(images), [[] for _ in images]
+    def embed_images_explained(self, images: Sequence[Image.Image], evidence_size: int = 0) -> list[Embedded]:
+        """embed_images as the pipeline keeps them: each vector with up to `evidence_size` (name, weight) pairs that
+        built it and the strength of that evidence (records.Embedded). A backend with nothing to show gives no
+        pairs and strength 1: its vector is all it says."""
+        return [Embedded(vector) for vector in self.embed_images(images)]
 
 
 class ImageBatchHandling:
@@ -263,10 +263,8 @@ class EmbedderModelHandler(ImageBatchHandling, ModelHandler[Image.Image, Predict
     def run_inference(self, batch: Sequence[Union[Image.Image, ModelInputs]], model: Embedder,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
         if isinstance(batch[0], dict):  # already preprocessed (Backend.image_preprocessor)
-            vectors, evidence = model.embed_inputs(stack_inputs(batch)), [()] * len(batch)
-        elif self._evidence_size:
-            vectors, evidence = model.embed_images_explained(batch, self._evidence_size)
+            embedded = [Embedded(vector) for vector in model.embed_inputs(stack_inputs(batch))]
         else:
-            vectors, evidence = model.embed_images(batch), [()] * len(batch)
+            embedded = model.embed_images_explained(batch, self._evidence_size)
         # The input is not echoed back: nothing downstream reads it, and it may be megabytes of pixels.
-        return [PredictionResult(None, Embedded(vector, why), self._model_id) for vector, why in zip(vectors, evidence)]
+        return [PredictionResult(None, one, self._model_id) for one in embedded]
