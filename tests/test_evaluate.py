@@ -1,7 +1,10 @@
 """The evaluation job: dev sets built from registry packages, metrics that count failures, clear truth errors."""
+import io
 import json
 import shutil
 import subprocess
+import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -148,3 +151,61 @@ def test_the_accuracy_run_globs_every_image_of_a_set_and_not_its_truth(tmp_path)
     assert [p.name for p in sorted(tmp_path.glob(pattern))] == ["a.jpg", "b.png"]
     (tmp_path / "b.png").unlink()
     assert devsets.image_glob(tmp_path) == "*.jpg"
+
+
+def _deb(cache: Path, package: str, files: dict[str, bytes]) -> None:
+    """A stand-in for a Debian package in the dev sets' cache, built with dpkg-deb, holding `files` (path -> bytes)."""
+    tree = cache.parent / f"tree-{package}"
+    for path, data in files.items():
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_bytes(data)
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(f"Package: {package}\nVersion: 1\nArchitecture: all\n"
+                                             "Maintainer: test <test@example.org>\nDescription: test\n")
+    cache.mkdir(exist_ok=True)
+    subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(tree), str(cache / f"{package}_1_all.deb")], check=True,
+                   capture_output=True)
+
+
+def _png(shade: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (shade, 20, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb (Debian)")
+def test_the_held_out_drawings_are_the_stamps_of_their_folders_and_no_label_outweighs_the_rest(tmp_path, monkeypatch):
+    root = "usr/share/tuxpaint/stamps/"
+    files = {f"{root}animals/birds/bird{i:02}.png": _png(i) for i in range(20)}  # more than a label takes
+    files |= {f"{root}animals/birds/bird00_mirror.png": _png(99), f"{root}animals/fish/thumbs/fish.png": _png(98),
+              f"{root}animals/fish/trout.png": _png(97), f"{root}animals/fish/trout.svg": b"<svg/>",
+              f"{root}symbols/alphabets/a.png": _png(96)}  # mirrored copies, thumbnails, other folders: left out
+    _deb(tmp_path / "cache", devsets.TUXPAINT_PACKAGE, files)
+    monkeypatch.setattr(devsets, "TUXPAINT_PER_LABEL", 5)
+    devsets.build_tuxpaint_set(tmp_path / "out", tmp_path / "cache")
+    rows = (tmp_path / "out" / "tuxpaint-held-out" / "truth.csv").read_text().splitlines()[1:]
+    assert rows == [f"animals__birds__bird{i:02}.png,bird" for i in (0, 4, 8, 12, 16)] + \
+        ["animals__fish__trout.png,fish"]
+    assert (tmp_path / "out" / "tuxpaint-held-out" / "labels.txt").read_text().splitlines() == \
+        list(devsets.TUXPAINT_HELD_OUT)
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb (Debian)")
+def test_the_out_of_vocabulary_set_takes_textures_and_wallpapers_and_no_picture_of_an_object(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with zipfile.ZipFile(cache / "arcade-3.3.3-py3-none-any.whl", "w") as wheel:
+        for name in ("tiles/grass.png", "tiles/grassCenter.png", "tiles/brickGrey.png", "tiles/lockRed.png",
+                     "backgrounds/stars.png", "layers/sun.png"):
+            wheel.writestr(f"arcade/resources/assets/images/{name}", _png(1))
+    _deb(cache, "gnome-backgrounds", {"usr/share/backgrounds/gnome/wood-d.webp": _png(2),
+                                      "usr/share/backgrounds/gnome/symbolic-d.webp": _png(3)})
+    _deb(cache, "mate-backgrounds", {"usr/share/backgrounds/mate/abstract/Silk.png": _png(4),
+                                     "usr/share/backgrounds/mate/abstract/Elephants.jpg": _png(5),
+                                     "usr/share/backgrounds/mate/nature/Tree.jpg": _png(6)})
+    devsets.build_out_of_vocabulary_set(tmp_path / "out", cache)
+    folder = tmp_path / "out" / "oov"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "abstract__Silk.png", "backgrounds__stars.png", "gnome__wood-d.webp", "labels.txt", "tiles__brickGrey.png",
+        "tiles__grass.png", "tiles__grassCenter.png"]
+    assert (folder / "labels.txt").read_text().splitlines() == list(devsets.OOV_LABELS)
