@@ -88,8 +88,8 @@ def synthetic_run(like: Path, folder: Path, images: int, shards: int = 4) -> Non
             "uri": [f"synthetic/{shard}-{i}.jpg" for i in range(rows)], "sha256": ["0" * 64] * rows,
             "model": [manifest.model] * rows,
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
-            "width": pa.array([1] * rows, pa.int32()), "height": pa.array([1] * rows, pa.int32())},
-            schema=embeddings_schema(dim)), folder / path)
+            "width": pa.array([1] * rows, pa.int32()), "height": pa.array([1] * rows, pa.int32()),
+            "strength": pa.array([1.0] * rows, pa.float32())}, schema=embeddings_schema(dim)), folder / path)
         written.append(Shard(path, rows))
     (folder / SUCCESS).write_bytes(dataclasses.replace(manifest, shards={EMBEDDINGS: tuple(written)}).to_json())
 

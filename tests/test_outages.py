@@ -220,8 +220,9 @@ def kept_run(store, finished_run) -> str:
             "uri": [f"s3://bkt/photos/{shard}-{i}.jpg" for i in range(rows)], "sha256": ["0" * 64] * rows,
             "model": [manifest.model] * rows,
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
-            "width": pa.array([1] * rows, pa.int32()), "height": pa.array([1] * rows, pa.int32())},
-            schema=embeddings_schema(dim)), buffer, row_group_size=2_000)
+            "width": pa.array([1] * rows, pa.int32()), "height": pa.array([1] * rows, pa.int32()),
+            "strength": pa.array([1.0] * rows, pa.float32())}, schema=embeddings_schema(dim)), buffer,
+            row_group_size=2_000)
         fs.pipe(f"bkt/kept/{path}", buffer.getvalue())
         written.append(Shard(path, rows))
     fs.pipe(f"bkt/kept/{SUCCESS}", dataclasses.replace(manifest, shards={EMBEDDINGS: tuple(written)}).to_json())
