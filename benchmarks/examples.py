@@ -48,15 +48,19 @@ def draw_examples(truth: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     return np.array(sorted(chosen), dtype=int)
 
 
+def probabilities(labels: LabelMatrix, vectors: np.ndarray, strengths: np.ndarray,
+                  backend: LocalBackend) -> np.ndarray:
+    """The label probabilities of `vectors` (of evidence `strengths`) as the pipeline ranks them (rank.rank_rows)."""
+    return label_probabilities(vectors @ labels.vectors.T, labels.logit_scale or backend.logit_scale,
+                               none_scores(vectors, labels, backend.none_margin), labels.logit_bias,
+                               labels.calibration, strengths).astype(np.float64)
+
+
 def scored(labels: LabelMatrix, vectors: np.ndarray, strengths: np.ndarray, truth: np.ndarray,
            backend: LocalBackend) -> dict[str, float]:
     """top-1, the ECE of the top-1 probability, and over every (image, label) pair the ECE and log-loss of the
-    probability as a claim that the label is right, of `vectors` (of evidence `strengths`) ranked against `labels`
-    as the pipeline ranks."""
-    scores = vectors @ labels.vectors.T
-    probs = label_probabilities(scores, labels.logit_scale or backend.logit_scale,
-                                none_scores(vectors, labels, backend.none_margin), labels.logit_bias,
-                                labels.calibration, strengths).astype(np.float64)
+    probability as a claim that the label is right, of `vectors` ranked against `labels` (probabilities)."""
+    probs = probabilities(labels, vectors, strengths, backend)
     right = np.zeros(probs.shape, dtype=bool)
     right[np.arange(len(truth)), truth] = True
     top = probs.argmax(axis=1)
@@ -121,9 +125,7 @@ def few_examples_probe(dev: DevSet, embedder: ConSEEmbedder, backend: LocalBacke
                                                                   vectors[chosen], strengths=strengths[chosen]),
                                                   backend.logit_scale, backend.none_margin)
             rest = np.setdiff1d(np.arange(len(picked)), chosen)
-            probs = label_probabilities(vectors[rest] @ matrix.vectors.T, backend.logit_scale,
-                                        none_scores(vectors[rest], matrix, backend.none_margin), None,
-                                        matrix.calibration, strengths[rest])
+            probs = probabilities(matrix, vectors[rest], strengths[rest], backend)
             print(f"| {', '.join(labels)} | {len(rest)} | {name} | {(probs.argmax(axis=1) == truth[rest]).mean():.1%} "
                   f"| {probs.max(axis=1).mean():.2f} | {(probs >= 0.5).any(axis=1).sum()} | "
                   f"{probs.sum(axis=1).max():.2f} |")

@@ -162,12 +162,11 @@ class Classify(runner.Job):
         runner.write_page(plan.report, lambda: label_report(plan.target.output, plan.report, plan.labels))
 
 
-def label_report(output: str, page: str, labels: LabelChoice, reliability: Optional[list[dict]] = None) -> None:
-    """The HTML report of a labeling run (classify, relabel, evaluate's predictions with their `reliability`
-    diagram), titled by its label set."""
+def label_report(output: str, page: str, labels: LabelChoice) -> None:
+    """The HTML report of a labeling run (classify, relabel, evaluate's predictions), titled by its label set."""
     from pipelines.report import write_report  # only runs that ask for a report import its renderer
 
-    write_report(output, page, title=f"labels: {scrubbed(labels.source)}", reliability=reliability)
+    write_report(output, page, title=f"labels: {scrubbed(labels.source)}")
 
 
 def check_input(pattern: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
 from pipelines import runner
-from pipelines.classify_images import Classify, ClassifyPlan, label_report
+from pipelines.classify_images import Classify, ClassifyPlan
 from pipelines.cli import ConfigError, exit_job
 from transforms.examples import ExamplesError, read_examples, read_uri_labels
 from transforms.label_sets import LabelSetError, load_label_set
@@ -209,9 +209,7 @@ class Evaluate(Classify):
         worst = sorted((row["recall"], label) for label, row in metrics["per_class"].items() if row["support"])[:5]
         print("lowest recall: " + ", ".join(f"{label} {recall:.0%}" for recall, label in worst))
         print(f"wrote {output}/metrics.json, per_class.csv, confusion.png, reliability.png")
-        # The report of the predictions (--report), with the reliability diagram only the truth can draw.
-        runner.write_page(plan.report, lambda: label_report(plan.target.output, plan.report, plan.labels,
-                                                            metrics["reliability"]))
+        super().after(plan, manifest)  # the report of the predictions (--report), which draws metrics.json's diagram
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

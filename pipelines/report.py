@@ -14,6 +14,7 @@ import datetime
 import html
 import io
 import json
+import posixpath
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -248,10 +249,9 @@ def render(results: Sequence[dict], errors: Sequence[dict], thumbs: dict[str, Op
     return "\n".join(parts)
 
 
-def write_report(run: str, output: str, title: str = "Zero-shot labels", per_label: int = PER_LABEL,
-                 reliability: Optional[Sequence[dict]] = None) -> None:
+def write_report(run: str, output: str, title: str = "Zero-shot labels", per_label: int = PER_LABEL) -> None:
     """Reads the finished run in folder `run`, fetches the thumbnails it shows, writes the page to `output`; an
-    evaluate run's predictions get the reliability diagram of its metrics.json (or the `reliability` given)."""
+    evaluate run's predictions get the reliability diagram of its metrics.json."""
     try:
         results, errors = read_run(run, "results"), read_run(run, "errors")
         review = run_files(run, REVIEW)
@@ -261,18 +261,17 @@ def write_report(run: str, output: str, title: str = "Zero-shot labels", per_lab
     shown |= {row["uri"] for row in _least_sure(results, LEAST_SURE)}
     with fsspec.open(output, "w", encoding="utf-8") as f:
         f.write(render(results, errors, thumbnails(shown), title, per_label, label_map=_label_map(run, results),
-                       review_file=review[0] if review else None,
-                       reliability=reliability if reliability is not None else evaluated(run)))
+                       review_file=review[0] if review else None, reliability=evaluated(run)))
 
 
 def evaluated(run: str) -> Optional[list[dict]]:
     """The reliability bins of the evaluate run whose predictions are the run in `run` (OUTPUT/predictions, beside
     OUTPUT/metrics.json), or None for any other run."""
-    parent, name = run.rstrip("/").rsplit("/", 1) if "/" in run.rstrip("/") else (".", run.rstrip("/"))
+    parent, name = posixpath.split(run.rstrip("/"))
     if name != "predictions":
         return None
     try:
-        with fsspec.open(f"{parent}/metrics.json", "r", encoding="utf-8") as f:
+        with fsspec.open(posixpath.join(parent, "metrics.json"), "r", encoding="utf-8") as f:
             return json.load(f).get("reliability")
     except FileNotFoundError:
         return None

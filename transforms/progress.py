@@ -108,15 +108,11 @@ def read_progress(path: str, dim: int) -> Iterator[tuple[str, tuple[ImageInfo, E
         lengths = pc.unique(pc.list_value_length(table["vector"])).to_pylist()
         if lengths not in ([], [dim]):
             raise ValueError(f"it holds vectors of length {', '.join(map(str, lengths))}, the model's are {dim}")
+        saved = [(row, SavedVector.image(row)) for row in table.to_pylist()]
     except StoreError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged file costs its images, never the run
         _LOG.warning("progress file %s cannot be used (%s): its images are embedded again", path, one_line(e))
-        return
-    try:
-        saved = [(row, SavedVector.image(row)) for row in table.to_pylist()]
-    except ValueError as e:
-        _LOG.warning("progress file %s cannot be used (%s): its images are embedded again", path, e)
         return
     for row, image in saved:
         for key in content_keys(row):

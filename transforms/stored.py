@@ -54,10 +54,7 @@ def embeddings_of(run: str, backend: Backend) -> tuple[Manifest, list[str]]:
 
 
 def _column_names(shard: str) -> list[str]:
-    """The columns of a Parquet shard (its footer only), or of the first row of a CSV or JSON Lines one."""
-    if not shard.endswith(".parquet"):
-        return list(next(iter(read_rows(shard)), {}))
-
+    """The columns of an embeddings shard (always Parquet: WriteEmbeddings), from its footer only."""
     def read() -> list[str]:
         with fsspec.open(shard, "rb") as f:
             return pq.read_schema(f).names
@@ -85,11 +82,11 @@ def stored_vectors_of(shards: Sequence[str], uris: Sequence[str]) -> dict[str, t
         def read(path: str = path) -> None:
             with fsspec.open(path, "rb") as f:
                 shard = pq.ParquetFile(f)
+                columns = [name for name in ("uri", "sha256", "embedding", "strength")
+                           if name in shard.schema_arrow.names]  # no strength: kept by an earlier version
                 for group in range(shard.num_row_groups):
                     hits = pc.is_in(shard.read_row_group(group, columns=["uri"]).column("uri"), value_set=wanted)
                     if pc.any(hits).as_py():
-                        columns = [name for name in ("uri", "sha256", "embedding", "strength")
-                                   if name in shard.schema_arrow.names]  # no strength: kept by an earlier version
                         rows = shard.read_row_group(group, columns=columns).filter(hits)
                         for row in rows.to_pylist():
                             found[row["uri"]] = (row["sha256"], np.asarray(row["embedding"], dtype=np.float32),
