@@ -52,6 +52,7 @@ bench: install
 	$(PY) -m benchmarks.install
 	$(PY) -m benchmarks.hf_real_size
 	$(PY) -m benchmarks.hf_real_size --images 3000 --no_labels --models clip-vit-b32
+	$(PY) -m benchmarks.index
 
 # Three dev sources come from outside PyPI: Debian's openclipart-png (as root), Debian's opencv-doc (fetched once
 # with `apt-get download` into devsets/.cache, no root) and the npm package emoji-datasource-google (fetched once

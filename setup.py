@@ -51,7 +51,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["transforms", "transforms.*", "pipelines", "pipelines.*", "labels", "labels.*"]),
-    package_data={"labels": ["*.txt", "*.json", "*.npz", "templates/*.txt"],
+    package_data={"labels": ["*.txt", "*.json", "*.npz", "templates/*.txt"], "pipelines": ["*.html"],
                   "transforms.backends": [f"{TEXT_MODEL.name}/*", f"{TEXT_MODEL.name}/*/*"]},
     install_requires=[
         # 2.65: RunInference's RemoteModelHandler, which the nomic backend builds on, arrived in it.
@@ -82,6 +82,9 @@ setup(
         # Buckets: Beam's filesystem for its own I/O, fsspec's for listing, reading and the run folder.
         "gcp": ["apache-beam[gcp]>=2.65,<3", "gcsfs>=2024.3"],
         "aws": ["apache-beam[aws]>=2.65,<3", "s3fs>=2024.3"],
+        # The vector index and its server (zero-shot-labels index, serve). The floors are the oldest releases that
+        # make test-lowest has run them on (faiss-cpu 1.8.0 with NumPy 1.24, Starlette 0.37, uvicorn 0.29).
+        "search": ["faiss-cpu>=1.8", "starlette>=0.37", "uvicorn>=0.29"],
         "test": ["pytest>=8", "pandas>=2", "duckdb>=1", "scikit-image>=0.22", "scikit-learn>=1.3"],
     },
     entry_points={"console_scripts": ["zero-shot-labels = pipelines.__main__:main"]},

@@ -27,6 +27,8 @@ JOBS = {  # the command's job -> (its module, what it does)
     "relabel": ("relabel", "label the vectors a classify run kept (--keep_embeddings) with another label set, "
                            "reading no image"),
     "search": ("search", "find the images of a kept run that best match text queries"),
+    "index": ("index", "build a vector index of a kept run (or of vectors you bring) to search as you type"),
+    "serve": ("serve", "answer searches of an index over HTTP, with a search page"),
     "topics": ("topics", "group the images of a kept run into named topics, and suggest a label set"),
     "report": ("report", "render a finished run as one HTML page"),
     "evaluate": ("evaluate", "score the labels on images whose labels are known"),

@@ -214,11 +214,12 @@ class LabelChoice:
                 "examples_labels": len(set(examples.labels))}
 
 
-def add_stored_options(parser: argparse.ArgumentParser, what: str, report: str) -> None:
+def add_stored_options(parser: argparse.ArgumentParser, what: str, report: str,
+                       embeddings_help: str = "(required) folder of a finished classify_images run kept with "
+                                              "--keep_embeddings") -> None:
     """What the jobs over stored vectors (relabel, search, topics) add: --embeddings, --report, --vectors_per_batch
     and the backend."""
-    parser.add_argument("--embeddings",
-                        help="(required) folder of a finished classify_images run kept with --keep_embeddings")
+    parser.add_argument("--embeddings", help=embeddings_help)
     parser.add_argument("--report", metavar="PATH", help=f"also write {report} to PATH")
     parser.add_argument("--vectors_per_batch", type=int, default=DEFAULT_BATCH,
                         help=f"stored vectors {what} per matrix product (default {DEFAULT_BATCH})")

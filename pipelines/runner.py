@@ -40,7 +40,7 @@ from transforms.review import WriteReview
 from transforms.run_folder import SUCCESS, CommitRun, new_run_id, read_manifest, table_prefix, unfinished_runs, utc_now
 from transforms.stores import is_local, use_job_options
 from transforms.summary import plural, summary
-from transforms.write import WriteEmbeddings, WriteRows
+from transforms.write import Shard, WriteEmbeddings, WriteRows
 
 # Old flag names removed in 0.2.0 (each collided with a live flag of a sibling job): the did-you-mean names the new.
 RENAMED_IN_0_2 = {"--embeddings": "--keep_embeddings", "--batch_size": "--vectors_per_batch",
@@ -83,8 +83,19 @@ class Run:
 
 
 @dataclasses.dataclass(frozen=True)
+class Derived:
+    """A file a job makes from one of its tables once every shard of it is final (the index's FAISS file from its
+    rows): `make(shards)` writes it and returns its one shard and what it measured, which the manifest's `details`
+    keep under the derived table's name."""
+
+    source: str
+    make: Callable[[list[Shard]], tuple[Shard, Mapping]]
+
+
+@dataclasses.dataclass(frozen=True)
 class Outputs:
-    """What a job's pipeline makes: table -> (rows, schema), written as --format says; the kept vectors, written as
+    """What a job's pipeline makes: table -> (rows, schema), written as --format says; tables the job wrote itself,
+    file by file (table -> the Shards it wrote); files derived from a written table; the kept vectors, written as
     Parquet vectors of `embeddings_dtype`; and the result rows review.csv is chosen from."""
 
     tables: Mapping[str, tuple[beam.PCollection, pa.Schema]]
@@ -92,6 +103,8 @@ class Outputs:
     embeddings_dtype: str = "float32"
     review: Optional[beam.PCollection] = None
     review_size: int = 0
+    shards: Mapping[str, beam.PCollection] = dataclasses.field(default_factory=dict)
+    derived: Mapping[str, Derived] = dataclasses.field(default_factory=dict)
 
 
 class Job(abc.ABC):
@@ -215,7 +228,16 @@ def write(outputs: Outputs, plan: Plan, run: Run) -> None:
         written[EMBEDDINGS] = outputs.embeddings | "WriteEmbeddings" >> WriteEmbeddings(
             table_prefix(target.output, run_id, EMBEDDINGS), plan.backend.embedding_dim, outputs.embeddings_dtype,
             target.num_shards)
-    written | "Commit" >> CommitRun(target.output, run.manifest, run.replaces)
+    written.update(outputs.shards)
+    measured = []
+    for table, derived in outputs.derived.items():
+        made = (written[derived.source]
+                | f"All{table.title()}Sources" >> beam.combiners.ToList()
+                | f"Make{table.title()}" >> beam.Map(derived.make))
+        written[table] = made | f"{table.title()}Shard" >> beam.Map(lambda shard_and_facts: shard_and_facts[0])
+        measured.append(made | f"{table.title()}Facts" >> beam.Map(lambda made, table=table: (table, made[1])))
+    details = measured | "Measured" >> beam.Flatten() if measured else None
+    written | "Commit" >> CommitRun(target.output, run.manifest, run.replaces, details)
 
 
 def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],

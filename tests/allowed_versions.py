@@ -27,7 +27,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
-EXTRAS = "hf,test,aws,gcp"
+EXTRAS = "hf,test,aws,gcp,search"
 # Only its bundled dev images are used (tests/test_evaluate.py), as in the Makefile.
 UNPACKAGED = ("foolbox==3.3.4",)
 BUILD_TOOLS = ("pip", "setuptools>=64")  # tests/test_packaging.py builds the wheel as pip does, with no isolation

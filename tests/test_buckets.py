@@ -170,3 +170,30 @@ def test_an_hf_model_folder_in_the_bucket_is_copied_once_and_labels(s3, photos, 
     # The launcher and the in-process workers share one copy: each model file was fetched once.
     model_gets = s3["log"].gets(r"GET /bkt/(models/clip/[^ ?]+)")
     assert model_gets and max(model_gets.values()) == 1, model_gets
+
+
+def test_an_index_on_a_bucket_is_built_served_and_grown(s3, finished_run, tmp_path):
+    """index --output s3://..., opened and served from the bucket, answers as the same index on a local disk."""
+    from pipelines import index
+    from tests.test_index import Server
+    from transforms.backends import get_backend
+    from transforms.vector_index import VectorIndex
+
+    on_bucket, local = f"{s3['url']}/index", tmp_path / "index"
+    assert index.main(["--embeddings", str(finished_run), "--output", on_bucket, *s3["flags"]]) == 0
+    assert index.main(["--embeddings", str(finished_run), "--output", str(local)]) == 0
+    backend = get_backend("local")
+    expected = [(hit.uri, hit.labels) for hit in VectorIndex.open(str(local), backend).search_text("a cat", 7)]
+    assert [(hit.uri, hit.labels) for hit in VectorIndex.open(on_bucket, backend).search_text("a cat", 7)] == expected
+    server = Server(on_bucket, tuple(s3["flags"]))
+    try:
+        status, answer = server.json("GET", "/search?q=a%20cat&k=7")
+        assert status == 200 and [hit["uri"] for hit in answer["hits"]] == [uri for uri, _ in expected]
+    finally:
+        server.stop()
+    # Grown in place: nothing new to add, so the same images, and the previous rows kept.
+    assert index.main(["--embeddings", str(finished_run), "--output", on_bucket, "--overwrite", "--skip_existing",
+                       on_bucket, *s3["flags"]]) == 0
+    manifest = read_manifest(on_bucket)
+    assert (manifest.details["ann"]["vectors"], manifest.details["ann"]["added"]) == (7, 0)
+    assert len(read_run(on_bucket, "rows")) == 7

@@ -63,6 +63,19 @@ def open_write(path: str) -> IO[bytes]:
     return with_retries(path, lambda: fs.open(stripped, "wb"))
 
 
+def copy(source: str, destination: str) -> None:
+    """Copies a file: within one store by the store (a bucket's copy never brings the bytes here), between two
+    through this machine."""
+    fs, stripped = _fs(source)
+    target_fs, target = _fs(destination)
+    if fs.protocol != target_fs.protocol:
+        write(destination, read(source))
+        return
+    if is_local(destination):
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    with_retries(source, lambda: fs.copy(stripped, target))
+
+
 def delete(paths: list[str]) -> None:
     """Deletes files and folders (with everything in them); one already gone is no error."""
     for path in paths:

@@ -138,6 +138,21 @@ class SearchHit:
 
 
 @dataclasses.dataclass(frozen=True)
+class IndexRow:
+    """One image of a vector index (pipelines.index): what its run knew of it, and its vector."""
+
+    uri: str = column(pa.string(), "the image file")
+    labels: list = column(pa.list_(pa.string()), "the labels its run gave it, best first (empty for vectors brought "
+                                                 "with --vectors, or an image the run did not label)")
+    top_prob: float = column(pa.float32(), "the probability of its best label (null: none)")
+    width: int = column(pa.int32(), "upright width of the original image (null: not known)")
+    height: int = column(pa.int32(), "upright height of the original image (null: not known)")
+    sha256: str = column(pa.string(), "of the file's bytes (null: not known)")
+    embedding: Any = column(pa.list_(pa.float32()), "the image's unit vector", shown_type="fixed_size_list<float>"
+                                                                                          "[dimension]")
+
+
+@dataclasses.dataclass(frozen=True)
 class TopicRow:
     """One topic of the images of a run (pipelines.topics)."""
 
@@ -212,7 +227,7 @@ def markdown_table(row_type: type) -> str:
     return "\n".join(lines)
 
 
-ROW_TYPES = (ResultRow, ReviewRow, ErrorRow, EmbeddingRow, SearchHit, TopicRow, ImageTopic)
+ROW_TYPES = (ResultRow, ReviewRow, ErrorRow, EmbeddingRow, SearchHit, TopicRow, ImageTopic, IndexRow)
 RESULTS_SCHEMA = arrow_schema(ResultRow)
 ERRORS_SCHEMA = arrow_schema(ErrorRow)
 REVIEW_SCHEMA = arrow_schema(ReviewRow)
@@ -228,6 +243,12 @@ def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
     schema = arrow_schema(EmbeddingRow)
     vector_type = pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), dim)
     return schema.set(schema.get_field_index("embedding"), pa.field("embedding", vector_type))
+
+
+def index_rows_schema(dim: int) -> pa.Schema:
+    """The index's rows table's schema: its vectors a fixed-size list of `dim` float32."""
+    schema = arrow_schema(IndexRow)
+    return schema.set(schema.get_field_index("embedding"), pa.field("embedding", pa.list_(pa.float32(), dim)))
 
 
 def embedding_row(image: tuple[ImageInfo, Embedded], model_id: str) -> dict[str, Any]:
@@ -255,4 +276,5 @@ def exception_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
 if __name__ == "__main__":
     print(f"Results:\n\n{markdown_table(ResultRow)}\n\nReview:\n\n{markdown_table(ReviewRow)}\n\nErrors:\n\n{markdown_table(ErrorRow)}\n\n"
           f"Embeddings:\n\n{markdown_table(EmbeddingRow)}\n\nSearch hits:\n\n{markdown_table(SearchHit)}\n\n"
-          f"Topics:\n\n{markdown_table(TopicRow)}\n\nImages of topics:\n\n{markdown_table(ImageTopic)}")
+          f"Topics:\n\n{markdown_table(TopicRow)}\n\nImages of topics:\n\n{markdown_table(ImageTopic)}\n\n"
+          f"Index rows:\n\n{markdown_table(IndexRow)}")

@@ -271,12 +271,14 @@ def check_error_fraction(output: str, manifest: Manifest) -> None:
     raise over_error_budget(errors, inputs, limit, causes)
 
 
-def commit(output: str, manifest: Manifest, replaces: Optional[str], shards: dict[str, list[Shard]]) -> Manifest:
+def commit(output: str, manifest: Manifest, replaces: Optional[str], shards: dict[str, list[Shard]],
+           measured: Optional[dict[str, Any]] = None) -> Manifest:
     """Writes `_SUCCESS` for the run whose shards are `shards` (table -> what its sink wrote), then removes older
     runs and the files of this run that no shard names (partial shards of bundles that failed and were retried).
 
     `replaces`: the run id that held the folder when the job started (None: none did); any other committed run
-    means a second job wrote here meanwhile, and this one fails rather than hide it."""
+    means a second job wrote here meanwhile, and this one fails rather than hide it. `measured`: what the pipeline
+    measured of its outputs, added to the manifest's details."""
     current = read_manifest(output)
     if current and current.run_id == manifest.run_id:
         return current  # a retried commit: the first attempt got through
@@ -284,7 +286,7 @@ def commit(output: str, manifest: Manifest, replaces: Optional[str], shards: dic
         raise ConcurrentRunError(f"another job committed run {current.run_id if current else None} to "
                                  f"{output!r} while this one ran; this run stays uncommitted in {manifest.run_id}/")
     start = len(output.rstrip("/")) + 1
-    manifest = dataclasses.replace(manifest, shards={
+    manifest = dataclasses.replace(manifest, details={**manifest.details, **(measured or {})}, shards={
         table: tuple(Shard(shard.path[start:], shard.rows) for shard in sorted(written))
         for table, written in shards.items()})
     check_error_fraction(output, manifest)
@@ -314,19 +316,22 @@ class CommitRun(beam.PTransform):
     The shards arrive as side inputs, so the commit runs only after every sink has written all of its own, on any
     runner, whether or not the launcher waits for the job."""
 
-    def __init__(self, output: str, manifest: Manifest, replaces: Optional[str]):
+    def __init__(self, output: str, manifest: Manifest, replaces: Optional[str],
+                 measured: Optional[beam.PCollection] = None):
+        """`measured`: (name, what was measured) pairs the manifest's details keep (Derived files' facts)."""
         super().__init__()
-        self.output, self.manifest, self.replaces = output, manifest, replaces
+        self.output, self.manifest, self.replaces, self.measured = output, manifest, replaces, measured
 
     # `written` (table -> its written shards' PCollection) carries no annotation: Beam 2.78 reads one on expand's
     # input as a type hint and warns on every job that a dict is not one it can check.
     def expand(self, written):
         tables = sorted(written)
 
-        def commit_all(_, *shard_lists):
-            return commit(self.output, self.manifest, self.replaces, dict(zip(tables, shard_lists)))
+        def commit_all(_, measured, *shard_lists):
+            return commit(self.output, self.manifest, self.replaces, dict(zip(tables, shard_lists)), measured)
 
-        side_inputs = [beam.pvalue.AsList(written[table]) for table in tables]
+        side_inputs = [beam.pvalue.AsDict(self.measured) if self.measured is not None else None]
+        side_inputs += [beam.pvalue.AsList(written[table]) for table in tables]
         return (written[tables[0]].pipeline
                 | "Once" >> beam.Impulse()
                 | "WriteSuccess" >> beam.Map(commit_all, *side_inputs))
