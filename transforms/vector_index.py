@@ -402,7 +402,7 @@ class VectorIndex:
     """An index opened for searching: its rows (without their vectors, which the FAISS index holds) and the FAISS
     index, in memory; the backend's text tower answers text queries. Safe to search from many threads.
 
-    >>> index = VectorIndex.open("out/index")
+    >>> index = VectorIndex.open("out/index", get_backend("local"))
     >>> index.search_text("a red car", k=10)
     """
 
