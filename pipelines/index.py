@@ -20,9 +20,10 @@ from pipelines import runner
 from pipelines.cli import ConfigError, exit_job
 from pipelines.options import RunTarget, StoredVectors, add_backend_options, checked_backend, finished_run
 from transforms import files
+from transforms.backends import Backend
 from transforms.backends.hf import install_command
 from transforms.faults import StoreError, one_line
-from transforms.manifest import Manifest
+from transforms.manifest import Manifest, differing_setting
 from transforms.records import RESULTS
 from transforms.run_folder import finished_manifest, manifest_files
 from transforms.stores import use_worker_options
@@ -32,6 +33,7 @@ from transforms.vector_index import (
     ROWS,
     IndexFacts,
     build_ann,
+    index_files,
     indexed_uris,
     read_labels,
     vector_dimension,
@@ -103,7 +105,7 @@ class Index(runner.Job):
         return IndexPlan(target=RunTarget.from_args(args), backend=backend, sources=tuple(sources),
                          source_run=source_run, labeled=labels_run[1] if labels_run else (),
                          labels_run=labels_run[0] if labels_run else None, dimension=dimension,
-                         exact_below=args.exact_below, previous=previous_index(args.skip_existing, backend.model_id))
+                         exact_below=args.exact_below, previous=previous_index(args.skip_existing, backend))
 
     def record(self, plan: IndexPlan) -> dict:
         return {"embeddings_run": plan.source_run, "skip_existing": plan.previous and plan.previous.manifest.run_id,
@@ -225,24 +227,29 @@ def checked_dimension(sources: Sequence[str], dimension: int, given: str) -> int
     return dimension
 
 
-def previous_index(folder: Optional[str], model: str) -> Optional[PreviousIndex]:
-    """The finished index --skip_existing names, checked against the model; None without the flag."""
-    if not folder:
-        return None
-    manifest = finished_run(folder, "--skip_existing")
+def finished_index(folder: str, flag: str, backend: Backend) -> tuple[Manifest, IndexFacts]:
+    """The manifest and facts of the finished index `flag` names (--skip_existing, search's --index), made by the
+    model of `backend` as configured; ConfigError otherwise."""
+    manifest = finished_run(folder, flag)
     if manifest is None:
-        raise ConfigError(f"--skip_existing {folder!r} holds no finished index (no _SUCCESS)")
+        raise ConfigError(f"{flag} {folder!r} holds no finished index (no _SUCCESS)")
     try:
         facts = IndexFacts.of(manifest)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"--skip_existing: {e}") from None
-    if manifest.model != model:
-        raise ConfigError(f"--skip_existing: the index holds vectors of model {manifest.model!r}; the backend as "
-                          f"configured is {model!r}")
-    paths = {path.rsplit("/", 1)[-1]: path for path in manifest_files(folder, manifest, ROWS)}
-    counts = {shard.path.rsplit("/", 1)[-1]: shard.rows for shard in manifest.shards[ROWS]}
-    (ann,) = manifest_files(folder, manifest, ANN)
-    return PreviousIndex(folder, manifest, facts, tuple(Shard(paths[name], counts[name]) for name in facts.order), ann)
+        raise ConfigError(f"{flag}: {e}") from None
+    if differing_setting({"model": manifest.model}, {"model": backend.model_id}):
+        raise ConfigError(f"{flag}: the index holds vectors of model {manifest.model!r}; backend {backend.name!r} "
+                          f"as configured is {backend.model_id!r}")
+    return manifest, facts
+
+
+def previous_index(folder: Optional[str], backend: Backend) -> Optional[PreviousIndex]:
+    """The finished index --skip_existing names, checked against the backend's model; None without the flag."""
+    if not folder:
+        return None
+    manifest, facts = finished_index(folder, "--skip_existing", backend)
+    rows, ann = index_files(folder, manifest, facts)
+    return PreviousIndex(folder, manifest, facts, tuple(rows), ann)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

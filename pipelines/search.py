@@ -18,12 +18,12 @@ import apache_beam as beam
 
 from pipelines import runner
 from pipelines.cli import ConfigError, exit_job
-from pipelines.options import RunTarget, StoredVectors, add_stored_options, checked_backend, finished_run
+from pipelines.options import RunTarget, StoredVectors, add_stored_options, checked_backend
 from pipelines.redact import scrubbed
 from transforms.manifest import Manifest
 from transforms.records import RESULTS, SEARCH_SCHEMA, SearchHit, as_dict
 from transforms.stored import DEFAULT_BATCH, ReadEmbeddings, SearchImages, embed_queries
-from transforms.vector_index import MAX_K, IndexFacts, VectorIndex
+from transforms.vector_index import MAX_K, VectorIndex
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -107,19 +107,10 @@ class SearchIndex(beam.DoFn):
 
 def check_index(folder: str, backend) -> None:
     """ConfigError unless `folder` holds a finished index of `backend`'s model and FAISS can be imported."""
-    from pipelines.index import check_search_extra
+    from pipelines.index import check_search_extra, finished_index
 
     check_search_extra()
-    manifest = finished_run(folder, "--index")
-    if manifest is None:
-        raise ConfigError(f"--index {folder!r} holds no finished index (no _SUCCESS)")
-    try:
-        IndexFacts.of(manifest)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"--index: {e}") from None
-    if manifest.model != backend.model_id:
-        raise ConfigError(f"--index: the index holds vectors of model {manifest.model!r}; backend "
-                          f"{backend.name!r} as configured is {backend.model_id!r}")
+    finished_index(folder, "--index", backend)
 
 
 def search_report(output: str, page: str) -> None:

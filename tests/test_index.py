@@ -170,6 +170,20 @@ def test_skip_existing_and_search_refuse_a_run_that_is_no_index(finished_run, tm
     assert "is a classify run, not an index" in capsys.readouterr().err
 
 
+def test_skip_existing_and_search_refuse_an_index_of_another_model(photo_index, tmp_path, capsys):
+    another_model = ["--local_full_evidence", "0"]  # a setting of local that makes its model id another
+    vectors_file(tmp_path / "v.parquet", clustered(10, seed=5))
+    assert index_job.main(["--vectors", str(tmp_path / "v.parquet"), "--output", str(tmp_path / "out"),
+                           "--skip_existing", str(photo_index), *another_model]) == 2
+    err = capsys.readouterr().err
+    assert "--skip_existing: the index holds vectors of model " in err and len(err.strip().splitlines()) == 1
+    assert search.main(["--index", str(photo_index), "--query", "a cat", "--output", str(tmp_path / "s"),
+                        *another_model]) == 2
+    err = capsys.readouterr().err
+    assert "--index: the index holds vectors of model " in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "s").exists()
+
+
 # The server, as a user starts it: a process of its own, asked over HTTP on loopback.
 
 class Server:

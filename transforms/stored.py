@@ -23,7 +23,7 @@ from transforms.rank import Decision, LabelMatrix, embed_label_set, rank_rows
 from transforms.records import EMBEDDINGS, Embedded, ImageInfo, SearchHit, as_dict
 from transforms.run_folder import check_shard, finished_manifest, manifest_files
 from transforms.stores import use_worker_options
-from transforms.write import read_rows
+from transforms.write import parquet_schema, read_rows
 
 _LOG = logging.getLogger("zero_shot")
 DEFAULT_BATCH = 1024  # stored vectors per matrix product
@@ -45,20 +45,12 @@ def embeddings_of(run: str, backend: Backend) -> tuple[Manifest, list[str]]:
     shards = manifest_files(run, manifest, EMBEDDINGS)
     for path, listed in zip(shards, manifest.shards[EMBEDDINGS]):
         check_shard(run, path, listed.rows)
-    if shards and "strength" not in _column_names(shards[0]):
+    if shards and "strength" not in parquet_schema(shards[0]).names:
         _LOG.warning("the embeddings in %r were kept by an earlier version, before vectors carried their evidence "
                      "strength: they are ranked at full strength, as they were then (an image the model saw little "
                      "in may get a high probability); classify with --keep_embeddings again to rank them as new "
                      "runs do", run)
     return manifest, shards
-
-
-def _column_names(shard: str) -> list[str]:
-    """The columns of an embeddings shard (always Parquet: WriteEmbeddings), from its footer only."""
-    def read() -> list[str]:
-        with fsspec.open(shard, "rb") as f:
-            return pq.read_schema(f).names
-    return with_retries(shard, read)
 
 
 def stored_vector(row: Mapping[str, Any]) -> tuple[ImageInfo, Embedded]:

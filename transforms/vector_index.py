@@ -43,7 +43,7 @@ from transforms.manifest import Manifest
 from transforms.records import RESULTS_SCHEMA, index_rows_schema
 from transforms.run_folder import finished_manifest, manifest_files
 from transforms.stores import use_worker_options
-from transforms.write import Shard, ShardFile, parquet_batches
+from transforms.write import Shard, ShardFile, parquet_batches, parquet_schema, vector_matrix
 
 ROWS = "rows"  # the index's table of images
 ANN = "ann"  # its trained FAISS index and each vector's list, a one-shard table whose rows are its vectors
@@ -146,9 +146,7 @@ def index_batch(batch: pa.RecordBatch, labels: Optional[pa.Table], dimension: in
     with the labels `labels` holds for its uri; vectors normalized here, once, so any file of vectors can be brought."""
     rows = len(batch)
     names = batch.schema.names
-    vectors = batch.column("embedding")
-    matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(rows, dimension).astype(np.float32)
-    matrix = l2_normalize(matrix).astype(np.float32)
+    matrix = l2_normalize(vector_matrix(batch.column("embedding"), dimension)).astype(np.float32)
     if labels is not None and len(labels):
         found = pc.index_in(batch.column("uri"), value_set=labels["uri"])
         row_labels, top_prob = labels["labels"].take(found), labels["top_prob"].take(found)
@@ -178,7 +176,8 @@ def write_rows_shards(source: str, folder: str, labels: Optional[pa.Table], dime
     """Rows shards in `folder`, of ROWS_PER_SHARD rows at most, from one file of stored vectors: its images with
     their labels, less the uris in `skip` (those a previous index holds), streamed a batch at a time."""
     use_worker_options()
-    columns = [name for name in ("uri", "embedding", "width", "height", "sha256") if name in _schema(source).names]
+    present = parquet_schema(source).names
+    columns = [name for name in ("uri", "embedding", "width", "height", "sha256") if name in present]
     shard = None
     for batch in parquet_batches(source, columns=columns, batch_size=_READ_BATCH):
         if batch.column("embedding").null_count:
@@ -200,17 +199,10 @@ def write_rows_shards(source: str, folder: str, labels: Optional[pa.Table], dime
         yield shard.close()
 
 
-def _schema(path: str) -> pa.Schema:
-    def read() -> pa.Schema:
-        with fsspec.open(path, "rb") as f:
-            return pq.read_schema(f)
-    return with_retries(path, read)
-
-
 def vector_dimension(path: str) -> int:
     """The length of the vectors in the `embedding` column of a Parquet file; ValueError if it has none, or they
     have no one length."""
-    schema = _schema(path)
+    schema = parquet_schema(path)
     if "uri" not in schema.names or "embedding" not in schema.names:
         raise ValueError(f"{path} has no uri and embedding columns (it has {', '.join(schema.names)})")
     vector_type = schema.field("embedding").type
@@ -218,8 +210,7 @@ def vector_dimension(path: str) -> int:
         return vector_type.list_size
     if not pa.types.is_list(vector_type) and not pa.types.is_large_list(vector_type):
         raise ValueError(f"{path}'s embedding column is {vector_type}, not a list of numbers")
-    with fsspec.open(path, "rb") as f:
-        first = next(pq.ParquetFile(f).iter_batches(batch_size=1024, columns=["embedding"]), None)
+    first = next(parquet_batches(path, batch_size=1024, columns=["embedding"]), None)
     lengths = set(pc.list_value_length(first.column(0)).drop_null().to_pylist()) if first is not None else set()
     if len(lengths) != 1:
         raise ValueError(f"{path}'s embedding column holds vectors of lengths {sorted(lengths) or 'none'}")
@@ -230,8 +221,7 @@ def vectors_of(shards: Sequence[str], dimension: int) -> Iterator[np.ndarray]:
     """The float32 vectors of rows shards, in order, a batch at a time."""
     for path in shards:
         for batch in parquet_batches(path, columns=["embedding"], batch_size=_READ_BATCH):
-            column = batch.column("embedding")
-            yield column.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), dimension)
+            yield vector_matrix(batch.column("embedding"), dimension)
 
 
 def list_count(vectors: int) -> int:
@@ -379,6 +369,15 @@ def tune_probes(quantizer, lists_of: np.ndarray, shards: Sequence[str], dimensio
     return probes, round(recall, 4), len(ids)
 
 
+def index_files(folder: str, manifest: Manifest, facts: IndexFacts) -> tuple[list[Shard], str]:
+    """(the rows shards, full paths, in the order of the FAISS ids; the ANN file) of the finished index in `folder`:
+    the manifest lists shards sorted by name, `facts.order` as the build added them."""
+    listed = {shard.path.rsplit("/", 1)[-1]: Shard(files.join(folder, shard.path), shard.rows)
+              for shard in manifest.shards[ROWS]}
+    (ann,) = manifest_files(folder, manifest, ANN)
+    return [listed[name] for name in facts.order], ann
+
+
 def write_ann(empty, lists_of: np.ndarray, path: str) -> None:
     """The ANN file: the trained, empty FAISS index (its bytes as FAISS writes them) and each vector's list."""
     import faiss
@@ -427,11 +426,10 @@ class VectorIndex:
         if backend is not None and manifest.model and backend.model_id != manifest.model:
             raise ValueError(f"the index in {folder!r} holds vectors of model {manifest.model!r}; backend "
                              f"{backend.name!r} as configured is {backend.model_id!r}")
-        by_name = {path.rsplit("/", 1)[-1]: path for path in manifest_files(folder, manifest, ROWS)}
-        shards = [by_name[name] for name in facts.order]
+        rows_shards, ann_path = index_files(folder, manifest, facts)
+        shards = [shard.path for shard in rows_shards]
         rows = read_columns(shards, ["uri", "labels", "top_prob", "width", "height"],
                             index_rows_schema(facts.dimension))
-        (ann_path,) = manifest_files(folder, manifest, ANN)
         empty, lists_of = read_ann(ann_path)
         return cls(folder, manifest, facts, rows, filled(empty, vectors_of(shards, facts.dimension), lists_of), backend)
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import files
-from transforms.faults import stream_with_retries
+from transforms.faults import stream_with_retries, with_retries
 from transforms.records import ROW_TYPES, embeddings_schema
 from transforms.stores import use_worker_options
 
@@ -307,11 +307,25 @@ def parquet_batches(path: str, **read: Any) -> Iterator[pa.RecordBatch]:
     return stream_with_retries(path, batches)
 
 
+def parquet_schema(path: str) -> pa.Schema:
+    """The schema of a Parquet file, from its footer only, read again while the store fails."""
+    def read() -> pa.Schema:
+        with fsspec.open(path, "rb") as f:
+            return pq.read_schema(f)
+    return with_retries(path, read)
+
+
+def vector_matrix(vectors: pa.Array, dimension: int) -> np.ndarray:
+    """The (n, dimension) float32 matrix of a column of n vectors of `dimension` numbers each, straight from Arrow's
+    buffer: no Python floats."""
+    matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), dimension)
+    return matrix.astype(np.float32, copy=False)
+
+
 def read_vector_batches(path: str, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
     """(uris, (n, d) float32 vectors) of one embeddings shard (always Parquet), `batch_size` rows at a time, straight
     from Arrow's buffers: no row dicts, no Python floats."""
     use_worker_options()
     for batch in parquet_batches(path, batch_size=batch_size, columns=["uri", "embedding"]):
         vectors = batch.column("embedding")
-        matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), vectors.type.list_size)
-        yield batch.column("uri").to_pylist(), matrix.astype(np.float32, copy=False)
+        yield batch.column("uri").to_pylist(), vector_matrix(vectors, vectors.type.list_size)
