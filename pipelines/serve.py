@@ -30,6 +30,7 @@ from typing import Any, Optional, Sequence
 from pipelines.cli import ConfigError, OneLineParser, exit_job
 from pipelines.options import add_backend_options, checked_backend
 from transforms import files, internals
+from transforms.decode import MAX_ASPECT, decode_image
 from transforms.faults import one_line
 from transforms.vector_index import MAX_K, Hit, NotInIndex, SearchRequestError, VectorIndex
 
@@ -147,15 +148,14 @@ def app(index: VectorIndex):
 
 @functools.lru_cache(maxsize=THUMBS_CACHED)
 def thumbnail(uri: str) -> bytes:
-    """A JPEG of the image at `uri`, upright, at most THUMB_SIZE pixels a side."""
-    from PIL import Image, ImageOps
+    """A JPEG of the image at `uri`, decoded as the jobs decode one (upright, RGB with transparency over white, the
+    same pixel limit, a JPEG at a fraction of its size), at most THUMB_SIZE pixels a side."""
+    from PIL import Image
 
-    with Image.open(io.BytesIO(files.read(uri))) as image:
-        image.draft("RGB", (THUMB_SIZE, THUMB_SIZE))  # a JPEG decodes at a fraction of its size
-        image = ImageOps.exif_transpose(image)
-        image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-        out = io.BytesIO()
-        image.convert("RGB").save(out, "JPEG", quality=85)
+    # A shorter side of at least THUMB_SIZE / MAX_ASPECT is what keeps the longer one at THUMB_SIZE at most.
+    image, _, _ = decode_image(files.read(uri), Image.MAX_IMAGE_PIXELS, THUMB_SIZE, int(THUMB_SIZE / MAX_ASPECT))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
     return out.getvalue()
 
 

@@ -295,6 +295,19 @@ def test_hostile_requests_do_no_harm_and_the_server_keeps_answering(server, phot
 
 
 @pytest.mark.slow
+def test_a_thumbnail_is_decoded_as_the_jobs_decode_an_image(tmp_path):
+    from pipelines.serve import thumbnail
+
+    clear = tmp_path / "clear.png"
+    Image.new("RGBA", (600, 300), (0, 0, 0, 0)).save(clear)
+    thumb = Image.open(io.BytesIO(thumbnail(str(clear))))
+    assert max(thumb.size) <= 256 and min(thumb.getpixel((10, 10))) >= 250  # transparency over white, not black
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 10_000)).save(bomb)  # 100 megapixels in a few kilobytes
+    with pytest.raises(Image.DecompressionBombError, match="exceeds the limit"):
+        thumbnail(str(bomb))
+
+
 def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path, finished_run):
     for argv, message in ((["--index", str(tmp_path / "none")], "holds no finished run"),
                           (["--index", str(finished_run)], "is a classify run, not an index"),
